@@ -1,0 +1,104 @@
+"""The mock's aiohttp application: routing, middlewares (errors, auth, faults) and app-wide state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
+
+from .clock import Sleep, VirtualClock
+from . import chat, completions, embeddings, moderations, models_api
+from .errors import MockError
+from .faults import FAULT_HEADER, LATENCY_HEADER, FaultCounter, error_for, parse_fault, parse_pacing
+from .models import Catalogue
+from .settings import MockSettings
+from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, endpoint
+from .streaming import cut
+
+log = logging.getLogger("oaigate.mock")
+
+HANG_S = 600.0  # how long a `timeout` fault holds the request before giving up on the client
+
+_NO_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header using "
+    "Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error leaves in OpenAI's envelope; client input never causes a stack trace."""
+    try:
+        return await handler(request)
+    except MockError as exc:
+        return exc.response()
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, f"Request body too large: {exc.text or 'limit exceeded'}.",
+                              INVALID_REQUEST, code="request_too_large")
+    except web.HTTPException as exc:
+        if exc.status in (404, 405):
+            return error_response(exc.status, f"Invalid URL ({request.method} {request.path})")
+        return error_response(exc.status, exc.reason, INVALID_REQUEST if exc.status < 500 else SERVER_ERROR)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("mock failed on %s %s", request.method, request.path)
+        return error_response(500, "The server had an error while processing your request. Sorry about that!",
+                              SERVER_ERROR)
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Under /v1: require a bearer token, then apply `x-mock-latency` and `x-mock-fault`."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    if not request.headers.get("Authorization", "").strip():
+        raise MockError(401, _NO_KEY)
+    if LATENCY_HEADER in request.headers:
+        request["pacing"] = parse_pacing(request.headers[LATENCY_HEADER])
+    if FAULT_HEADER in request.headers:
+        fault = parse_fault(request.headers[FAULT_HEADER])
+        if request.app[FAULTS].should_fail(fault):
+            if fault.kind == "timeout":
+                await request.app[SLEEP](HANG_S)
+                raise MockError(504, "The mock held this request (x-mock-fault: timeout).", type=SERVER_ERROR)
+            if fault.kind != "disconnect":
+                raise error_for(fault)
+            request["fault"] = fault
+    response = await handler(request)
+    if request.get("fault") is not None and not response.prepared:
+        cut(request)  # a non-streamed answer to `disconnect`: the connection drops, nothing is sent
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: 200 with a small JSON body once the server accepts requests."""
+    return web.json_response({"status": "ok", "service": "oaigate-mock", "seed": request.app[SETTINGS].seed})
+
+
+async def not_found(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPNotFound()
+
+
+def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sleep) -> web.Application:
+    """Build the mock server application. `sleep` is replaceable so tests control time."""
+    settings = settings or MockSettings()
+    app = web.Application(middlewares=[errors_middleware, api_middleware], client_max_size=settings.max_body_bytes)
+    app[SETTINGS] = settings
+    app[CATALOGUE] = Catalogue(settings.models)
+    app[CLOCK] = VirtualClock(settings.clock_start)
+    app[FAULTS] = FaultCounter()
+    app[SLEEP] = sleep
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/v1/models", models_api.list_models)
+    app.router.add_get("/v1/models/{model:.+}", models_api.retrieve_model)
+    app.router.add_post("/v1/chat/completions", endpoint(chat.create))
+    app.router.add_post("/v1/completions", endpoint(completions.create))
+    app.router.add_post("/v1/embeddings", endpoint(embeddings.create))
+    app.router.add_post("/v1/moderations", endpoint(moderations.create))
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app

@@ -1,0 +1,57 @@
+"""`oaigate mock` (also `python -m mockserver`): run the mock OpenAI server."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from proxy.wire.configfile import ConfigError, read_toml, validate
+from proxy.wire.serving import run
+
+from .settings import MockSettings
+
+DEFAULT_CONFIG = Path("config.toml")
+
+
+def load_settings(config: Path | None) -> MockSettings:
+    """The `[mock]` section of `config` (or of ./config.toml when present), else the defaults."""
+    path = config or (DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None)
+    if path is None:
+        return MockSettings()
+    section = read_toml(path).get("mock", {})
+    return validate(MockSettings, section, str(path), "mock")
+
+
+@click.command("mock")
+@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+              help="Config file; its [mock] section is used. Default: ./config.toml if present.")
+@click.option("--host", help="Address to bind. Default 127.0.0.1.")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4142.")
+@click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path),
+              help="Serve recorded fixtures from DIR first (not available yet).")
+@click.option("--seed", type=int, help="Mixed into every generated answer. Default 0.")
+def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None) -> None:
+    """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
+    from .app import make_app
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"oaigate: config error: {exc}", err=True)
+        sys.exit(2)
+    if fixtures is not None:
+        click.echo("oaigate: --fixtures is not supported by the mock yet (see the README's roadmap)", err=True)
+        sys.exit(2)
+    overrides = {k: v for k, v in {"host": host, "port": port, "seed": seed}.items() if v is not None}
+    settings = settings.model_copy(update=overrides)
+
+    def ready(url: str) -> None:
+        click.echo(f"oaigate mock listening on {url} (seed {settings.seed}); Ctrl-C to stop", err=True)
+
+    try:
+        run(make_app(settings), settings.host, settings.port, ready)
+    except OSError as exc:
+        click.echo(f"oaigate: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", err=True)
+        sys.exit(1)

@@ -1,0 +1,75 @@
+"""From generated text to what an endpoint returns: stop sequences, token limits, token pieces
+for streaming, and logprobs. Shared by chat and legacy completions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tiktoken
+
+from .rng import RequestRandom
+
+_ALTERNATIVES = (" the", " a", " and", " of", " to", ".", ",", " is", " in", " that", " it", " for", " on",
+                 " with", " as", " this", " be", " by", " are", " or")
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One choice's text, split into token-aligned pieces whose concatenation is `text`."""
+
+    pieces: tuple[str, ...]
+    finish_reason: str
+    tokens: int
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+def stop_list(stop: Any) -> list[str]:
+    """The `stop` parameter as a list of non-empty strings."""
+    if isinstance(stop, str):
+        return [stop] if stop else []
+    if isinstance(stop, list):
+        return [s for s in stop if isinstance(s, str) and s]
+    return []
+
+
+def pieces_of(tokens: list[int], enc: tiktoken.Encoding) -> list[str]:
+    """Decode tokens one by one, merging tokens that only together form valid UTF-8."""
+    pieces: list[str] = []
+    pending = b""
+    for token in tokens:
+        pending += enc.decode_single_token_bytes(token)
+        try:
+            pieces.append(pending.decode("utf-8"))
+        except UnicodeDecodeError:
+            continue
+        pending = b""
+    return pieces
+
+
+def finish(text: str, enc: tiktoken.Encoding, max_tokens: int | None, stop: list[str]) -> Output:
+    """Apply `stop` (cut before the earliest match) then `max_tokens` (truncate, "length")."""
+    finish_reason = "stop"
+    cuts = [i for i in (text.find(s) for s in stop) if i >= 0]
+    if cuts:
+        text = text[: min(cuts)]
+    tokens = enc.encode(text, disallowed_special=())
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens, finish_reason = tokens[:max_tokens], "length"
+    pieces = pieces_of(tokens, enc)
+    return Output(tuple(pieces), finish_reason, len(enc.encode("".join(pieces), disallowed_special=())))
+
+
+def logprob_entry(piece: str, rnd: RequestRandom, top: int) -> dict[str, Any]:
+    """A chat `logprobs.content[]` entry for `piece`, with `top` deterministic alternatives."""
+    chosen = -round(rnd.random() ** 3 * 2.5, 6)
+    alternatives = [piece] + [a for a in rnd.sample(_ALTERNATIVES, min(top, len(_ALTERNATIVES))) if a != piece]
+    top_entries = []
+    value = chosen
+    for alt in alternatives[:top]:
+        top_entries.append({"token": alt, "logprob": value, "bytes": list(alt.encode())})
+        value = round(value - 0.5 - rnd.random() * 3, 6)
+    return {"token": piece, "logprob": chosen, "bytes": list(piece.encode()), "top_logprobs": top_entries}

@@ -1,0 +1,26 @@
+"""GET /v1/models and /v1/models/{id}."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.wire.jsoncodec import dumps
+
+from .errors import MockError
+from .state import CATALOGUE
+
+
+async def list_models(request: web.Request) -> web.Response:
+    catalogue = request.app[CATALOGUE]
+    body = {"object": "list", "data": [m.card() for m in catalogue.list()]}
+    return web.Response(body=dumps(body), content_type="application/json")
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["model"]
+    model = request.app[CATALOGUE].get(model_id)
+    if model is None:
+        raise MockError(
+            404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
+        )
+    return web.Response(body=dumps(model.card()), content_type="application/json")

@@ -1,0 +1,5 @@
+"""Wire-format helpers shared by the gateway and the mock server.
+
+This package is the one home for what both sides need (JSON codec, SSE framing, the OpenAI error
+envelope, token counting). It imports nothing else from `proxy`, so `mockserver` may use it.
+"""

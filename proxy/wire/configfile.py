@@ -1,0 +1,48 @@
+"""Reading config.toml and reporting its mistakes as one `ConfigError` naming file, key and reason."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A configuration problem a user can fix: which file, which key, and why."""
+
+    def __init__(self, file: str, key: str | None, reason: str) -> None:
+        self.file, self.key, self.reason = file, key, reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {reason}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning I/O and syntax errors into `ConfigError`."""
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(str(path), None, "file not found") from None
+    except OSError as exc:
+        raise ConfigError(str(path), None, exc.strerror or str(exc)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), None, f"not valid TOML: {exc}") from None
+
+
+def validate(model: type[M], data: Any, file: str, prefix: str = "") -> M:
+    """Validate `data` as `model`; the first problem becomes a `ConfigError` with a dotted key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = [prefix] if prefix else []
+        path += [f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]]
+        key = ".".join(path).replace(".[", "[") or None
+        reason = {"extra_forbidden": "unknown key"}.get(error["type"], error["msg"])
+        if error["type"] != "extra_forbidden" and "input" in error and not isinstance(error["input"], dict):
+            reason += f" (got {error['input']!r})"
+        raise ConfigError(file, key, reason) from None

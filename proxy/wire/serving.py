@@ -1,0 +1,40 @@
+"""Running an aiohttp application until SIGINT or SIGTERM; shared by both servers' commands."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    on_ready: Callable[[str], None],
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Bind, report the URL once requests are accepted, then run until a stop signal; clean up."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        bound = runner.addresses[0] if runner.addresses else (host, port)
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        on_ready(f"http://{shown}:{bound[1]}")
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+    """Blocking entry point for a command."""
+    asyncio.run(serve(app, host, port, on_ready=on_ready))

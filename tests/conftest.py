@@ -1,0 +1,34 @@
+"""Shared fixtures: a running mock server and SDK clients pointed at it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from mockserver.app import make_app
+from mockserver.settings import MockSettings
+
+from .servers import ServerThread
+
+
+@pytest.fixture(scope="session")
+def mock_server() -> Iterator[ServerThread]:
+    """One mock for the session (default settings, seed 0); tests must not depend on its history."""
+    server = ServerThread(lambda: make_app(MockSettings())).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mock_url(mock_server: ServerThread) -> str:
+    """The mock's `/v1` base URL."""
+    return mock_server.url + "/v1"
+
+
+@pytest.fixture
+def client(mock_url: str) -> Iterator[openai.OpenAI]:
+    """The real sync OpenAI SDK pointed at the mock, no retries so errors surface at once."""
+    with openai.OpenAI(base_url=mock_url, api_key="sk-test", max_retries=0) as c:
+        yield c
