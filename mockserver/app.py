@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
+from proxy.wire.tokens import preload
 
 from .clock import Sleep, VirtualClock
 from . import chat, completions, embeddings, moderations, models_api
@@ -84,6 +85,11 @@ async def not_found(request: web.Request) -> web.StreamResponse:
     raise web.HTTPNotFound()
 
 
+async def _load_tokenizers(app: web.Application) -> None:
+    """Load both encodings before the first request instead of during it (~0.5 s)."""
+    await asyncio.to_thread(preload)
+
+
 def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sleep) -> web.Application:
     """Build the mock server application. `sleep` is replaceable so tests control time."""
     settings = settings or MockSettings()
@@ -93,6 +99,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app[CLOCK] = VirtualClock(settings.clock_start)
     app[FAULTS] = FaultCounter()
     app[SLEEP] = sleep
+    app.on_startup.append(_load_tokenizers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", models_api.list_models)
     app.router.add_get("/v1/models/{model:.+}", models_api.retrieve_model)

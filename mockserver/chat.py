@@ -167,11 +167,18 @@ def validate(body: dict[str, Any], model: ModelInfo) -> None:
                 raise invalid(f"Unsupported value: '{name}' does not support {body[name]} with this model. "
                               "Only the default (1) value is supported.", name, "unsupported_value")
     limit_name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    limit = body.get(limit_name)
+    limit = token_limit(body)
     if limit is not None and limit > model.max_output_tokens:
         raise invalid(f"{limit_name} is too large: {limit}. This model supports at most "
                       f"{model.max_output_tokens} completion tokens, whereas you provided {limit}.",
                       limit_name, "invalid_value")
+
+
+def token_limit(body: dict[str, Any]) -> int | None:
+    """`max_completion_tokens`, else the deprecated `max_tokens`; an explicit null means unset."""
+    if body.get("max_completion_tokens") is not None:
+        return body["max_completion_tokens"]
+    return body.get("max_tokens")
 
 
 def last_user_text(messages: list[dict[str, Any]]) -> str:
@@ -191,7 +198,7 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom) -> tupl
     """Each choice's output and reasoning tokens, and the prompt's token count."""
     enc = encoding_for_model(model.id)
     prompt = last_user_text(body["messages"])
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    limit = token_limit(body)
     stop = stop_list(body.get("stop"))
     outputs, reasoning = [], []
     for index in range(body.get("n") or 1):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
@@ -24,23 +26,41 @@ def load_settings(config: Path | None) -> MockSettings:
     return validate(MockSettings, section, str(path), "mock")
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def mock_options(func: F) -> F:
+    """The options of `oaigate mock`, shared with `python -m mockserver`."""
+    for decorator in reversed((
+        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Config file; its [mock] section is used. Default: ./config.toml if present."),
+        click.option("--host", help="Address to bind. Default 127.0.0.1."),
+        click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4142."),
+        click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path),
+                     help="Serve recorded fixtures from DIR first (not available yet)."),
+        click.option("--seed", type=int, help="Mixed into every generated answer. Default 0."),
+    )):
+        func = decorator(func)
+    return func
+
+
 @click.command("mock")
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config file; its [mock] section is used. Default: ./config.toml if present.")
-@click.option("--host", help="Address to bind. Default 127.0.0.1.")
-@click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4142.")
-@click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path),
-              help="Serve recorded fixtures from DIR first (not available yet).")
-@click.option("--seed", type=int, help="Mixed into every generated answer. Default 0.")
+@mock_options
 def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None) -> None:
     """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
-    from .app import make_app
-
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         click.echo(f"oaigate: config error: {exc}", err=True)
         sys.exit(2)
+    start(settings, host, port, fixtures, seed)
+
+
+def start(settings: MockSettings, host: str | None, port: int | None, fixtures: Path | None,
+          seed: int | None) -> None:
+    """Apply the command-line overrides to `settings` and serve until SIGINT/SIGTERM."""
+    from .app import make_app
+
     if fixtures is not None:
         click.echo("oaigate: --fixtures is not supported by the mock yet (see the README's roadmap)", err=True)
         sys.exit(2)

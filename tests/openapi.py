@@ -44,6 +44,10 @@ How the spec is interpreted
   jsonschema extras are installed): ``date`` (YYYY-MM-DD), ``date-time`` (RFC 3339),
   ``uri`` (has a scheme, no whitespace), ``unixtime`` (integer >= 0), ``int64`` (fits in a
   signed 64-bit integer). Other formats (``float``, ``double``, ``binary``...) are ignored.
+* Failure messages list every error (most relevant first, at most 10) as
+  ``$.json.path: reason  [schema path: ...]``. For a failed ``anyOf``/``oneOf`` (tool calls,
+  ``ResponseStreamEvent``...) the errors shown are those of the branch whose ``type``/``object``/
+  discriminator value the instance carries, not a generic "not valid under any of the schemas".
 """
 
 from __future__ import annotations
@@ -149,8 +153,9 @@ def _normalise(node: Any) -> Any:
         out[key] = _normalise(value)
 
     # Duplicates in `required` (ContainerResource) are harmless but not valid 2020-12.
-    if isinstance(out.get("required"), list) and len(set(map(str, out["required"]))) < len(out["required"]):
-        out["required"] = list(dict.fromkeys(out["required"]))
+    required = out.get("required")
+    if isinstance(required, list) and all(isinstance(name, str) for name in required):
+        out["required"] = list(dict.fromkeys(required))
     # 3.0-style boolean exclusive bounds.
     for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
         if isinstance(out.get(exclusive), bool):
@@ -316,7 +321,7 @@ _UNION = ("anyOf", "oneOf")
 
 
 def _tag_property(error) -> str | None:
-    """The property that tells the branches of a failed anyOf/oneOf apart, if the instance has it."""
+    """The property telling the branches of a failed anyOf/oneOf apart, if the instance has it."""
     if not isinstance(error.instance, dict):
         return None
     discriminator = error.schema.get("discriminator") if isinstance(error.schema, dict) else None

@@ -16,9 +16,12 @@ async def serve(
     *,
     on_ready: Callable[[str], None],
     shutdown_timeout: float = 10.0,
+    handler_cancellation: bool = False,
 ) -> None:
-    """Bind, report the URL once requests are accepted, then run until a stop signal; clean up."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    """Bind, report the URL once requests are accepted, then run until a stop signal; clean up
+    (stop accepting, let in-flight requests finish up to `shutdown_timeout`, run cleanup_ctx)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                           handler_cancellation=handler_cancellation)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -35,6 +38,7 @@ async def serve(
         await runner.cleanup()
 
 
-def run(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+def run(app: web.Application, host: str, port: int, on_ready: Callable[[str], None], *,
+        handler_cancellation: bool = False) -> None:
     """Blocking entry point for a command."""
-    asyncio.run(serve(app, host, port, on_ready=on_ready))
+    asyncio.run(serve(app, host, port, on_ready=on_ready, handler_cancellation=handler_cancellation))

@@ -109,6 +109,12 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return _build(name)
 
 
+def preload() -> None:
+    """Load every encoding now (~0.5 s each), so no request pays for it; call it off the event loop."""
+    for name in _SPECS:
+        get_encoding(name)
+
+
 def encoding_for_model(model: str) -> tiktoken.Encoding:
     """The encoding `model` uses (see `encoding_name_for_model`)."""
     return get_encoding(encoding_name_for_model(model))
@@ -129,12 +135,13 @@ def count_chat_prompt(messages: list, model: str, tools: list | None = None) -> 
     and `file` parts a flat 1000. `tool_calls` (and legacy `function_call`) count each function's
     name and arguments.
 
-    Tools follow the cookbook's estimate (exact for its examples; OpenAI renders them as TypeScript
-    it does not publish). Each function (`{"type": "function", "function": {...}}` or a bare legacy
-    function object) costs 7 tokens (10 for cl100k models) plus "name:description"; if its
-    parameters have properties, 3 more, then per property 3 plus "key:type:description", for an
-    enum -3 plus 3 and the item per item, and the compact JSON of any other schema keywords (nested
-    schemas). A trailing "." of a description is dropped. 12 more end a non-empty list.
+    Tools follow the cookbook's estimate (OpenAI's TypeScript-like rendering of them is unpublished;
+    the cookbook's constants reproduce its measured examples). Each function (`{"type": "function",
+    "function": {...}}` or a bare legacy function object) costs 7 tokens (10 for cl100k models) plus
+    "name:description"; if its parameters have properties, 3 more, then per property 3 plus
+    "key:type:description", for an enum -3 plus 3 and the item per item, and the compact JSON of
+    any other schema keywords (nested schemas). A trailing "." of a description is dropped. 12 more
+    end a non-empty list.
 
     Never raises on malformed input: whatever is not countable is skipped.
     """

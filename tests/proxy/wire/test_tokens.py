@@ -25,8 +25,8 @@ ENCODINGS = ["o200k_base", "cl100k_base"]
 COOKBOOK_MESSAGES = [
     {
         "role": "system",
-        "content": "You are a helpful, pattern-following assistant that translates corporate jargon "
-        "into plain English.",
+        "content": "You are a helpful, pattern-following assistant that translates corporate "
+        "jargon into plain English.",
     },
     {
         "role": "system",
@@ -41,8 +41,8 @@ COOKBOOK_MESSAGES = [
     {
         "role": "system",
         "name": "example_user",
-        "content": "Let's circle back when we have more bandwidth to touch base on opportunities for "
-        "increased leverage.",
+        "content": "Let's circle back when we have more bandwidth to touch base on opportunities "
+        "for increased leverage.",
     },
     {
         "role": "system",
@@ -310,7 +310,10 @@ def test_text_parts_count_like_string_content() -> None:
     as_parts = [
         {
             "role": "user",
-            "content": [{"type": "text", "text": "hello there"}, {"type": "text", "text": " world"}],
+            "content": [
+                {"type": "text", "text": "hello there"},
+                {"type": "text", "text": " world"},
+            ],
         }
     ]
     assert count_chat_prompt(as_parts, "gpt-4o") == count_chat_prompt(as_string, "gpt-4o")

@@ -1,0 +1,183 @@
+"""The gateway's aiohttp application: one catch-all `/v1` route running the stage pipeline.
+
+App-wide things (the upstream ClientSession, the embedded mock, the ledger writer, the stages)
+live under `web.AppKey`s and are opened and closed in `cleanup_ctx`, in that order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from .config import Config
+from .db.writer import LedgerWriter
+from .errors import GatewayError
+from .exchange import Exchange
+from .stages import Stage
+from .stages.auth import Authenticate
+from .stages.forward import Forward, Timeouts, Upstream
+from .stages.ledger import Ledger
+from .stages.meter import Meter
+from .stages.metrics import Metrics
+from .wire.jsoncodec import dumps
+from .wire.pricing import PriceTable
+from .wire.tokens import preload
+
+log = logging.getLogger("oaigate")
+
+MAX_BODY_BYTES = 600 * 1024 * 1024  # OpenAI accepts files up to 512 MB
+
+
+@dataclass(eq=False)
+class Pipeline:
+    """The ordered stages around `forward`, and the finish tasks still running."""
+
+    before: list[Stage]
+    forward: Forward
+    after: list[Stage]
+    metrics: Metrics
+    writer: LedgerWriter
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        for stage in self.after:
+            stage.chunk(ex, data)
+
+    def schedule_finish(self, ex: Exchange) -> None:
+        task = asyncio.get_running_loop().create_task(self._finish(ex))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _finish(self, ex: Exchange) -> None:
+        for stage in self.after:
+            try:
+                await stage.finish(ex)
+            except Exception:  # a broken stage must not lose the others' work
+                log.exception("stage %s failed to finish exchange %s", type(stage).__name__, ex.id)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+CONFIG = web.AppKey("config", Config)
+PIPELINE = web.AppKey("pipeline", Pipeline)
+UPSTREAM = web.AppKey("upstream", Upstream)
+
+Sleep = Callable[[float], Awaitable[object]]
+
+
+def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep = asyncio.sleep) -> web.Application:
+    """Build the gateway. Nothing is opened until the app starts (see `cleanup_ctx`)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
+    app[CONFIG] = config
+    authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
+    app.cleanup_ctx.append(_upstream_ctx)
+    app.cleanup_ctx.append(_pipeline_ctx(authenticate, sleep))
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_route("*", "/v1/{tail:.*}", handle)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app
+
+
+async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The upstream: the embedded mock on a loopback port, or the configured base_url."""
+    upstream_config = app[CONFIG].upstream
+    runner = None
+    if upstream_config.base_url == "mock":
+        from mockserver.app import make_app as make_mock
+
+        runner = web.AppRunner(make_mock(app[CONFIG].mock), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        app[UPSTREAM] = Upstream("mock", f"http://127.0.0.1:{runner.addresses[0][1]}/v1", "oaigate-embedded-mock")
+    else:
+        app[UPSTREAM] = Upstream(upstream_config.base_url, upstream_config.base_url.rstrip("/"),
+                                 os.environ.get(upstream_config.api_key_env) or None)
+    try:
+        yield
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+
+
+def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        config = app[CONFIG]
+        writer = LedgerWriter(config.ledger.path)
+        await asyncio.to_thread(writer.start)
+        await asyncio.to_thread(preload)
+        connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        up = config.upstream
+        forward = Forward(session, app[UPSTREAM], max_retries=up.max_retries,
+                          timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
+                          pass_through=up.pass_through, sleep=sleep)
+        metrics = Metrics()
+        app[PIPELINE] = Pipeline(
+            before=[authenticate],
+            forward=forward,
+            after=[Meter(PriceTable(config.price_overrides())), metrics, Ledger(writer, config.ledger.log_bodies)],
+            metrics=metrics,
+            writer=writer,
+        )
+        try:
+            yield
+        finally:
+            await app[PIPELINE].drain()
+            await session.close()
+            await asyncio.to_thread(writer.close)
+
+    return ctx
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """Every `/v1` request: stages before, forward (relay), then the finish hooks off the path."""
+    pipeline = request.app[PIPELINE]
+    ex = Exchange(request.method, request.path, request.query_string, request.headers, await request.read())
+    try:
+        for stage in pipeline.before:
+            await stage.request(ex)
+        return await pipeline.forward(request, ex, pipeline.chunk)
+    except GatewayError as exc:
+        ex.status = exc.status
+        ex.error_type = exc.code or type(exc).__name__
+        ex.overhead_s = max(time.perf_counter() - ex.started - ex.upstream_wait_s, 0.0)
+        response = exc.response()
+        response.headers["x-oaigate-overhead-ms"] = f"{ex.overhead_s * 1000:.3f}"
+        return response
+    except (asyncio.CancelledError, ConnectionResetError):
+        ex.error_type = "client_disconnected"
+        raise
+    finally:
+        ex.finished = time.perf_counter()
+        pipeline.schedule_finish(ex)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 once serving; reports the ledger writer's backlog and dropped rows."""
+    pipeline = request.app[PIPELINE]
+    body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
+            "ledger": {"backlog": pipeline.writer.backlog, "written": pipeline.writer.written,
+                       "dropped": pipeline.writer.dropped, "write_failures": pipeline.writer.failures}}
+    return web.Response(body=dumps(body), content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[PIPELINE].metrics.render(),
+                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    from .wire.errors import error_response
+
+    return error_response(404, f"Invalid URL ({request.method} {request.path})")

@@ -1,0 +1,110 @@
+"""config.toml: one pydantic model per section, validated on load.
+
+A mistake is reported as one `ConfigError` naming the file, the dotted key and the reason; the CLI
+prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from mockserver.settings import MockSettings
+
+from .wire.configfile import ConfigError, read_toml, validate
+from .wire.pricing import PriceOverride
+
+DEFAULT_PATH = Path("config.toml")
+
+Period = Literal["day", "week", "month", "total"]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(Section):
+    host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(4141, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
+    allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
+
+
+class UpstreamConfig(Section):
+    base_url: str = Field("mock", description='"mock" (the embedded mock server) or a URL ending in /v1.')
+    api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the upstream key.")
+    max_retries: int = Field(2, ge=0, le=10, description="Retries after the first attempt.")
+    timeout_s: float = Field(600.0, gt=0, description="Overall deadline for one request, retries included.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Deadline for opening a connection.")
+    first_byte_timeout_s: float = Field(120.0, gt=0, description="Deadline for the upstream's response headers.")
+    pass_through: bool = Field(False, description="Forward the client's own bearer token upstream.")
+
+
+class LedgerConfig(Section):
+    path: str = Field("oaigate.db", description="SQLite file for the spend ledger.")
+    log_bodies: bool = Field(False, description="Store request and response bodies (truncated).")
+
+
+class FixturesConfig(Section):
+    mode: Literal["live", "record", "replay", "record-missing"] = "live"
+    dir: str = Field("fixtures", description="Folder holding recorded fixtures.")
+
+
+class LimitsConfig(Section):
+    budget_usd: float | None = Field(None, ge=0)
+    budget_period: Period = "day"
+    rpm: int | None = Field(None, gt=0)
+    tpm: int | None = Field(None, gt=0)
+    concurrent: int | None = Field(None, gt=0)
+
+
+class KeyConfig(LimitsConfig):
+    name: str = Field(min_length=1)
+    key: str | None = Field(None, min_length=1, description="The key itself (prefer key_env or key_sha256).")
+    key_env: str | None = Field(None, min_length=1, description="Environment variable holding the key.")
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 hex of the key.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> KeyConfig:
+        given = [n for n in ("key", "key_env", "key_sha256") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of key, key_env, key_sha256")
+        return self
+
+
+class PriceConfig(Section):
+    input_per_mtok: Decimal = Field(ge=0, description="USD per million prompt tokens.")
+    output_per_mtok: Decimal = Field(Decimal(0), ge=0, description="USD per million completion tokens.")
+    cached_input_per_mtok: Decimal | None = Field(None, ge=0, description="USD per million cached prompt tokens.")
+
+
+class Config(Section):
+    """The whole file. Every section is optional."""
+
+    server: ServerConfig = ServerConfig()
+    upstream: UpstreamConfig = UpstreamConfig()
+    ledger: LedgerConfig = LedgerConfig()
+    fixtures: FixturesConfig = FixturesConfig()
+    limits: LimitsConfig = LimitsConfig()
+    keys: list[KeyConfig] = []
+    prices: dict[str, PriceConfig] = {}
+    mock: MockSettings = MockSettings()
+
+    def price_overrides(self) -> dict[str, PriceOverride]:
+        """`[prices."model"]` tables as the price table takes them."""
+        return {model: PriceOverride(p.input_per_mtok, p.output_per_mtok, p.cached_input_per_mtok)
+                for model, p in self.prices.items()}
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Load `path`, or ./config.toml when present, else the built-in defaults."""
+    if path is None:
+        if not DEFAULT_PATH.is_file():
+            return Config()
+        path = DEFAULT_PATH
+    return validate(Config, read_toml(path), str(path))
+
+
+__all__ = ["Config", "ConfigError", "load_config"]

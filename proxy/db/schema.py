@@ -1,0 +1,89 @@
+"""Ledger schema, created and migrated with sqlite-utils; the version lives in `PRAGMA user_version`.
+
+One row per request in `requests`; views `spend_by_day`, `spend_by_model`, `spend_by_key`. Money is
+integer micro-dollars (`cost_microusd`); the views add a `cost_usd` column for people.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+COLUMNS: dict[str, type] = {
+    "id": str,
+    "started_at": str,
+    "finished_at": str,
+    "key_name": str,
+    "method": str,
+    "endpoint": str,
+    "model_requested": str,
+    "model_served": str,
+    "status": int,
+    "stream": int,
+    "prompt_tokens": int,
+    "completion_tokens": int,
+    "cached_tokens": int,
+    "reasoning_tokens": int,
+    "usage_source": str,
+    "cost_microusd": int,
+    "latency_ms": float,
+    "ttfb_ms": float,
+    "overhead_ms": float,
+    "upstream": str,
+    "attempts": int,
+    "fixture": str,
+    "error_type": str,
+    "upstream_request_id": str,
+    "request_body": str,
+    "response_body": str,
+}
+
+_SPEND = """
+SELECT {group} AS {name}, COUNT(*) AS requests,
+       SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
+       SUM(cost_microusd) AS cost_microusd, ROUND(SUM(cost_microusd) / 1e6, 6) AS cost_usd,
+       SUM(cost_microusd IS NULL AND status < 400) AS unpriced_requests,
+       SUM(usage_source = 'estimated') AS estimated_requests
+FROM requests GROUP BY 1 ORDER BY 1
+"""
+VIEWS = {
+    "spend_by_day": _SPEND.format(group="substr(started_at, 1, 10)", name="day"),
+    "spend_by_model": _SPEND.format(group="COALESCE(model_served, model_requested)", name="model"),
+    "spend_by_key": _SPEND.format(group="key_name", name="key_name"),
+}
+
+
+def _v1(db: sqlite_utils.Database) -> None:
+    db["requests"].create(COLUMNS, pk="id", not_null={"started_at", "endpoint", "status"})
+    db["requests"].create_index(["started_at"])
+    db["requests"].create_index(["key_name", "started_at"])
+    for name, sql in VIEWS.items():
+        db.create_view(name, sql, replace=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """Open (creating and migrating) the ledger in WAL mode."""
+    conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    migrate(conn)
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply the migrations newer than the file's `user_version`, each in its own transaction."""
+    db = sqlite_utils.Database(conn)
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(f"ledger schema version {version} is newer than this oaigate ({SCHEMA_VERSION})")
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db.conn:
+            conn.execute("BEGIN")
+            step(db)
+            conn.execute(f"PRAGMA user_version = {number}")

@@ -1,0 +1,57 @@
+"""The gateway's error tree. Each error a client can see maps to OpenAI's envelope here, once.
+
+    GatewayError                 any error the gateway answers itself
+    ├── AuthenticationError      401 missing or unknown key
+    ├── InvalidRequest           400 malformed input the gateway must read (JSON it needs to parse)
+    └── UpstreamError            502 the upstream could not be reached or broke the connection
+        └── UpstreamTimeout      504 the upstream did not answer in time
+
+`ConfigError` (bad config.toml) is raised before serving and never reaches a client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from .wire.configfile import ConfigError
+from .wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
+
+
+class GatewayError(Exception):
+    """An error answered in OpenAI's envelope; subclasses set status, type and code."""
+
+    status = 500
+    type = SERVER_ERROR
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.message, self.param, self.headers, self.extra = message, param, dict(headers or {}), extra
+
+    def response(self) -> web.Response:
+        return error_response(self.status, self.message, self.type, self.param, self.code, self.headers,
+                              **self.extra)
+
+
+class AuthenticationError(GatewayError):
+    status, type, code = 401, INVALID_REQUEST, "invalid_api_key"
+
+
+class InvalidRequest(GatewayError):
+    status, type, code = 400, INVALID_REQUEST, None
+
+
+class UpstreamError(GatewayError):
+    status, type, code = 502, SERVER_ERROR, "upstream_error"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "upstream_timeout"
+
+
+__all__ = ["AuthenticationError", "ConfigError", "GatewayError", "InvalidRequest", "UpstreamError",
+           "UpstreamTimeout"]

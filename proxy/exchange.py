@@ -1,0 +1,78 @@
+"""One request's journey through the gateway: what came in, what went out, and what it cost."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from multidict import CIMultiDictProxy
+
+from .wire.jsoncodec import JSONDecodeError, loads
+from .wire.usage import Usage
+
+
+_JSON_START = frozenset((b"{", b" ", b"\n", b"\r", b"\t"))
+
+
+@dataclass(slots=True, eq=False)
+class Exchange:
+    """Created per request by the app; each stage reads and fills its part."""
+
+    method: str
+    path: str
+    query_string: str
+    headers: CIMultiDictProxy[str]
+    body: bytes
+    id: str = field(default_factory=lambda: "gw_" + uuid.uuid4().hex)
+    started_wall: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    # request, as the gateway understands it
+    json: dict[str, Any] | None = None
+    model: str | None = None
+    stream: bool = False
+    # authenticate
+    principal: str | None = None
+    client_token: str | None = None
+    # forward
+    upstream: str | None = None
+    upstream_body: bytes | None = None
+    strip_stream_usage: bool = False
+    attempts: int = 0
+    upstream_wait_s: float = 0.0
+    ttfb_s: float | None = None
+    status: int | None = None
+    upstream_request_id: str | None = None
+    response_body: bytes | None = None
+    response_json: Any = None
+    # meter
+    model_served: str | None = None
+    usage: Usage | None = None
+    usage_source: str | None = None
+    cost_micros: int | None = None
+    # outcome
+    fixture: str | None = None
+    error_type: str | None = None
+    finished: float | None = None
+    overhead_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.body[:1] in _JSON_START and not self.headers.get("Content-Type", "").startswith("multipart/"):
+            try:
+                parsed = loads(self.body)
+            except JSONDecodeError:
+                return
+            if isinstance(parsed, dict):
+                self.json = parsed
+                model = parsed.get("model")
+                self.model = model if isinstance(model, str) else None
+                self.stream = parsed.get("stream") is True
+
+    @property
+    def endpoint(self) -> str:
+        return self.path
+
+    def elapsed_ms(self) -> float:
+        end = self.finished if self.finished is not None else time.perf_counter()
+        return (end - self.started) * 1000

@@ -1,0 +1,25 @@
+"""The gateway's pipeline: an ordered list of stages, each one concern, each with hooks.
+
+    authenticate -> (admit) -> (fixtures) -> forward -> meter -> (settle) -> ledger
+
+`request(ex)` runs in order before the upstream is called and may raise a `GatewayError`;
+`chunk(ex, data)` sees every response body chunk as it is relayed (keep it cheap);
+`finish(ex)` runs in order after the client has its response, off the request's critical path.
+"""
+
+from __future__ import annotations
+
+from ..exchange import Exchange
+
+
+class Stage:
+    """Base class with no-op hooks; a stage overrides the ones it needs."""
+
+    async def request(self, ex: Exchange) -> None:
+        """Before forwarding; raise a GatewayError to answer the client now."""
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        """A piece of the response body, as relayed to the client."""
+
+    async def finish(self, ex: Exchange) -> None:
+        """After the response is complete (or failed)."""

@@ -1,0 +1,229 @@
+"""forward: send the request upstream (retrying with jittered backoff) and relay the response.
+
+Bodies, paths and query strings pass untouched. JSON answers are read whole (they are small and
+the meter needs them); anything else, SSE streams included, is relayed chunk by chunk as it
+arrives. A response is never retried once a byte of it has reached the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+
+from ..errors import UpstreamError, UpstreamTimeout
+from ..exchange import Exchange
+from ..wire.jsoncodec import dumps
+from .retry import backoff, hinted_wait, should_retry
+
+log = logging.getLogger("oaigate.forward")
+
+HOP_BY_HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
+    "transfer-encoding", "upgrade", "host", "content-length",
+})
+_NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "api-key", "accept-encoding", "cookie"}
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-encoding", "set-cookie"}
+READ_WHOLE_LIMIT = 8 * 1024 * 1024
+
+Sleep = Callable[[float], Awaitable[object]]
+ChunkHook = Callable[[Exchange, bytes], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where requests go: `base_url` ends with the API version path (e.g. https://api.openai.com/v1)."""
+
+    name: str
+    base_url: str
+    api_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    total_s: float = 600.0
+    connect_s: float = 10.0
+    first_byte_s: float = 120.0
+
+
+def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop and credentials, plus the upstream credential."""
+    headers = CIMultiDict((k, v) for k, v in ex.headers.items() if k.lower() not in _NOT_UPSTREAM
+                          and not k.lower().startswith("x-oaigate-"))
+    token = ex.client_token if pass_through else upstream.api_key
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def downstream_headers(response: aiohttp.ClientResponse) -> CIMultiDict[str]:
+    return CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in _NOT_DOWNSTREAM)
+
+
+def prepare_body(ex: Exchange, inject_stream_usage: bool) -> bytes:
+    """The upstream body: the client's bytes, except that a chat stream asks for usage.
+
+    When the client did not ask for `stream_options.include_usage`, the gateway asks for it (to meter
+    exactly) and strips the extra usage chunk on the way back (`StreamUsageStripper`)."""
+    if (inject_stream_usage and ex.stream and ex.json is not None and ex.path == "/v1/chat/completions"):
+        options = ex.json.get("stream_options")
+        if options is None or (isinstance(options, dict) and not options.get("include_usage")):
+            ex.strip_stream_usage = True
+            return dumps({**ex.json, "stream_options": {**(options or {}), "include_usage": True}})
+    return ex.body
+
+
+class StreamUsageStripper:
+    """Removes what `include_usage` added to a chat stream the client did not ask it for: the
+    `"usage":null` member of each chunk and the final usage-only chunk. Works frame by frame, so
+    frames still leave as soon as they are complete."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        end = self._buffer.rfind(b"\n\n")
+        if end < 0:
+            return b""
+        complete, self._buffer = self._buffer[: end + 2], self._buffer[end + 2:]
+        frames = complete.split(b"\n\n")[:-1]
+        kept = [f.replace(b',"usage":null', b"") for f in frames if not _is_usage_only(f)]
+        return b"".join(f + b"\n\n" for f in kept)
+
+    def flush(self) -> bytes:
+        rest, self._buffer = self._buffer, b""
+        return rest
+
+
+def _is_usage_only(frame: bytes) -> bool:
+    return b'"choices":[]' in frame and b'"usage":{' in frame
+
+
+class Forward:
+    """Calls the upstream for an exchange and relays the answer to the client."""
+
+    def __init__(self, session: aiohttp.ClientSession, upstream: Upstream, *, max_retries: int,
+                 timeouts: Timeouts, pass_through: bool = False, inject_stream_usage: bool = True,
+                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random) -> None:
+        self.session, self.upstream, self.max_retries = session, upstream, max_retries
+        self.timeouts, self.pass_through, self.inject_stream_usage = timeouts, pass_through, inject_stream_usage
+        self.sleep, self.rand = sleep, rand
+
+    async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
+        ex.upstream = self.upstream.name
+        url = self.upstream.base_url + ex.path[3:] + (f"?{ex.query_string}" if ex.query_string else "")
+        headers = upstream_headers(ex, self.upstream, self.pass_through)
+        body = prepare_body(ex, self.inject_stream_usage)
+        deadline = time.monotonic() + self.timeouts.total_s
+        response = await self._send(ex, url, headers, body, deadline)
+        try:
+            return await self._relay(request, ex, response, on_chunk, deadline)
+        finally:
+            response.release()
+
+    async def _send(self, ex: Exchange, url: str, headers: CIMultiDict[str], body: bytes,
+                    deadline: float) -> aiohttp.ClientResponse:
+        """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry."""
+        while True:
+            ex.attempts += 1
+            sent = time.perf_counter()
+            failure: Exception | None = None
+            try:
+                async with asyncio.timeout(min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))):
+                    response = await self.session.request(
+                        ex.method, url, data=body or None, headers=headers, allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+                    )
+            except TimeoutError as exc:
+                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({self.upstream.name}).")
+                failure.__cause__ = exc
+            except aiohttp.ClientError as exc:
+                failure = UpstreamError(f"Could not reach the upstream ({self.upstream.name}): {type(exc).__name__}.")
+                failure.__cause__ = exc
+            ex.upstream_wait_s += time.perf_counter() - sent
+            if failure is None:
+                ex.ttfb_s = time.perf_counter() - ex.started
+                if not should_retry(response.status, response.headers) or not self._may_retry(ex):
+                    return response
+                wait = hinted_wait(response.status, response.headers)
+                response.release()
+                log.info("upstream answered %d; retry %d", response.status, ex.attempts)
+            else:
+                if not self._may_retry(ex):
+                    raise failure
+                wait = None
+                log.info("upstream failed (%s); retry %d", failure, ex.attempts)
+            if wait is None:
+                wait = backoff(ex.attempts, self.rand)
+            if time.monotonic() + wait >= deadline:
+                if failure is not None:
+                    raise failure
+                raise UpstreamTimeout("The upstream kept asking to retry later than the request's deadline.")
+            started = time.perf_counter()
+            await self.sleep(wait)
+            ex.upstream_wait_s += time.perf_counter() - started
+
+    def _may_retry(self, ex: Exchange) -> bool:
+        return ex.attempts <= self.max_retries
+
+    async def _relay(self, request: web.Request, ex: Exchange, response: aiohttp.ClientResponse,
+                     on_chunk: ChunkHook, deadline: float) -> web.StreamResponse:
+        ex.status = response.status
+        ex.upstream_request_id = response.headers.get("x-request-id")
+        headers = downstream_headers(response)
+        content_type = response.headers.get("Content-Type", "")
+        length = response.content_length
+        remaining = max(deadline - time.monotonic(), 0.001)
+        if "json" in content_type and length is not None and length <= READ_WHOLE_LIMIT:
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(remaining):
+                    body = await response.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise UpstreamError(f"The upstream broke off its answer ({type(exc).__name__}).") from exc
+            finally:
+                ex.upstream_wait_s += time.perf_counter() - started
+            ex.response_body = body
+            on_chunk(ex, body)
+            headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
+            return web.Response(status=response.status, body=body, headers=headers)
+        headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
+        client = web.StreamResponse(status=response.status, headers=headers)
+        stripper = StreamUsageStripper() if ex.strip_stream_usage and "event-stream" in content_type else None
+        await client.prepare(request)
+        try:
+            async with asyncio.timeout(remaining):
+                async for data in response.content.iter_any():
+                    on_chunk(ex, data)
+                    if stripper is not None:
+                        data = stripper.feed(data)
+                        if not data:
+                            continue
+                    await client.write(data)
+            if stripper is not None and (rest := stripper.flush()):
+                await client.write(rest)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            ex.error_type = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_disconnected"
+            log.warning("upstream stream broke off (%s): cutting the client's stream", type(exc).__name__)
+            if request.transport is not None:
+                request.transport.abort()
+            return client
+        await client.write_eof()
+        return client
+
+
+def _overhead_ms(ex: Exchange) -> str:
+    ex.overhead_s = max(time.perf_counter() - ex.started - ex.upstream_wait_s, 0.0)
+    return f"{ex.overhead_s * 1000:.3f}"
+
+
+__all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream"]

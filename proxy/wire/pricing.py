@@ -1,0 +1,91 @@
+"""Cost of usage in integer micro-dollars, from genai-prices' maintained table plus config overrides.
+
+Money is never a float: genai-prices computes in `Decimal`, and the result is rounded half-up to
+whole micro-dollars (1 USD = 1_000_000).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+
+from genai_prices import Usage as PriceUsage
+from genai_prices import calc_price
+
+from .usage import Usage
+
+log = logging.getLogger("oaigate.pricing")
+MICROS = Decimal(1_000_000)
+_PER_MTOK = Decimal(1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """USD per million tokens; `cached_input` defaults to `input`."""
+
+    input: Decimal
+    output: Decimal
+    cached_input: Decimal | None = None
+
+    def cost(self, usage: Usage) -> Decimal:
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        fresh = usage.prompt - usage.cached
+        return (fresh * self.input + usage.cached * cached_rate + usage.completion * self.output) / _PER_MTOK
+
+
+def to_micros(usd: Decimal) -> int:
+    """Whole micro-dollars, rounded half-up."""
+    return int((usd * MICROS).to_integral_value(ROUND_HALF_UP))
+
+
+class _GenaiPrice:
+    """A model genai-prices prices in a way `PriceOverride` cannot express (tiers): ask it each time."""
+
+    def __init__(self, model: str, provider: str) -> None:
+        self.model, self.provider = model, provider
+
+    def cost(self, usage: Usage) -> Decimal:
+        return calc_price(
+            PriceUsage(input_tokens=usage.prompt, cache_read_tokens=usage.cached or None,
+                       output_tokens=usage.completion),
+            model_ref=self.model,
+            provider_id=self.provider,
+        ).total_price
+
+
+class PriceTable:
+    """Looks up a model's price: config overrides first, then genai-prices (offline snapshot).
+
+    Flat per-million rates are looked up once per model and applied with `Decimal` arithmetic: a
+    full genai-prices calculation costs ~200 us, too much for every request on the hot path.
+    """
+
+    def __init__(self, overrides: dict[str, PriceOverride] | None = None, provider: str = "openai") -> None:
+        self._prices: dict[str, PriceOverride | _GenaiPrice | None] = dict(overrides or {})
+        self._provider = provider
+
+    def cost_micros(self, model: str | None, usage: Usage) -> int | None:
+        """The cost, or None for an unknown model (warned once per model, never raised)."""
+        if not model:
+            return None
+        if model not in self._prices:
+            self._prices[model] = _lookup(model, self._provider)
+            if self._prices[model] is None:
+                log.warning("no price known for model %r: its cost is recorded as NULL", model)
+        price = self._prices[model]
+        return None if price is None else to_micros(price.cost(usage))
+
+
+def _lookup(model: str, provider: str) -> PriceOverride | _GenaiPrice | None:
+    try:
+        found = calc_price(PriceUsage(input_tokens=1, output_tokens=1), model_ref=model, provider_id=provider)
+    except LookupError:
+        return None
+    rates = found.model_price
+    flat_or_none = (Decimal, type(None))
+    if isinstance(rates.input_mtok, Decimal) and all(
+        isinstance(r, flat_or_none) for r in (rates.output_mtok, rates.cache_read_mtok)
+    ):
+        return PriceOverride(rates.input_mtok, rates.output_mtok or Decimal(0), rates.cache_read_mtok)
+    return _GenaiPrice(model, provider)

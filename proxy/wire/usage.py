@@ -1,0 +1,82 @@
+"""Token usage as the API reports it, from a JSON body or from the events of a stream.
+
+One normalized shape for every endpoint: chat and legacy completions (`prompt_tokens`,
+`completion_tokens`), embeddings (`prompt_tokens` only) and the Responses API (`input_tokens`,
+`output_tokens`, found in `response.completed` / `response.incomplete` events when streaming).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .jsoncodec import JSONDecodeError, loads
+from .sse import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens of one exchange. `cached` is part of `prompt`; `reasoning` is part of `completion`."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def from_usage_object(usage: Any) -> Usage | None:
+    """Normalize a `usage` object of any endpoint; None when it is not one."""
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" in usage:  # Responses API
+        details_in = usage.get("input_tokens_details") or {}
+        details_out = usage.get("output_tokens_details") or {}
+        return Usage(_int(usage.get("input_tokens")), _int(usage.get("output_tokens")),
+                     _int(details_in.get("cached_tokens")), _int(details_out.get("reasoning_tokens")))
+    if "prompt_tokens" not in usage and "completion_tokens" not in usage:
+        return None
+    details_in = usage.get("prompt_tokens_details") or {}
+    details_out = usage.get("completion_tokens_details") or {}
+    return Usage(_int(usage.get("prompt_tokens")), _int(usage.get("completion_tokens")),
+                 _int(details_in.get("cached_tokens")), _int(details_out.get("reasoning_tokens")))
+
+
+def from_body(body: Any) -> Usage | None:
+    """Usage of a parsed JSON response body (a Responses API object keeps it at top level too)."""
+    if isinstance(body, dict):
+        return from_usage_object(body.get("usage"))
+    return None
+
+
+def from_json_bytes(data: bytes) -> tuple[Usage | None, Any]:
+    """Parse a JSON response; returns its usage (or None) and the parsed body (None if not JSON)."""
+    try:
+        body = loads(data)
+    except JSONDecodeError:
+        return None, None
+    return from_body(body), body
+
+
+def from_event(event: Event) -> Usage | None:
+    """Usage carried by one stream event, if any: a chat/completions usage chunk, or a Responses
+    API terminal event whose `response` holds it. Cheap for the events that cannot hold it."""
+    if b'"usage"' not in event.data or event.data == b"[DONE]":
+        return None
+    try:
+        payload = loads(event.data)
+    except JSONDecodeError:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    found = from_usage_object(payload.get("usage"))
+    if found is None and isinstance(payload.get("response"), dict):
+        found = from_usage_object(payload["response"].get("usage"))
+    return found
