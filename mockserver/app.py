@@ -14,7 +14,9 @@ from proxy.wire.tokens import preload
 from .clock import Sleep, VirtualClock
 from . import chat, completions, embeddings, moderations, models_api
 from .errors import MockError
-from .faults import FAULT_HEADER, LATENCY_HEADER, FaultCounter, error_for, parse_fault, parse_pacing
+from .faults import (
+    FAULT, FAULT_HEADER, LATENCY_HEADER, PACING, FaultCounter, error_for, parse_fault, parse_pacing,
+)
 from .models import Catalogue
 from .settings import MockSettings
 from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, endpoint
@@ -60,7 +62,7 @@ async def api_middleware(request: web.Request, handler: Any) -> web.StreamRespon
     if not request.headers.get("Authorization", "").strip():
         raise MockError(401, _NO_KEY)
     if LATENCY_HEADER in request.headers:
-        request["pacing"] = parse_pacing(request.headers[LATENCY_HEADER])
+        request[PACING] = parse_pacing(request.headers[LATENCY_HEADER])
     if FAULT_HEADER in request.headers:
         fault = parse_fault(request.headers[FAULT_HEADER])
         if request.app[FAULTS].should_fail(fault):
@@ -69,9 +71,9 @@ async def api_middleware(request: web.Request, handler: Any) -> web.StreamRespon
                 raise MockError(504, "The mock held this request (x-mock-fault: timeout).", type=SERVER_ERROR)
             if fault.kind != "disconnect":
                 raise error_for(fault)
-            request["fault"] = fault
+            request[FAULT] = fault
     response = await handler(request)
-    if request.get("fault") is not None and not response.prepared:
+    if request.get(FAULT) is not None and not response.prepared:
         cut(request)  # a non-streamed answer to `disconnect`: the connection drops, nothing is sent
     return response
 

@@ -12,7 +12,7 @@ from proxy.wire.tokens import count_text, encoding_for_model
 
 from . import textgen
 from .errors import invalid
-from .generation import Output, finish, stop_list
+from .generation import Output, finish, logprob_entry, stop_list
 from .models import ModelInfo
 from .rng import RequestRandom, request_random, without
 from .state import Call
@@ -50,20 +50,21 @@ REQUEST = Obj(
 )
 
 
-def prompts(body: dict[str, Any], model: ModelInfo) -> list[str]:
-    """The prompt as a list of strings; token arrays are decoded with the model's encoding."""
+def prompts(body: dict[str, Any], model: ModelInfo) -> list[tuple[str, int]]:
+    """Each prompt's text and token count. Token arrays are decoded with the model's encoding and
+    counted as sent, the way OpenAI bills them; a null prompt is the lone `<|endoftext|>` token."""
     prompt = body.get("prompt")
     if prompt is None:
-        return ["<|endoftext|>"]
+        return [("", 1)]
     if isinstance(prompt, str):
-        return [prompt]
+        return [(prompt, count_text(prompt, model.id))]
+    if all(isinstance(p, str) for p in prompt):
+        return [(p, count_text(p, model.id)) for p in prompt]
     enc = encoding_for_model(model.id)
     if all(isinstance(p, int) for p in prompt):
-        return [_decode(enc, prompt, "prompt")]
+        return [(_decode(enc, prompt, "prompt"), len(prompt))]
     if all(isinstance(p, list) for p in prompt):
-        return [_decode(enc, p, f"prompt[{i}]") for i, p in enumerate(prompt)]
-    if all(isinstance(p, str) for p in prompt):
-        return list(prompt)
+        return [(_decode(enc, p, f"prompt[{i}]"), len(p)) for i, p in enumerate(prompt)]
     raise invalid("Invalid 'prompt': an array must hold only strings or only tokens.", "prompt", "invalid_value")
 
 
@@ -77,27 +78,32 @@ def _decode(enc: Any, tokens: list[int], param: str) -> str:
 
 def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom) -> tuple[list[str], list[Output], int]:
     """One output per prompt and `n`, and the prompt tokens, like OpenAI's indexing (prompt-major)."""
-    texts = prompts(body, model)
+    parts = prompts(body, model)
     enc = encoding_for_model(model.id)
     limit = body.get("max_tokens", DEFAULT_MAX_TOKENS)
     outputs = []
-    for p_index, prompt in enumerate(texts):
+    for p_index, (prompt, _) in enumerate(parts):
         for c_index in range(body.get("n") or 1):
             text = textgen.answer(prompt, rnd.child("choice", p_index, c_index))
             outputs.append(finish(" " + text, enc, limit, stop_list(body.get("stop"))))
-    return texts, outputs, sum(count_text(t, model.id) for t in texts)
+    return [text for text, _ in parts], outputs, sum(count for _, count in parts)
 
 
-def _logprobs(output: Output, rnd: RequestRandom, top: int, offset: int) -> dict[str, Any]:
-    values = [-round(rnd.random() ** 3 * 2.5, 6) for _ in output.pieces]
+def _logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """The legacy `logprobs` object for consecutive tokens, the first at character `offset`.
+
+    `top_logprobs` maps the `logprobs` most likely tokens to their logprob; it always holds the
+    sampled token, so a map has up to `logprobs + 1` entries.
+    """
     offsets, position = [], offset
-    for piece in output.pieces:
+    for entry in entries:
         offsets.append(position)
-        position += len(piece)
+        position += len(entry["token"])
     return {
-        "tokens": list(output.pieces),
-        "token_logprobs": values,
-        "top_logprobs": [{piece: value} for piece, value in zip(output.pieces, values)] if top else None,
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{e["token"]: e["logprob"], **{t["token"]: t["logprob"] for t in e["top_logprobs"]}}
+                         for e in entries],
         "text_offset": offsets,
     }
 
@@ -116,35 +122,44 @@ async def create(call: Call) -> web.StreamResponse:
     texts, outputs, prompt_tokens = await call.compute(generate, body, model, rnd)
     n = body.get("n") or 1
     echo = bool(body.get("echo"))
-    logprobs_rnd = rnd.child("logprobs") if body.get("logprobs") is not None else None
+    top = body.get("logprobs")
+    entries: list[list[dict[str, Any]] | None] = [None] * len(outputs)
+    if top is not None:
+        logprobs_rnd = rnd.child("logprobs")
+        entries = [[logprob_entry(piece, logprobs_rnd, top) for piece in o.pieces] for o in outputs]
     head = {"id": completion_id, "object": "text_completion", "created": call.clock.now(), "model": body["model"]}
     completion_tokens = sum(o.tokens for o in outputs)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
 
-    def choice(index: int, text: str, output: Output | None, finish_reason: str | None) -> dict[str, Any]:
-        logprobs = None
-        if logprobs_rnd is not None and output is not None:
-            logprobs = _logprobs(output, logprobs_rnd, body["logprobs"], len(text) - len(output.text))
+    def choice(index: int, text: str, logprobs: dict[str, Any] | None, finish_reason: str | None) -> dict[str, Any]:
         return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
     if not body.get("stream"):
         choices = []
         for index, output in enumerate(outputs):
             prefix = texts[index // n] if echo else ""
-            choices.append(choice(index, prefix + output.text, output, output.finish_reason))
+            logprobs = None if entries[index] is None else _logprobs(entries[index], len(prefix))
+            choices.append(choice(index, prefix + output.text, logprobs, output.finish_reason))
         return await call.reply({**head, "choices": choices, "usage": usage},
                                 chunks=max(len(o.pieces) for o in outputs) + 1)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     tail = {"usage": None} if include_usage else {}
+
+    def frame(payload: dict[str, Any]) -> bytes:
+        return sse.frame(dumps({**head, "choices": [payload], **tail}))
+
     frames = []
     for index, output in enumerate(outputs):
+        offset = 0
         if echo:
-            frames.append(sse.frame(dumps({**head, "choices": [choice(index, texts[index // n], None, None)], **tail})))
-        for piece in output.pieces:
-            single = Output((piece,), output.finish_reason, 1)
-            frames.append(sse.frame(dumps({**head, "choices": [choice(index, piece, single, None)], **tail})))
-        frames.append(sse.frame(dumps({**head, "choices": [choice(index, "", None, output.finish_reason)], **tail})))
+            frames.append(frame(choice(index, texts[index // n], None, None)))
+            offset = len(texts[index // n])
+        for position, piece in enumerate(output.pieces):
+            logprobs = None if entries[index] is None else _logprobs(entries[index][position:position + 1], offset)
+            frames.append(frame(choice(index, piece, logprobs, None)))
+            offset += len(piece)
+        frames.append(frame(choice(index, "", None, output.finish_reason)))
     if include_usage:
         frames.append(sse.frame(dumps({**head, "choices": [], "usage": usage})))
     frames.append(sse.DONE_FRAME)

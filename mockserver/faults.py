@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from aiohttp import web
+
 from .errors import MockError
 
 FAULT_HEADER = "x-mock-fault"
@@ -89,6 +91,11 @@ def parse_pacing(value: str) -> Pacing:
     ttft = _int(params, "ttft_ms", LATENCY_HEADER) or 0
     chunk = _int(params, "chunk_ms", LATENCY_HEADER) or 0
     return Pacing(ttft / 1000, chunk / 1000)
+
+
+# Where the middleware leaves the parsed headers on the request (typed keys: aiohttp warns on str keys).
+PACING = web.RequestKey("pacing", Pacing)
+FAULT = web.RequestKey("fault", Fault)
 
 
 class FaultCounter:

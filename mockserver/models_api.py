@@ -7,12 +7,21 @@ from aiohttp import web
 from proxy.wire.jsoncodec import dumps
 
 from .errors import MockError
-from .state import CATALOGUE
+from .faults import PACING, Pacing
+from .state import CATALOGUE, SLEEP
+
+
+async def _pace(request: web.Request) -> None:
+    """`x-mock-latency` applies here too: a one-object answer waits `ttft_ms`."""
+    pacing: Pacing | None = request.get(PACING) or request.get("pacing")  # str key: until app.py uses PACING
+    if pacing is not None and pacing.ttft_s:
+        await request.app[SLEEP](pacing.ttft_s)
 
 
 async def list_models(request: web.Request) -> web.Response:
     catalogue = request.app[CATALOGUE]
     body = {"object": "list", "data": [m.card() for m in catalogue.list()]}
+    await _pace(request)
     return web.Response(body=dumps(body), content_type="application/json")
 
 
@@ -23,4 +32,5 @@ async def retrieve_model(request: web.Request) -> web.Response:
         raise MockError(
             404, f"The model '{model_id}' does not exist", param="model", code="model_not_found"
         )
+    await _pace(request)
     return web.Response(body=dumps(model.card()), content_type="application/json")

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .errors import invalid
 from .state import Call
 from .validation import MODEL, Arr, Obj, OneOf, Str
 
@@ -18,12 +19,33 @@ CATEGORIES = (
 _IMAGE_CATEGORIES = frozenset({"self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
                                "violence", "violence/graphic"})
 
-_PART = OneOf(Obj({"type": Str(("text", "image_url")), "text": Str(),
-                   "image_url": Obj({"url": Str()}, required=("url",))}, required=("type",)))
+_PART_TYPE = Obj({"type": Str(("text", "image_url"))}, required=("type",), extra=True)
+_PARTS = {
+    "text": Obj({"type": Str(), "text": Str()}, required=("type", "text")),
+    "image_url": Obj({"type": Str(), "image_url": Obj({"url": Str()}, required=("url",))},
+                     required=("type", "image_url")),
+}
 REQUEST = Obj(
     {"model": MODEL, "input": OneOf(Str(), Arr(OneOf(Str(), Obj(extra=True)), min_len=1))},
     required=("input",),
 )
+
+
+_WORD = r"[\w'-]+"
+
+
+def _hits(text: str, words: dict[str, str]) -> set[str]:
+    """Categories of the configured words (or multi-word phrases) found in `text`, case-insensitively."""
+    lowered = text.lower()
+    tokens = set(re.findall(_WORD, lowered))
+    found = set()
+    for word, category in words.items():
+        if re.fullmatch(_WORD, word):
+            if word in tokens:
+                found.add(category)
+        elif re.search(r"(?<![\w'-])" + re.escape(word) + r"(?![\w'-])", lowered):
+            found.add(category)
+    return found
 
 
 def _items(value: Any) -> list[list[tuple[str, str]]]:
@@ -34,11 +56,12 @@ def _items(value: Any) -> list[list[tuple[str, str]]]:
         return [[("text", v)] for v in value]
     parts = []
     for index, part in enumerate(value):
-        _PART.check(part, f"input[{index}]")
+        _PART_TYPE.check(part, f"input[{index}]")
+        _PARTS[part["type"]].check(part, f"input[{index}]")
         if part["type"] == "text":
-            parts.append(("text", part.get("text", "")))
+            parts.append(("text", part["text"]))
         else:
-            parts.append(("image", part.get("image_url", {}).get("url", "")))
+            parts.append(("image", part["image_url"]["url"]))
     return [parts]
 
 
@@ -48,17 +71,20 @@ async def create(call: Call) -> web.StreamResponse:
     model_id = body.get("model") or "omni-moderation-latest"
     model = call.catalogue.require(model_id, "moderation")
     rnd = call.random("moderations", body)
-    words = {w.lower(): c for w, c in call.settings.flagged_words.items()}
+    words = {w.strip().lower(): c for w, c in call.settings.flagged_words.items() if w.strip()}
+    items = _items(body["input"])
+    if not model.id.startswith("omni") and any(kind == "image" for parts in items for kind, _ in parts):
+        raise invalid(f"Model '{model.id}' does not support image inputs; use omni-moderation-latest.", "input",
+                      "invalid_value")
     results = []
-    for parts in _items(body["input"]):
+    for parts in items:
         found: set[str] = set()
         kinds: dict[str, list[str]] = {c: [] for c in CATEGORIES}
         for kind, text in parts:
-            hits = {words[w] for w in re.findall(r"[\w'-]+", text.lower()) if w in words}
-            found |= hits
-            for category in CATEGORIES:
-                if kind == "text" or category in _IMAGE_CATEGORIES:
-                    kinds[category].append(kind)
+            applies = [c for c in CATEGORIES if kind == "text" or c in _IMAGE_CATEGORIES]
+            found |= _hits(text, words) & set(applies)  # an image (its URL words, here) only flags image categories
+            for category in applies:
+                kinds[category].append(kind)
         scores = {c: (round(0.9 + rnd.random() * 0.09, 6) if c in found else round(rnd.random() * 0.0009, 8))
                   for c in CATEGORIES}
         result: dict[str, Any] = {
@@ -66,8 +92,7 @@ async def create(call: Call) -> web.StreamResponse:
             "categories": {c: c in found for c in CATEGORIES},
             "category_scores": scores,
         }
-        if model.id.startswith("omni"):
-            result["category_applied_input_types"] = {c: sorted(set(kinds[c])) for c in CATEGORIES}
+        result["category_applied_input_types"] = {c: sorted(set(kinds[c])) for c in CATEGORIES}
         results.append(result)
     response = {"id": "modr-" + rnd.token(29), "model": model.id, "results": results}
     return await call.reply(response)

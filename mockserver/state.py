@@ -13,7 +13,7 @@ from proxy.wire.jsoncodec import JSONDecodeError, loads
 
 from .clock import Sleep, VirtualClock
 from .errors import MockError
-from .faults import Fault, FaultCounter, Pacing
+from .faults import FAULT, PACING, Fault, FaultCounter, Pacing
 from .rng import RequestRandom, request_random
 from .streaming import send_json, send_stream
 from .models import Catalogue
@@ -96,7 +96,7 @@ def endpoint(handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamRe
             )
         app = request.app
         call = Call(request, body, app[SETTINGS], app[CATALOGUE], app[CLOCK],
-                    request.get("pacing", Pacing()), request.get("fault"), app[SLEEP])
+                    request.get(PACING, Pacing()), request.get(FAULT), app[SLEEP])
         return await handler(call)
 
     return wrapped

@@ -30,6 +30,32 @@ def type_name(value: Any) -> str:
     return "an object"
 
 
+MAX_DEPTH = 100  # arrays and objects; orjson stops at 254 and hashing a body recurses in Python
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """True if `value` holds arrays/objects more than `limit` levels deep (iterative: no recursion)."""
+    level, current = 1, [value] if isinstance(value, (dict, list)) else []
+    while current:
+        if level > limit:
+            return True
+        deeper = []
+        for container in current:
+            items = container.values() if isinstance(container, dict) else container
+            kinds = set(map(type, items))  # C speed over long flat arrays (token lists)
+            if dict in kinds or list in kinds:
+                deeper.extend(v for v in items if isinstance(v, (dict, list)))
+        current, level = deeper, level + 1
+    return False
+
+
+def check_depth(body: Any) -> None:
+    """A 400 for a body nested deeper than `MAX_DEPTH`: such input must not reach hashing or encoding."""
+    if nested_deeper_than(body, MAX_DEPTH):
+        raise invalid(f"Invalid request body: arrays and objects are nested more than {MAX_DEPTH} levels deep.",
+                      None, "invalid_value")
+
+
 def _quote(value: Any) -> str:
     return f"'{value}'" if isinstance(value, str) else repr(value)
 
@@ -186,6 +212,11 @@ class Obj(Rule):
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, dict)
+
+    def check(self, value: Any, path: str) -> None:
+        if not path:  # the request body itself
+            check_depth(value)
+        super().check(value, path)
 
     def constrain(self, value: dict, path: str) -> None:
         for name in self.required:

@@ -43,7 +43,7 @@ class Pipeline:
     forward: Forward
     after: list[Stage]
     metrics: Metrics
-    writer: LedgerWriter
+    writer: LedgerWriter | None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
@@ -113,8 +113,9 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        writer = LedgerWriter(config.ledger.path)
-        await asyncio.to_thread(writer.start)
+        writer = LedgerWriter(config.ledger.path) if config.ledger.enabled else None
+        if writer is not None:
+            await asyncio.to_thread(writer.start)
         await asyncio.to_thread(preload)
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
@@ -126,7 +127,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep) -> Callable[[web.App
         app[PIPELINE] = Pipeline(
             before=[authenticate],
             forward=forward,
-            after=[Meter(PriceTable(config.price_overrides())), metrics, Ledger(writer, config.ledger.log_bodies)],
+            after=[Meter(PriceTable(config.price_overrides())), metrics]
+            + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
             metrics=metrics,
             writer=writer,
         )
@@ -135,7 +137,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep) -> Callable[[web.App
         finally:
             await app[PIPELINE].drain()
             await session.close()
-            await asyncio.to_thread(writer.close)
+            if writer is not None:
+                await asyncio.to_thread(writer.close)
 
     return ctx
 
@@ -165,10 +168,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     """200 once serving; reports the ledger writer's backlog and dropped rows."""
-    pipeline = request.app[PIPELINE]
-    body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
-            "ledger": {"backlog": pipeline.writer.backlog, "written": pipeline.writer.written,
-                       "dropped": pipeline.writer.dropped, "write_failures": pipeline.writer.failures}}
+    writer = request.app[PIPELINE].writer
+    ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
+                                          "dropped": writer.dropped, "write_failures": writer.failures}
+    body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name, "ledger": ledger}
     return web.Response(body=dumps(body), content_type="application/json")
 
 
@@ -180,4 +183,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def not_found(request: web.Request) -> web.Response:
     from .wire.errors import error_response
 
-    return error_response(404, f"Invalid URL ({request.method} {request.path})")
+    started = time.perf_counter()
+    response = error_response(404, f"Invalid URL ({request.method} {request.path})")
+    response.headers["x-oaigate-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
+    return response

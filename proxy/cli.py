@@ -86,6 +86,12 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+from .cli_ledger import ledger, spend  # noqa: E402
+
+cli.add_command(spend)
+cli.add_command(ledger)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="oaigate")

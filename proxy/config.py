@@ -43,6 +43,7 @@ class UpstreamConfig(Section):
 
 
 class LedgerConfig(Section):
+    enabled: bool = Field(True, description="Write one row per request to the ledger.")
     path: str = Field("oaigate.db", description="SQLite file for the spend ledger.")
     log_bodies: bool = Field(False, description="Store request and response bodies (truncated).")
 

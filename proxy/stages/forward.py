@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from ..errors import UpstreamError, UpstreamTimeout
 from ..exchange import Exchange
@@ -53,9 +54,15 @@ class Timeouts:
     first_byte_s: float = 120.0
 
 
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
+    """Header names the `Connection` header lists: hop-by-hop for this message (RFC 9110 7.6.1)."""
+    return frozenset(t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip())
+
+
 def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CIMultiDict[str]:
     """The client's headers minus hop-by-hop and credentials, plus the upstream credential."""
-    headers = CIMultiDict((k, v) for k, v in ex.headers.items() if k.lower() not in _NOT_UPSTREAM
+    drop = _NOT_UPSTREAM | _connection_tokens(ex.headers) if "Connection" in ex.headers else _NOT_UPSTREAM
+    headers = CIMultiDict((k, v) for k, v in ex.headers.items() if k.lower() not in drop
                           and not k.lower().startswith("x-oaigate-"))
     token = ex.client_token if pass_through else upstream.api_key
     if token:
@@ -65,7 +72,18 @@ def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CI
 
 
 def downstream_headers(response: aiohttp.ClientResponse) -> CIMultiDict[str]:
-    return CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in _NOT_DOWNSTREAM)
+    drop = (_NOT_DOWNSTREAM | _connection_tokens(response.headers) if "Connection" in response.headers
+            else _NOT_DOWNSTREAM)
+    return CIMultiDict((k, v) for k, v in response.headers.items() if k.lower() not in drop)
+
+
+def upstream_url(base_url: str, request: web.Request) -> URL:
+    """`base_url` + the client's path after `/v1` and query string, exactly as the client encoded them
+    (`request.path` and `request.query_string` are decoded: `%2F` or `%2B` would change meaning)."""
+    raw = request.rel_url
+    path = raw.raw_path if raw.raw_path.startswith("/v1/") else URL.build(path=raw.path).raw_path
+    query = raw.raw_query_string
+    return URL(base_url + path[3:] + (f"?{query}" if query else ""), encoded=True)
 
 
 def prepare_body(ex: Exchange, inject_stream_usage: bool) -> bytes:
@@ -120,7 +138,7 @@ class Forward:
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
         ex.upstream = self.upstream.name
-        url = self.upstream.base_url + ex.path[3:] + (f"?{ex.query_string}" if ex.query_string else "")
+        url = upstream_url(self.upstream.base_url, request)
         headers = upstream_headers(ex, self.upstream, self.pass_through)
         body = prepare_body(ex, self.inject_stream_usage)
         deadline = time.monotonic() + self.timeouts.total_s
@@ -130,7 +148,7 @@ class Forward:
         finally:
             response.release()
 
-    async def _send(self, ex: Exchange, url: str, headers: CIMultiDict[str], body: bytes,
+    async def _send(self, ex: Exchange, url: URL, headers: CIMultiDict[str], body: bytes,
                     deadline: float) -> aiohttp.ClientResponse:
         """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry."""
         while True:

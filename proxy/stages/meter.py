@@ -59,16 +59,20 @@ class Meter(Stage):
         state = self._streams.pop(id(ex), None)
         if ex.status is None or ex.status >= 400:
             return
+        whole = ex.response_body
+        if state is not None and state.usage is None and state.overflow <= STREAM_KEEP_BYTES \
+                and state.raw and state.raw[0].lstrip()[:1] == b"{":
+            whole, state = b"".join(state.raw), None  # a JSON answer relayed without a length: read it whole
         if state is not None:
             ex.model_served = state.model
             ex.usage = state.usage
-            if ex.usage is None:
+            if ex.usage is not None:
+                ex.usage_source = "reported"
+            elif _is_generation(ex):  # not for a file download or any other non-generation stream
                 ex.usage = await asyncio.to_thread(_estimate_stream, ex, b"".join(state.raw))
                 ex.usage_source = "estimated"
-            else:
-                ex.usage_source = "reported"
-        elif ex.response_body is not None:
-            found, body = usage_of.from_json_bytes(ex.response_body)
+        elif whole is not None:
+            found, body = usage_of.from_json_bytes(whole)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 ex.model_served = body["model"]
             if found is not None:

@@ -4,7 +4,9 @@ jitter, overridden by what the upstream asks for (`retry-after-ms`, `retry-after
 
 from __future__ import annotations
 
+import datetime
 import email.utils
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -36,26 +38,41 @@ def parse_duration(value: str) -> float | None:
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
 
 
+def _capped(seconds: float) -> float | None:
+    """`seconds` clamped to [0, MAX_HINT_S]; None for NaN (`float("nan")` parses)."""
+    return None if math.isnan(seconds) else min(max(seconds, 0.0), MAX_HINT_S)
+
+
+def _http_date_wait(value: str, now: Callable[[], float]) -> float | None:
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):  # not a date: ignore the hint
+        return None
+    if parsed.tzinfo is None:  # `-0000`: HTTP dates are always GMT
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return _capped(parsed.timestamp() - now())
+
+
 def hinted_wait(status: int, headers: Mapping[str, str], now: Callable[[], float] = time.time) -> float | None:
     """The wait the upstream asked for, in seconds (capped), or None if it did not say.
 
-    `x-ratelimit-reset-*` ride on every OpenAI response; they only mean "wait" on a 429."""
+    `x-ratelimit-reset-*` ride on every OpenAI response; they only mean "wait" on a 429. A malformed
+    hint is ignored, never raised."""
+    wait = None
     value = headers.get("retry-after-ms")
     if value:
         try:
-            return min(max(float(value) / 1000, 0.0), MAX_HINT_S)
+            wait = _capped(float(value) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
-    if value:
+    if wait is None and value:
         try:
-            return min(max(float(value), 0.0), MAX_HINT_S)
+            wait = _capped(float(value))
         except ValueError:
-            parsed = email.utils.parsedate_to_datetime(value) if "," in value else None
-            if parsed is not None:
-                return min(max(parsed.timestamp() - now(), 0.0), MAX_HINT_S)
-    if status != 429:
-        return None
+            wait = _http_date_wait(value, now)
+    if wait is not None or status != 429:
+        return wait
     resets = [parse_duration(headers[h]) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
               if headers.get(h)]
     resets = [r for r in resets if r is not None]

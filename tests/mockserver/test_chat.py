@@ -45,8 +45,8 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 def post(url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Reply:
     """POST JSON (or `raw` bytes) with a bearer token unless `headers` says otherwise; never raises on 4xx/5xx."""
     data = raw if raw is not None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST",
-                                     headers={"Content-Type": "application/json", **(AUTH if headers is None else headers)})
+    sent = {"Content-Type": "application/json", **(AUTH if headers is None else headers)}
+    request = urllib.request.Request(url, data=data, method="POST", headers=sent)
     try:
         with _OPENER.open(request, timeout=10) as response:
             return Reply(response.status, response.headers, response.read())

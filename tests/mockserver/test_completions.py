@@ -116,6 +116,14 @@ def test_token_array_prompts_are_decoded_and_counted_as_given(url: str) -> None:
     assert several["usage"]["prompt_tokens"] == len(volcano) + len(spelled)
 
 
+def test_null_prompt_is_a_fresh_document(url: str) -> None:
+    completion = complete(url, prompt=None, max_tokens=200, echo=True)
+
+    assert completion["usage"]["prompt_tokens"] == 1
+    assert completion["choices"][0]["text"].startswith(" ")
+    assert "endoftext" not in completion["choices"][0]["text"]
+
+
 def test_max_tokens_and_stop_cut_the_same_text(url: str) -> None:
     full = complete(url, prompt=VOLCANO, max_tokens=200)["choices"][0]["text"]
     short = complete(url, prompt=VOLCANO, max_tokens=3)

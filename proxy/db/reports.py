@@ -1,0 +1,190 @@
+"""Read-only queries over a ledger file: spend totals and breakdowns, and a summary of the file.
+
+Everything here opens the ledger read-only and never creates, migrates or locks it for writing, so
+it works on a live gateway's ledger and on a copy taken to another machine. Money stays integer
+micro-dollars; `format_usd` is the only place it becomes text.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+GroupBy = Literal["day", "model", "key", "endpoint"]
+
+GROUPS: dict[GroupBy, str] = {
+    "day": "substr(started_at, 1, 10)",
+    "model": "COALESCE(model_served, model_requested)",
+    "key": "key_name",
+    "endpoint": "endpoint",
+}
+
+_SUCCESS = "status BETWEEN 200 AND 399"
+_METERED = "(usage_source IS NOT NULL OR prompt_tokens IS NOT NULL)"
+_SELECT = f"""
+SELECT {{group}} AS grp,
+       COUNT(*),
+       COALESCE(SUM(NOT ({_SUCCESS})), 0),
+       COALESCE(SUM(prompt_tokens), 0),
+       COALESCE(SUM(completion_tokens), 0),
+       COALESCE(SUM(cached_tokens), 0),
+       COALESCE(SUM(reasoning_tokens), 0),
+       SUM(cost_microusd),
+       COALESCE(SUM(cost_microusd IS NULL AND {_SUCCESS} AND {_METERED}), 0),
+       COALESCE(SUM(usage_source = 'estimated'), 0)
+FROM requests {{where}} {{tail}}
+"""
+_COSTLIEST_FIRST = "ORDER BY SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, grp IS NULL, grp"
+
+_RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DATE_ONLY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+class LedgerError(Exception):
+    """The ledger file is missing, unreadable, or not an oaigate ledger."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpendRow:
+    """One group of a spend report (or the total, with `group` None).
+
+    `errors` counts requests with no successful (2xx/3xx) response (status 0: the client left first).
+    `unpriced_requests` counts successful ones that have usage but no cost (their model is missing
+    from the price table), so their spend is not in `cost_microusd`, which is None when the group
+    has unpriced requests and nothing priced. Requests without usage (model lists, files, errors)
+    cost nothing.
+    """
+
+    group: str | None
+    requests: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    reasoning_tokens: int
+    cost_microusd: int | None
+    unpriced_requests: int
+    estimated_requests: int
+
+    @property
+    def cost_usd(self) -> str | None:
+        """The cost as a decimal string of dollars, or None when unknown."""
+        return format_usd(self.cost_microusd)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict, with the cost both in micro-dollars and as a USD string."""
+        return asdict(self) | {"cost_usd": self.cost_usd}
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerInfo:
+    """What `oaigate ledger info` shows."""
+
+    path: str
+    schema_version: int
+    rows: int
+    first_started_at: str | None
+    last_started_at: str | None
+    size_bytes: int
+
+
+def format_usd(microusd: int | None) -> str | None:
+    """`1234567` → `"1.234567"`, exactly (no floats); None stays None."""
+    if microusd is None:
+        return None
+    sign = "-" if microusd < 0 else ""
+    dollars, micros = divmod(abs(microusd), 1_000_000)
+    return f"{sign}{dollars}.{micros:06d}"
+
+
+def parse_time(value: str, now: datetime | None = None, *, end_of_day: bool = False) -> datetime:
+    """A UTC instant from `YYYY-MM-DD`, an ISO-8601 timestamp, or a span back from `now` (`7d`, `24h`, `30m`).
+
+    A bare date is midnight UTC at its start, or with `end_of_day` at its end (the next midnight), so
+    `--until 2026-11-30` includes that day. Timestamps without an offset are taken as UTC.
+    """
+    text = value.strip()
+    if match := _RELATIVE.fullmatch(text):
+        amount, unit = match.groups()
+        return (now or datetime.now(UTC)).astimezone(UTC) - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        if _DATE_ONLY.fullmatch(text):
+            day = date.fromisoformat(text)
+            return datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=int(end_of_day))
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a date (YYYY-MM-DD), an ISO-8601 timestamp, "
+                         "or a span like 7d, 24h, 30m") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def ledger_time(moment: datetime) -> str:
+    """`moment` in the ledger's `started_at` format (`2026-11-23T09:15:19.900Z`), which sorts as text."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def open_readonly(path: str | Path) -> sqlite3.Connection:
+    """Open an existing ledger read-only; a missing file or a non-ledger file raises LedgerError."""
+    file = Path(path)
+    if not file.is_file():
+        raise LedgerError(f"no ledger at {file}" + (" (it is a directory)" if file.is_dir() else ""))
+    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    try:
+        conn.execute("SELECT started_at, cost_microusd FROM requests LIMIT 0")
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise LedgerError(f"{file} is not an oaigate ledger ({exc})") from None
+    return conn
+
+
+def _spend_row(values: tuple[Any, ...]) -> SpendRow:
+    row = SpendRow(*values)
+    return replace(row, cost_microusd=0) if row.cost_microusd is None and not row.unpriced_requests else row
+
+
+def _where(since: datetime | None, until: datetime | None) -> tuple[str, list[str]]:
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("started_at >= ?")
+        params.append(ledger_time(since))
+    if until is not None:
+        clauses.append("started_at < ?")
+        params.append(ledger_time(until))
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def spend_total(conn: sqlite3.Connection, since: datetime | None = None, until: datetime | None = None) -> SpendRow:
+    """Totals over the requests started in [since, until)."""
+    where, params = _where(since, until)
+    row = conn.execute(_SELECT.format(group="NULL", where=where, tail=""), params).fetchone()
+    return _spend_row(row)
+
+
+def spend_by(conn: sqlite3.Connection, by: GroupBy, since: datetime | None = None,
+             until: datetime | None = None) -> list[SpendRow]:
+    """One row per day, model, key or endpoint over [since, until).
+
+    Days are UTC and come in date order; the other groupings come costliest first.
+    """
+    where, params = _where(since, until)
+    order = "ORDER BY grp" if by == "day" else _COSTLIEST_FIRST
+    sql = _SELECT.format(group=GROUPS[by], where=where, tail=f"GROUP BY grp {order}")
+    return [_spend_row(row) for row in conn.execute(sql, params)]
+
+
+def ledger_info(conn: sqlite3.Connection, path: str | Path) -> LedgerInfo:
+    """Schema version, row count, first and last request, and bytes on disk (database plus WAL files)."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    rows, first, last = conn.execute("SELECT COUNT(*), MIN(started_at), MAX(started_at) FROM requests").fetchone()
+    return LedgerInfo(str(path), version, rows, first, last, disk_size(path))
+
+
+def disk_size(path: str | Path) -> int:
+    """Bytes used by the database file and its `-wal` and `-shm` companions."""
+    return sum(p.stat().st_size for p in (Path(f"{path}{suffix}") for suffix in ("", "-wal", "-shm")) if p.is_file())
