@@ -11,8 +11,9 @@ import io
 import json
 import sqlite3
 import sys
-from contextlib import closing
 from collections.abc import Callable
+from contextlib import closing
+from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -33,7 +34,6 @@ from .db.reports import (
     spend_by,
     spend_total,
 )
-from .db.schema import SCHEMA_VERSION
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -239,13 +239,13 @@ def prune_command(db: Path | None, config: Path | None, now: str | None, before:
               help="Output format.")
 def info(db: Path | None, config: Path | None, fmt: str) -> None:
     """Show the ledger's path, schema version, request count, time span and size on disk."""
+    from .db.schema import SCHEMA_VERSION  # sqlite-utils is slow to import; only this command needs it
+
     path = _ledger_path(db, config)
     with closing(_open(path)) as conn:
         facts = ledger_info(conn, path.resolve())
     if fmt == "json":
-        click.echo(json.dumps({"path": facts.path, "schema_version": facts.schema_version, "rows": facts.rows,
-                               "first_started_at": facts.first_started_at, "last_started_at": facts.last_started_at,
-                               "size_bytes": facts.size_bytes}, indent=2))
+        click.echo(json.dumps(asdict(facts), indent=2))
         return
     newer = f" (newer than this oaigate's {SCHEMA_VERSION})" if facts.schema_version > SCHEMA_VERSION else ""
     lines = [

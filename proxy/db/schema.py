@@ -44,7 +44,8 @@ _SPEND = """
 SELECT {group} AS {name}, COUNT(*) AS requests,
        SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
        SUM(cost_microusd) AS cost_microusd, ROUND(SUM(cost_microusd) / 1e6, 6) AS cost_usd,
-       SUM(cost_microusd IS NULL AND status < 400) AS unpriced_requests,
+       SUM(cost_microusd IS NULL AND prompt_tokens IS NOT NULL AND status BETWEEN 200 AND 399)
+           AS unpriced_requests,
        SUM(usage_source = 'estimated') AS estimated_requests
 FROM requests GROUP BY 1 ORDER BY 1
 """

@@ -1,0 +1,374 @@
+"""The SQLite ledger: one row per request with the usage the SDK saw and its exact cost; the writer.
+
+Rows are read with plain `sqlite3`, the way Datasette or a person would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from genai_prices import Usage as PriceUsage
+from genai_prices import calc_price
+
+from proxy.db.schema import COLUMNS, SCHEMA_VERSION, connect
+from proxy.db.writer import LedgerWriter
+from proxy.wire.tokens import count_chat_prompt, count_text
+from tests.servers import ServerThread
+
+from .conftest import CLIENT_KEY, Gateway, fetch, read_rows
+
+MESSAGES = [{"role": "user", "content": "Name two rivers in Europe and one in Africa."}]
+CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
+
+
+def genai_micros(model: str, prompt: int, completion: int) -> int:
+    """The cost genai-prices computes, in whole micro-dollars (half-up)."""
+    price = calc_price(PriceUsage(input_tokens=prompt, output_tokens=completion), model_ref=model,
+                       provider_id="openai").total_price
+    return int((price * Decimal(1_000_000)).to_integral_value(ROUND_HALF_UP))
+
+
+def query(db: Path, sql: str) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(db)
+    try:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql)]
+    finally:
+        conn.close()
+
+
+# --- rows equal what the SDK saw -------------------------------------------------------------------
+
+def test_rows_match_sdk_visible_usage_and_cost(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    seen = []
+    with gw.client() as client:
+        for i in range(4):
+            raw = client.chat.completions.with_raw_response.create(
+                **{**CHAT, "max_tokens": 10 + 10 * i, "messages": [{"role": "user", "content": f"Question {i}?"}]})
+            completion = raw.parse()
+            seen.append(("/v1/chat/completions", "gpt-4o-mini", completion.usage.prompt_tokens,
+                         completion.usage.completion_tokens, raw.headers["x-request-id"]))
+        raw = client.embeddings.with_raw_response.create(model="text-embedding-3-small", input=["a", "bb ccc"])
+        embedding = raw.parse()
+        seen.append(("/v1/embeddings", "text-embedding-3-small", embedding.usage.prompt_tokens, 0,
+                     raw.headers["x-request-id"]))
+    rows = gw.rows(expect=len(seen))
+    assert len(rows) == len(seen) == 5
+    assert [(r["endpoint"], r["model_served"], r["prompt_tokens"], r["completion_tokens"],
+             r["upstream_request_id"]) for r in rows] == seen
+    for row, (_, model, prompt, completion, _) in zip(rows, seen):
+        assert row["usage_source"] == "reported"
+        assert row["cost_microusd"] == genai_micros(model, prompt, completion)
+        assert row["cost_microusd"] > 0 or model.startswith("text-embedding")  # 4 tokens: $8e-8 rounds to 0
+        assert row["model_requested"] == model and row["status"] == 200 and row["stream"] == 0
+        assert row["method"] == "POST" and row["upstream"] == "mock" and row["attempts"] == 1
+        assert row["cached_tokens"] == 0 and row["reasoning_tokens"] == 0
+        assert row["error_type"] is None and row["fixture"] is None
+        assert row["key_name"].startswith("anon-")
+        assert row["latency_ms"] > 0 and 0 < row["ttfb_ms"] <= row["latency_ms"]
+        assert 0 <= row["overhead_ms"] <= row["latency_ms"]
+        assert row["started_at"].endswith("Z") and row["started_at"] <= row["finished_at"]
+        assert row["request_body"] is None and row["response_body"] is None  # log_bodies is off
+    assert len({r["id"] for r in rows}) == 5
+
+
+def test_cost_of_a_big_request_is_exact_integer_micro_dollars(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    with gw.client() as client:
+        completion = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "w " * 3000}],
+                                                    max_tokens=200)
+    (row,) = gw.rows(expect=1)
+    usage = completion.usage
+    expected = (Decimal(usage.prompt_tokens) * Decimal("2.5") + Decimal(usage.completion_tokens) * 10) / 1_000_000
+    assert row["cost_microusd"] == int((expected * 1_000_000).to_integral_value(ROUND_HALF_UP))
+    assert isinstance(row["cost_microusd"], int)
+
+
+def test_log_bodies_stores_truncated_bodies(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway(ledger={"log_bodies": True})
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 70_000}], "max_tokens": 3}
+    fetch("POST", gw.url + "/chat/completions", json=CHAT)
+    fetch("POST", gw.url + "/chat/completions", json=big)
+    small_row, big_row = gw.rows(expect=2)
+    assert json.loads(small_row["request_body"]) == CHAT
+    assert json.loads(small_row["response_body"])["object"] == "chat.completion"
+    assert big_row["request_body"].endswith("…[truncated]") and len(big_row["request_body"]) < 70_000
+
+
+# --- usage the upstream did not report -----------------------------------------------------------
+
+def _no_usage_upstream() -> web.Application:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for piece in ("The Danube", ", the Rhine", " and the Nile."):
+                chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": body["model"],
+                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await response.write(b"data: [DONE]\n\n")  # never a usage chunk, whatever was asked
+            await response.write_eof()
+            return response
+        completion = {"id": "c", "object": "chat.completion", "created": 1, "model": body["model"],
+                      "choices": [{"index": 0, "finish_reason": "stop",
+                                   "message": {"role": "assistant", "content": "The Danube, the Rhine and the Nile."}}]}
+        return web.json_response(completion)  # no "usage" member, like some OpenAI-compatible servers
+
+    async def chunked_with_usage(request: web.Request) -> web.StreamResponse:
+        """A JSON answer with usage, sent chunked (no Content-Length), as Go servers do for big bodies."""
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        payload = json.dumps({"object": "list", "model": "text-embedding-3-small",
+                              "data": [{"object": "embedding", "index": 0, "embedding": [0.6, 0.8]}],
+                              "usage": {"prompt_tokens": 7, "total_tokens": 7}}).encode()
+        await response.write(payload[:20])
+        await response.write(payload[20:])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/embeddings", chunked_with_usage)
+    return app
+
+
+def test_missing_usage_is_estimated_never_free(gateway: Callable[..., Gateway],
+                                               upstream: Callable[[web.Application], ServerThread]) -> None:
+    gw = gateway(upstream(_no_usage_upstream()).url + "/v1")
+    with gw.client() as client:
+        completion = client.chat.completions.create(**CHAT)
+        assert completion.usage is None  # relayed untouched: the gateway does not invent usage for the client
+        with client.chat.completions.create(**CHAT, stream=True) as stream:
+            text = "".join(c.choices[0].delta.content or "" for c in stream)
+    json_row, stream_row = gw.rows(expect=2)
+    prompt = count_chat_prompt(MESSAGES, "gpt-4o-mini")
+    completion_tokens = count_text("The Danube, the Rhine and the Nile.", "gpt-4o-mini")
+    assert text == "The Danube, the Rhine and the Nile."
+    for row in (json_row, stream_row):
+        assert row["usage_source"] == "estimated"
+        assert (row["prompt_tokens"], row["completion_tokens"]) == (prompt, completion_tokens)
+        assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0
+        assert row["cost_microusd"] == genai_micros("gpt-4o-mini", prompt, completion_tokens) > 0
+    spend = query(gw.db, "SELECT * FROM spend_by_model")
+    assert spend[0]["estimated_requests"] == 2
+
+
+def test_usage_in_a_chunked_json_answer_is_reported(gateway: Callable[..., Gateway],
+                                                    upstream: Callable[[web.Application], ServerThread]) -> None:
+    gw = gateway(upstream(_no_usage_upstream()).url + "/v1")
+    reply = fetch("POST", gw.url + "/embeddings", json={"model": "text-embedding-3-small", "input": "hello"})
+    assert reply.status == 200 and json.loads(reply.body)["usage"]["prompt_tokens"] == 7
+    (row,) = gw.rows(expect=1)
+    assert (row["usage_source"], row["prompt_tokens"], row["model_served"]) == ("reported", 7, "text-embedding-3-small")
+    assert row["cost_microusd"] == genai_micros("text-embedding-3-small", 7, 0)
+
+
+def test_unknown_model_costs_null_and_overrides_price_it(gateway: Callable[..., Gateway]) -> None:
+    chat = {**CHAT, "model": "my-local-llama"}
+    plain = gateway(mock={"models": ["my-local-llama"]})
+    priced = gateway(mock={"models": ["my-local-llama"]},
+                     prices={"my-local-llama": {"input_per_mtok": "1.25", "output_per_mtok": "5"}})
+    for gw in (plain, priced):
+        with gw.client() as client:
+            client.chat.completions.create(**chat)
+            client.chat.completions.create(**chat)  # the second lookup hits the cache: same answer
+    rows = plain.rows(expect=2)
+    assert [r["cost_microusd"] for r in rows] == [None, None]
+    assert all(r["prompt_tokens"] > 0 and r["usage_source"] == "reported" for r in rows)
+    (spend,) = query(plain.db, "SELECT * FROM spend_by_model")
+    assert (spend["model"], spend["requests"], spend["unpriced_requests"], spend["cost_microusd"]) == \
+        ("my-local-llama", 2, 2, None)
+    for row in priced.rows(expect=2):
+        expected = (Decimal(row["prompt_tokens"]) * Decimal("1.25") + Decimal(row["completion_tokens"]) * 5)
+        assert row["cost_microusd"] == int(expected.to_integral_value(ROUND_HALF_UP)) > 0
+
+
+# --- views, schema, file format ------------------------------------------------------------------
+
+def test_spend_views_sum_the_rows(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    calls = [("sk-alice", "gpt-4o-mini"), ("sk-alice", "gpt-4o"), ("sk-bob", "gpt-4o-mini"), ("sk-bob", "gpt-4o-mini")]
+    for key, model in calls:
+        with gw.client(key=key) as client:
+            client.chat.completions.create(**{**CHAT, "model": model})
+    fetch("GET", gw.url + "/models", key="sk-bob")  # a row with no usage: counted, costs nothing
+    rows = gw.rows(expect=5)
+    assert len(rows) == 5
+
+    def sums(group: str) -> dict[Any, tuple[int, int, int, int]]:
+        out: dict[Any, list[int]] = {}
+        for r in rows:
+            acc = out.setdefault(r[group], [0, 0, 0, 0])
+            acc[0] += 1
+            acc[1] += r["prompt_tokens"] or 0
+            acc[2] += r["completion_tokens"] or 0
+            acc[3] += r["cost_microusd"] or 0
+        return {k: tuple(v) for k, v in out.items()}
+
+    def view(name: str, column: str) -> dict[Any, tuple[int, int, int, int]]:
+        return {r[column]: (r["requests"], r["prompt_tokens"] or 0, r["completion_tokens"] or 0, r["cost_microusd"] or 0)
+                for r in query(gw.db, f"SELECT * FROM {name}")}
+
+    by_key = view("spend_by_key", "key_name")
+    assert by_key == sums("key_name") and len(by_key) == 2
+    by_model = view("spend_by_model", "model")
+    assert by_model == sums("model_served") and set(by_model) == {"gpt-4o-mini", "gpt-4o", None}
+    assert by_model["gpt-4o-mini"][0] == 3 and by_model["gpt-4o"][0] == 1
+    (day,) = query(gw.db, "SELECT * FROM spend_by_day")
+    assert day["day"] == rows[0]["started_at"][:10]
+    assert day["requests"] == 5 and day["cost_microusd"] == sum(r["cost_microusd"] or 0 for r in rows) > 0
+    assert day["cost_usd"] == round(day["cost_microusd"] / 1e6, 6)
+
+
+def test_schema_version_wal_and_plain_sqlite(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    fetch("POST", gw.url + "/chat/completions", json=CHAT)
+    gw.rows(expect=1)
+    conn = sqlite3.connect(gw.db)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION >= 1
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+        assert columns == list(COLUMNS)
+        views = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'view'")}
+        assert views >= {"spend_by_day", "spend_by_model", "spend_by_key"}
+        assert conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 1
+    finally:
+        conn.close()
+    gw.stop()
+    again = connect(str(gw.db))  # reopening migrates nothing and keeps the rows
+    try:
+        assert again.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert again.execute("SELECT COUNT(*) FROM requests").fetchone()[0] == 1
+    finally:
+        again.close()
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "future.db"
+    conn = sqlite3.connect(db)
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer"):
+        connect(str(db))
+
+
+def test_stopping_the_gateway_flushes_every_row(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    for _ in range(20):
+        fetch("POST", gw.url + "/embeddings", json={"model": "text-embedding-3-small", "input": "x"})
+    gw.stop()  # no settle: the shutdown itself drains and flushes
+    assert len(read_rows(gw.db)) == 20
+
+
+# --- the writer under pressure -------------------------------------------------------------------
+
+def test_locked_database_never_blocks_requests(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    fetch("GET", gw.url + "/models")
+    assert len(gw.rows(expect=1)) == 1
+    lock = sqlite3.connect(gw.db, isolation_level=None, timeout=0)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        lock.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('lock', 'x', 'x', 0)")
+        with gw.client(timeout=5.0) as client:
+            for _ in range(6):
+                assert client.chat.completions.create(**CHAT).choices  # answered while the ledger is locked
+        for _ in range(500):  # the finish hooks run just after each response: wait for the 6th row
+            health = gw.healthz()["ledger"]
+            if health["backlog"] == 6:
+                break
+            threading.Event().wait(0.01)
+        assert health["backlog"] == 6 and health["written"] == 1  # the rows wait, the requests did not
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+    rows = gw.rows(expect=7)
+    assert len(rows) == 7 and [r["endpoint"] for r in rows].count("/v1/chat/completions") == 6
+    assert "lock" not in {r["id"] for r in rows}
+    health = gw.healthz()["ledger"]
+    assert (health["backlog"], health["written"], health["dropped"]) == (0, 7, 0)
+
+
+def _row(i: int) -> dict[str, Any]:
+    return {"id": f"r{i}", "started_at": "2025-01-01T00:00:00.000Z", "endpoint": "/v1/x", "status": 200,
+            "prompt_tokens": i}
+
+
+def test_writer_survives_a_locked_database_and_counts_drops(tmp_path: Path) -> None:
+    db = tmp_path / "w.db"
+    writer = LedgerWriter(str(db), max_queue=10)
+    writer.start()
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        lock.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('lock', 'x', 'x', 0)")
+        for i in range(50):
+            writer.submit(_row(i))  # never blocks, whatever the database does
+        assert writer.dropped >= 30  # at most the batch in hand and a full queue are kept
+        assert writer.written == 0
+        lock.execute("ROLLBACK")
+    finally:
+        lock.close()
+    assert writer.flush(10)
+    writer.close()
+    rows = read_rows(db)
+    assert writer.written + writer.dropped == 50
+    assert len(rows) == writer.written > 0
+    assert sorted(r["prompt_tokens"] for r in rows) == sorted({r["prompt_tokens"] for r in rows})
+
+
+def test_writer_full_queue_drops_and_counts(tmp_path: Path) -> None:
+    writer = LedgerWriter(str(tmp_path / "q.db"), max_queue=3)
+    for i in range(5):
+        writer.submit(_row(i))  # not started yet: nothing drains the queue
+    assert (writer.dropped, writer.backlog) == (2, 3)
+    writer.start()
+    assert writer.flush(10)
+    writer.close()
+    assert writer.written == 3
+    assert [r["id"] for r in read_rows(tmp_path / "q.db")] == ["r0", "r1", "r2"]
+
+
+# --- volume -------------------------------------------------------------------------------------
+
+def test_2000_requests_at_concurrency_50_leave_exactly_2000_rows(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    total, concurrency = 2000, 50
+
+    async def run() -> list[int]:
+        limit = asyncio.Semaphore(concurrency)
+        headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def one(i: int) -> int:
+                async with limit:
+                    body = {**CHAT, "messages": [{"role": "user", "content": f"Request number {i}"}], "max_tokens": 8}
+                    async with session.post(gw.url + "/chat/completions", json=body, headers=headers) as response:
+                        await response.read()
+                        return response.status
+
+            return await asyncio.gather(*(one(i) for i in range(total)))
+
+    statuses = asyncio.run(run())
+    assert statuses == [200] * total
+    rows = gw.rows(expect=total, timeout=30)
+    assert len(rows) == total
+    assert len({r["id"] for r in rows}) == total
+    assert all(r["usage_source"] == "reported" and r["cost_microusd"] > 0 for r in rows)
+    assert gw.healthz()["ledger"]["dropped"] == 0
+    gw.stop()
+    assert len(read_rows(gw.db)) == total  # and nothing more after the shutdown flush

@@ -1,0 +1,197 @@
+"""`oaigate serve` as a real process: ready line, an SDK call, SIGTERM drains and flushes, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from aiohttp import web
+
+from tests.servers import ServerThread
+
+from .conftest import UPSTREAM_KEY, UPSTREAM_KEY_ENV, read_rows
+
+OAIGATE = str(Path(sys.executable).parent / "oaigate")
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "One word, please."}], "max_tokens": 5}
+READY = "oaigate serving on "
+
+
+class Serve:
+    """A running `oaigate serve` subprocess; stderr is collected line by line on a thread."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = {**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([OAIGATE, "serve", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def ready_url(self, timeout: float = 30.0) -> str:
+        """The `/v1` base URL from the ready line."""
+        while True:
+            line = self.lines.get(timeout=timeout)
+            assert line is not None, f"exited {self.proc.wait()} before serving: {''.join(self.stderr)}"
+            if line.startswith(READY):
+                url = line[len(READY):].split()[0]
+                assert url.startswith("http://127.0.0.1:") and url.endswith("/v1"), line
+                return url
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return code
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+    started: list[Serve] = []
+
+    def start(*args: str) -> Serve:
+        process = Serve(list(args), tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+        process.stop()
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "oaigate.toml"
+    path.write_text(text)
+    return path
+
+
+MOCK_CONFIG = f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+
+
+def test_serve_answers_then_sigterm_exits_0_with_the_row_flushed(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    db = tmp_path / "ledger.db"
+    process = serve("--port", "0", "--db", str(db), "--config", str(_config(tmp_path, MOCK_CONFIG)))
+    url = process.ready_url()
+    with openai.OpenAI(base_url=url, api_key="sk-cli-test", max_retries=0, timeout=15) as client:
+        completion = client.chat.completions.create(**CHAT)
+        health = client.get("/../healthz", cast_to=object)  # type: ignore[arg-type]
+    assert health["status"] == "ok" and health["upstream"] == "mock"
+    assert process.stop() == 0
+    (row,) = read_rows(db)
+    assert row["status"] == 200 and row["usage_source"] == "reported"
+    assert (row["prompt_tokens"], row["completion_tokens"]) == (completion.usage.prompt_tokens,
+                                                                completion.usage.completion_tokens)
+    assert UPSTREAM_KEY not in "".join(process.stderr)
+    for path in tmp_path.glob("ledger.db*"):
+        assert UPSTREAM_KEY.encode() not in path.read_bytes()
+
+
+def test_sigterm_drains_an_in_flight_stream(serve: Callable[..., Serve], tmp_path: Path,
+                                            upstream: Callable[[web.Application], ServerThread]) -> None:
+    release = asyncio.Event()
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for piece in ("Hello", " there"):
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                     "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+            await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await release.wait()  # the second chunk waits for the test
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", gated)
+    server = upstream(app)
+    db = tmp_path / "drain.db"
+    process = serve("--port", "0", "--db", str(db), "--upstream", server.url + "/v1",
+                    "--config", str(_config(tmp_path, MOCK_CONFIG)))
+    url = process.ready_url()
+    try:
+        with openai.OpenAI(base_url=url, api_key="sk-cli-test", max_retries=0, timeout=15) as client, \
+                client.chat.completions.create(**CHAT, stream=True) as stream:
+            chunks = iter(stream)
+            assert next(chunks).choices[0].delta.content == "Hello"
+            process.proc.send_signal(signal.SIGTERM)  # while the stream is in flight
+            server.call(release.set)
+            rest = [c.choices[0].delta.content for c in chunks]
+        assert rest == [" there"]
+    finally:
+        server.call(release.set)
+    assert process.stop() == 0
+    (row,) = read_rows(db)
+    assert row["status"] == 200 and row["error_type"] is None and row["stream"] == 1
+
+
+def test_python_m_proxy_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "proxy", "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    for option in ("--port", "--host", "--config", "--db", "--upstream", "--mode"):
+        assert option in result.stdout, option
+    assert "Traceback" not in result.stderr
+
+
+def test_non_loopback_without_keys_is_refused(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    process = serve("--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "x.db"),
+                    "--config", str(_config(tmp_path, MOCK_CONFIG)))
+    assert process.proc.wait(60) == 2
+    process.stop()
+    err = "".join(process.stderr)
+    assert "0.0.0.0" in err and "[[keys]]" in err and "Traceback" not in err
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    ("[upstream]\nmax_retries = \"lots\"\n", "upstream.max_retries", "integer"),
+    ("[upstream]\nbse_url = \"mock\"\n", "upstream.bse_url", "unknown key"),
+    ("[server]\nport = 70000\n", "server.port", "65535"),
+    ("[[keys]]\nname = \"ci\"\n", "keys[0]", "exactly one of key, key_env, key_sha256"),
+    ("[upstream\nbase_url = 1\n", None, ""),  # not TOML at all
+], ids=["wrong-type", "unknown-key", "out-of-range", "key-without-source", "syntax"])
+def test_bad_config_exits_2_with_file_key_and_reason(serve: Callable[..., Serve], tmp_path: Path, text: str,
+                                                     key: str | None, reason: str) -> None:
+    config = _config(tmp_path, text)
+    process = serve("--port", "0", "--db", str(tmp_path / "x.db"), "--config", str(config))
+    assert process.proc.wait(60) == 2
+    process.stop()
+    err = "".join(process.stderr)
+    assert str(config) in err or config.name in err, err
+    if key is not None:
+        assert key in err, err
+    assert reason in err, err
+    assert "Traceback" not in err and READY not in err
+
+
+def test_unset_key_env_exits_2(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    config = _config(tmp_path, MOCK_CONFIG + '\n[[keys]]\nname = "ci"\nkey_env = "OAIGATE_TEST_SURELY_UNSET"\n')
+    process = serve("--port", "0", "--db", str(tmp_path / "x.db"), "--config", str(config))
+    assert process.proc.wait(60) == 2
+    process.stop()
+    err = "".join(process.stderr)
+    assert "keys[ci].key_env" in err and "OAIGATE_TEST_SURELY_UNSET" in err and "Traceback" not in err
