@@ -2,7 +2,7 @@
 
 `x-mock-fault: KIND[;times=N][;id=ID][;retry_after_ms=MS]` with KIND in 429, 500, 503, timeout,
 disconnect. With `times=N` the first N requests carrying the same `id` (or, without an id, the same
-header value) fail and later ones succeed. `x-mock-latency: ttft_ms=MS;chunk_ms=MS` paces answers.
+KIND and N) fail and later ones succeed. `x-mock-latency: ttft_ms=MS;chunk_ms=MS` paces answers.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from .state import CATALOGUE, SLEEP
 
 async def _pace(request: web.Request) -> None:
     """`x-mock-latency` applies here too: a one-object answer waits `ttft_ms`."""
-    pacing: Pacing | None = request.get(PACING) or request.get("pacing")  # str key: until app.py uses PACING
+    pacing: Pacing | None = request.get(PACING)
     if pacing is not None and pacing.ttft_s:
         await request.app[SLEEP](pacing.ttft_s)
 

@@ -228,10 +228,12 @@ def test_times_zero_never_fails(mock_server: ServerThread) -> None:
     assert raw(mock_server.url, "POST", "/v1/chat/completions", CHAT, header).status == 200
 
 
-def test_times_without_id_counts_by_header_value(fresh: ServerThread) -> None:
+def test_times_without_id_counts_by_kind_and_times(fresh: ServerThread) -> None:
     one = {"x-mock-fault": "500;times=1"}
     two = {"x-mock-fault": "503;times=2"}
-    got = [raw(fresh.url, "POST", "/v1/chat/completions", CHAT, h).status for h in (one, two, one, two, two)]
+    two_other_wait = {"x-mock-fault": "503;times=2;retry_after_ms=5"}  # same kind and N: same count
+    got = [raw(fresh.url, "POST", "/v1/chat/completions", CHAT, h).status
+           for h in (one, two, one, two_other_wait, two)]
     assert got == [500, 503, 200, 503, 200]
 
 
