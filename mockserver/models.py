@@ -101,6 +101,13 @@ class Catalogue:
                 f"The model `{model_id}` does not exist or you do not have access to it.",
                 code="model_not_found",
             )
+        if model.kind == "chat" and kind == "completion":
+            raise MockError(
+                404,
+                "This is a chat model and not supported in the v1/completions endpoint. Did you mean to use "
+                "v1/chat/completions?",
+                param="model",
+            )
         if model.kind != kind:
             raise MockError(
                 404,

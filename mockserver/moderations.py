@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, get_args
 
 from aiohttp import web
 
 from .errors import invalid
+from .settings import ModerationCategory
 from .state import Call
 from .validation import MODEL, Arr, Obj, OneOf, Str
 
-CATEGORIES = (
-    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
-    "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
-    "violence/graphic",
-)
+CATEGORIES: tuple[str, ...] = get_args(ModerationCategory)
 _IMAGE_CATEGORIES = frozenset({"self-harm", "self-harm/intent", "self-harm/instructions", "sexual",
                                "violence", "violence/graphic"})
 

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+ModerationCategory = Literal[
+    "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
+    "self-harm", "self-harm/intent", "self-harm/instructions", "sexual", "sexual/minors", "violence",
+    "violence/graphic",
+]
 
 
 class MockSettings(BaseModel):
@@ -21,7 +29,7 @@ class MockSettings(BaseModel):
         default_factory=list,
         description="Extra model ids to accept and list, beside the built-in catalogue.",
     )
-    flagged_words: dict[str, str] = Field(
+    flagged_words: dict[str, ModerationCategory] = Field(
         default_factory=lambda: {
             "kill": "violence",
             "murder": "violence",

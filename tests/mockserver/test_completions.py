@@ -269,9 +269,10 @@ def test_bad_requests_get_openai_errors(
 
 
 def test_chat_model_is_refused(url: str) -> None:
-    error = error_of(post(url, {**BASE, "model": "gpt-4o"}), 404)
-
-    assert error["param"] == "model" and "v1/chat/completions" in error["message"]
+    assert error_of(post(url, {**BASE, "model": "gpt-4o"}), 404) == {
+        "message": "This is a chat model and not supported in the v1/completions endpoint. Did you mean to use "
+                   "v1/chat/completions?",
+        "type": "invalid_request_error", "param": "model", "code": None}
 
 
 @requires_spec

@@ -30,6 +30,7 @@ def test_missing_default_file_gives_defaults(tmp_path: Path, monkeypatch: pytest
         ("[mock]\nseed = 1.5\n", "mock.seed", "valid integer"),
         ("[prices.m]\noutput_per_mtok = 1\n", "prices.m.input_per_mtok", "required"),
         ("surprise = true\n", "surprise", "unknown key"),
+        ("[mock.flagged_words]\nspam = 'spam'\n", "mock.flagged_words.spam", "'violence'"),
     ],
 )
 def test_mistakes_name_file_key_and_reason(tmp_path: Path, text: str, key: str, reason: str) -> None:
