@@ -12,7 +12,7 @@ import pytest
 from proxy.wire.tokens import count_text, encoding_for_model
 from tests.openapi import requires_spec, validate
 
-from .test_chat import conforms, error_of, post, sse_payloads
+from tests.http import conforms, error_of, post, sse_payloads
 
 MODEL = "gpt-3.5-turbo-instruct"
 VOLCANO = "Volcanoes erupt because"

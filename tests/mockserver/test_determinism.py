@@ -23,7 +23,7 @@ from mockserver.settings import MockSettings
 from proxy.wire.tokens import count_text
 
 from tests.servers import ServerThread
-from .test_chat import Reply, joined_deltas, post, sse_payloads
+from tests.http import Reply, joined_deltas, post, sse_payloads
 
 STARTUP_S = 20.0
 SHUTDOWN_S = 5.0

@@ -210,7 +210,7 @@ def test_a_copied_ledger_needs_nothing_but_the_file(ledger: Path, tmp_path: Path
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    copy = shutil.copy(ledger, elsewhere / "copy.db")
+    shutil.copy(ledger, elsewhere / "copy.db")
     (elsewhere / "config.toml").write_text("this is not toml [[[\n")
     monkeypatch.chdir(elsewhere)
     result = run("spend", "--db", "copy.db", "--by", "model", "--format", "json")
