@@ -6,6 +6,7 @@ prints it and exits 2.
 
 from __future__ import annotations
 
+import zoneinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
@@ -53,15 +54,59 @@ class FixturesConfig(Section):
     dir: str = Field("fixtures", description="Folder holding recorded fixtures.")
 
 
-class LimitsConfig(Section):
+class LimitFields(Section):
+    budget_usd: float | None = Field(None, ge=0, description="Spend cap per period, USD.")
+    budget_tokens: int | None = Field(None, gt=0, description="Token cap per period (prompt + completion).")
+    budget_period: Period = Field("day", description="day | week | month | total; periods start at midnight.")
+    rpm: int | None = Field(None, gt=0, description="Requests per minute.")
+    tpm: int | None = Field(None, gt=0, description="Tokens per minute (estimated at admission, then corrected).")
+    concurrent: int | None = Field(None, gt=0, description="Requests in flight at once.")
+
+
+class LimitsConfig(LimitFields):
+    """Global limits, plus how every limit behaves."""
+
+    on_limit: Literal["queue", "reject"] = Field("queue", description="Over a rate limit: wait in line or 429.")
+    max_wait_s: float = Field(30.0, ge=0, description="Longest a queued request waits before a 429.")
+    default_max_tokens: int = Field(
+        4096, gt=0, description="Completion cap reserved (and sent upstream) when a budgeted request sets none.")
+    timezone: str = Field("UTC", description="Where budget periods start at midnight (IANA name).")
+    soft_threshold: float = Field(0.8, gt=0, le=1, description="Warn once per period past this share of a budget.")
+    adaptive: bool = Field(True, description="Slow admission when the upstream says it is near its rate limit.")
+
+    @model_validator(mode="after")
+    def _known_timezone(self) -> LimitsConfig:
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone!r}") from None
+        return self
+
+
+class ScopeSelector(Section):
+    key: str | None = Field(None, description='A key name, or "*" for each caller separately; unset: all keys.')
+    model: str | None = Field(None, description="A model name or glob (gpt-4o*); unset: all models.")
+
+
+class BudgetConfig(ScopeSelector):
     budget_usd: float | None = Field(None, ge=0)
+    budget_tokens: int | None = Field(None, gt=0)
     budget_period: Period = "day"
+
+    @model_validator(mode="after")
+    def _has_limit(self) -> BudgetConfig:
+        if self.budget_usd is None and self.budget_tokens is None:
+            raise ValueError("set budget_usd or budget_tokens")
+        return self
+
+
+class RateLimitConfig(ScopeSelector):
     rpm: int | None = Field(None, gt=0)
     tpm: int | None = Field(None, gt=0)
     concurrent: int | None = Field(None, gt=0)
 
 
-class KeyConfig(LimitsConfig):
+class KeyConfig(LimitFields):
     name: str = Field(min_length=1)
     key: str | None = Field(None, min_length=1, description="The key itself (prefer key_env or key_sha256).")
     key_env: str | None = Field(None, min_length=1, description="Environment variable holding the key.")
@@ -90,6 +135,8 @@ class Config(Section):
     fixtures: FixturesConfig = FixturesConfig()
     limits: LimitsConfig = LimitsConfig()
     keys: list[KeyConfig] = []
+    budgets: list[BudgetConfig] = []
+    rate_limits: list[RateLimitConfig] = []
     prices: dict[str, PriceConfig] = {}
     mock: MockSettings = MockSettings()
 

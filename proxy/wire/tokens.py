@@ -273,3 +273,22 @@ def _text(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         return ""
+
+
+def count_request_prompt(body: dict, model: str) -> int:
+    """Prompt tokens of any generation request body: chat `messages` (+ `tools`), completions
+    `prompt`, embeddings/moderations/responses `input` (strings counted, token arrays by length,
+    Responses API items by their text), plus Responses `instructions`. Never raises."""
+    if isinstance(body.get("messages"), list):
+        return count_chat_prompt(body["messages"], model, body.get("tools"))
+    total = count_text(body["instructions"], model) if isinstance(body.get("instructions"), str) else 0
+    for name in ("prompt", "input"):
+        value = body.get(name)
+        if isinstance(value, str):
+            return total + count_text(value, model)
+        if isinstance(value, list):
+            if value and all(isinstance(v, dict) for v in value):
+                return total + count_chat_prompt(value, model, body.get("tools"))
+            return total + sum(count_text(v, model) if isinstance(v, str) else len(v) if isinstance(v, list)
+                               else 1 for v in value)
+    return total

@@ -1,0 +1,279 @@
+"""budget: spend caps per key, per model (name or glob), per key and model, and global.
+
+Before forwarding, the worst case (see `estimate`) is priced and reserved in every budget that
+applies, in one step with no await in between, so concurrent requests can never overspend by more
+than what was reserved. After the response, the reservation is replaced by the real cost. A budget
+whose spend cannot be known (no price for the model) refuses the request: enforcement never fails
+open. Spend of the current period is rebuilt from the ledger at start.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..clock import Clock
+from ..config import Config
+from ..errors import GatewayError, InvalidRequest
+from ..exchange import Exchange
+from ..wire.pricing import PriceTable
+from ..wire.usage import Usage
+from . import Stage
+
+log = logging.getLogger("oaigate.budget")
+MICROS = 1_000_000
+
+
+class BudgetExceeded(GatewayError):
+    """429 `insufficient_quota` with `x-should-retry: false`, so SDKs do not retry it."""
+
+    status, type, code = 429, "insufficient_quota", "budget_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetRule:
+    """One configured budget: who and what it covers, and its limits."""
+
+    key: str | None
+    model: str | None
+    limit_micros: int | None
+    limit_tokens: int | None
+    period: str
+
+    def matches(self, principal: str | None, model: str | None) -> bool:
+        if self.key not in (None, "*") and self.key != principal:
+            return False
+        return self.model is None or (model is not None and fnmatch.fnmatchcase(model, self.model))
+
+    def scope(self, principal: str | None) -> str:
+        parts = []
+        if self.key is not None:
+            parts.append(f"key:{principal if self.key == '*' else self.key}")
+        if self.model is not None:
+            parts.append(f"model:{self.model}")
+        return " ".join(parts) or "global"
+
+
+@dataclass(slots=True)
+class Account:
+    """A budget's running totals for one scope and period."""
+
+    rule: BudgetRule
+    index: int
+    scope: str
+    start: datetime
+    end: datetime | None
+    spent_micros: int = 0
+    spent_tokens: int = 0
+    reserved_micros: int = 0
+    reserved_tokens: int = 0
+    warned: bool = False
+
+    def status(self) -> dict[str, Any]:
+        def usd(micros: int | None) -> str | None:
+            return None if micros is None else f"{micros / MICROS:.6f}"
+
+        limit = self.rule.limit_micros
+        return {
+            "scope": self.scope, "period": self.rule.period,
+            "limit_usd": usd(limit), "spent_usd": usd(self.spent_micros), "reserved_usd": usd(self.reserved_micros),
+            "remaining_usd": usd(None if limit is None else max(limit - self.spent_micros - self.reserved_micros, 0)),
+            "limit_tokens": self.rule.limit_tokens, "spent_tokens": self.spent_tokens,
+            "reserved_tokens": self.reserved_tokens,
+            "period_start": _iso(self.start), "resets_at": _iso(self.end) if self.end else None,
+            "soft_threshold_crossed": self.warned,
+        }
+
+
+@dataclass(slots=True)
+class Reservation:
+    holds: list[tuple[Account, int, int]] = field(default_factory=list)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def period_bounds(period: str, now: datetime) -> tuple[datetime, datetime | None]:
+    """The period containing `now` (aware, in the budget's timezone): [start, end). Arithmetic on
+    aware datetimes is wall-clock arithmetic, so periods start at local midnight across DST changes."""
+    if period == "total":
+        return datetime(1970, 1, 1, tzinfo=UTC), None
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "day":
+        return midnight, midnight + timedelta(days=1)
+    if period == "week":
+        start = midnight - timedelta(days=now.weekday())
+        return start, start + timedelta(days=7)
+    start = midnight.replace(day=1)
+    return start, (start + timedelta(days=32)).replace(day=1)
+
+
+def rules_from_config(config: Config) -> list[BudgetRule]:
+    """`[limits]` (global), each `[[keys]]` and each `[[budgets]]` with a limit, as rules."""
+    def micros(usd: float | None) -> int | None:
+        return None if usd is None else round(usd * MICROS)
+
+    rules = []
+    limits = config.limits
+    if limits.budget_usd is not None or limits.budget_tokens is not None:
+        rules.append(BudgetRule(None, None, micros(limits.budget_usd), limits.budget_tokens, limits.budget_period))
+    for key in config.keys:
+        if key.budget_usd is not None or key.budget_tokens is not None:
+            rules.append(BudgetRule(key.name, None, micros(key.budget_usd), key.budget_tokens, key.budget_period))
+    for budget in config.budgets:
+        rules.append(BudgetRule(budget.key, budget.model, micros(budget.budget_usd), budget.budget_tokens,
+                                budget.budget_period))
+    return rules
+
+
+class BudgetBook:
+    """All accounts, created on first use and rolled over at period boundaries."""
+
+    def __init__(self, rules: list[BudgetRule], clock: Clock, timezone: str = "UTC",
+                 soft_threshold: float = 0.8) -> None:
+        self.rules, self.clock, self.tz, self.soft_threshold = rules, clock, ZoneInfo(timezone), soft_threshold
+        self._accounts: dict[tuple[int, str], Account] = {}
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock.wall(), self.tz)
+
+    def accounts(self, principal: str | None, model: str | None) -> list[Account]:
+        """The accounts that apply to a request, in the current period."""
+        return [self._live(index, rule.scope(principal)) for index, rule in enumerate(self.rules)
+                if rule.matches(principal, model)]
+
+    def _live(self, index: int, scope: str) -> Account:
+        """The account of rule `index` for `scope` in the current period (rolled over if it ended)."""
+        account = self._accounts.get((index, scope))
+        now = self._now()
+        if account is None or (account.end is not None and now >= account.end):
+            start, end = period_bounds(self.rules[index].period, now)
+            reserved = (account.reserved_micros, account.reserved_tokens) if account else (0, 0)
+            account = Account(self.rules[index], index, scope, start, end, reserved_micros=reserved[0],
+                              reserved_tokens=reserved[1])
+            self._accounts[(index, scope)] = account
+        return account
+
+    def reserve(self, principal: str | None, model: str | None, micros: int | None, tokens: int) -> Reservation:
+        """Check every applicable budget, then hold the amounts in all of them: all or nothing, with no
+        await in between, so no other request can slip into the gap."""
+        accounts = self.accounts(principal, model)
+        for account in accounts:
+            rule = account.rule
+            if rule.limit_micros is not None:
+                if micros is None:
+                    raise InvalidRequest(
+                        f"No price is known for model '{model}', so the budget '{account.scope}' cannot be "
+                        f"enforced. Add a [prices.\"{model}\"] table to the gateway's config.toml.",
+                        param="model", code="unknown_model_price")
+                if account.spent_micros + account.reserved_micros + micros > rule.limit_micros:
+                    raise self._exceeded(account, f"${micros / MICROS:.6f}")
+            if (rule.limit_tokens is not None
+                    and account.spent_tokens + account.reserved_tokens + tokens > rule.limit_tokens):
+                raise self._exceeded(account, f"{tokens} tokens")
+        reservation = Reservation([(a, micros or 0, tokens) for a in accounts])
+        for account, m, t in reservation.holds:
+            account.reserved_micros += m
+            account.reserved_tokens += t
+        return reservation
+
+    def settle(self, reservation: Reservation, micros: int, tokens: int) -> None:
+        """Replace the held amounts by what the request really cost."""
+        for account, m, t in reservation.holds:
+            live = self._live(account.index, account.scope)
+            live.reserved_micros -= m
+            live.reserved_tokens -= t
+            live.spent_micros += micros
+            live.spent_tokens += tokens
+            self._check_soft(live)
+        reservation.holds.clear()
+
+    def _check_soft(self, account: Account) -> None:
+        limit = account.rule.limit_micros
+        if account.warned or not limit:
+            return
+        if account.spent_micros >= self.soft_threshold * limit:
+            account.warned = True
+            log.warning("budget %s (%s) is at %.0f%% of its $%.2f limit", account.scope, account.rule.period,
+                        100 * account.spent_micros / limit, limit / MICROS)
+
+    def _exceeded(self, account: Account, needed: str) -> BudgetExceeded:
+        limit = account.rule.limit_micros
+        resets = f" It resets at {_iso(account.end)}." if account.end else " It never resets (period 'total')."
+        if limit is not None:
+            what = (f"limit ${limit / MICROS:.2f}, spent ${account.spent_micros / MICROS:.6f}, "
+                    f"reserved by requests in flight ${account.reserved_micros / MICROS:.6f}")
+        else:
+            what = (f"limit {account.rule.limit_tokens} tokens, spent {account.spent_tokens}, "
+                    f"reserved {account.reserved_tokens}")
+        return BudgetExceeded(
+            f"Budget exceeded for {account.scope} ({account.rule.period}): {what}; this request may need up to "
+            f"{needed}.{resets}",
+            headers={"x-should-retry": "false"},
+            scope=account.scope, period=account.rule.period,
+            limit_usd=None if limit is None else round(limit / MICROS, 6),
+            spent_usd=round(account.spent_micros / MICROS, 6),
+            limit_tokens=account.rule.limit_tokens, spent_tokens=account.spent_tokens,
+            reset_at=_iso(account.end) if account.end else None,
+        )
+
+    def load_ledger(self, path: str) -> int:
+        """Add the current periods' spend from the ledger (once at start, off the event loop)."""
+        if not self.rules:
+            return 0
+        earliest = min(period_bounds(r.period, self._now())[0] for r in self.rules)
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = conn.execute(
+                    "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
+                    "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
+                    "WHERE started_at >= ?",
+                    (_iso(earliest),),
+                ).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            return 0  # no ledger yet
+        for key_name, model, started_at, cost, tokens in rows:
+            started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
+            for account in self.accounts(key_name, model):
+                if started >= account.start:
+                    account.spent_micros += cost or 0
+                    account.spent_tokens += tokens or 0
+        return len(rows)
+
+    def status(self, principal: str | None = None) -> list[dict[str, Any]]:
+        """The caller's budgets (every rule that can apply to `principal`), or every account so far."""
+        if principal is None:
+            return [a.status() for a in self._accounts.values()]
+        return [self._live(index, rule.scope(principal)).status() for index, rule in enumerate(self.rules)
+                if rule.key in (None, "*", principal)]
+
+
+class Budget(Stage):
+    """Reserves before forwarding, settles after."""
+
+    def __init__(self, book: BudgetBook, prices: PriceTable) -> None:
+        self.book, self.prices = book, prices
+        self._held: dict[int, Reservation] = {}
+
+    async def request(self, ex: Exchange) -> None:
+        if ex.estimate is None or not self.book.rules:
+            return
+        worst = Usage(ex.estimate.prompt, ex.estimate.completion)
+        micros = self.prices.cost_micros(ex.model, worst)
+        self._held[id(ex)] = self.book.reserve(ex.principal, ex.model, micros, worst.total)
+
+    async def finish(self, ex: Exchange) -> None:
+        reservation = self._held.pop(id(ex), None)
+        if reservation is None:
+            return
+        tokens = ex.usage.total if ex.usage is not None else 0
+        self.book.settle(reservation, ex.cost_micros or 0, tokens)

@@ -1,0 +1,301 @@
+"""ratelimit: requests per minute, tokens per minute and requests in flight, per key, per model and
+global, with token buckets that refill continuously (no fixed windows).
+
+Over a limit, a request either waits in line (`on_limit = "queue"`: FIFO per scope, at most
+`max_wait_s`) or is refused at once with a 429 `rate_limit_exceeded` carrying `retry-after-ms`.
+Tokens are estimated at admission (prompt + completion cap) and corrected after the response.
+Every response carries OpenAI's `x-ratelimit-*` headers for the tightest scope. The adaptive
+governor reads the upstream's own `x-ratelimit-remaining-*` / `reset-*` and 429s and holds
+admission back until the upstream's window resets, so a burst produces few upstream 429s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..clock import Clock
+from ..config import Config
+from ..errors import GatewayError
+from ..exchange import Exchange
+from . import Stage
+from .retry import hinted_wait, parse_duration
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "requests", "rate_limit_exceeded"
+
+
+@dataclass(frozen=True, slots=True)
+class RateRule:
+    key: str | None
+    model: str | None
+    rpm: int | None
+    tpm: int | None
+    concurrent: int | None
+
+    def matches(self, principal: str | None, model: str | None) -> bool:
+        if self.key not in (None, "*") and self.key != principal:
+            return False
+        return self.model is None or (model is not None and fnmatch.fnmatchcase(model, self.model))
+
+    def scope(self, principal: str | None) -> str:
+        parts = []
+        if self.key is not None:
+            parts.append(f"key:{principal if self.key == '*' else self.key}")
+        if self.model is not None:
+            parts.append(f"model:{self.model}")
+        return " ".join(parts) or "global"
+
+
+def rules_from_config(config: Config) -> list[RateRule]:
+    """`[limits]` (global), each `[[keys]]` and each `[[rate_limits]]`, as rules."""
+    def has_any(fields: object) -> bool:
+        return any(getattr(fields, n) is not None for n in ("rpm", "tpm", "concurrent"))
+
+    rules = []
+    if has_any(config.limits):
+        rules.append(RateRule(None, None, config.limits.rpm, config.limits.tpm, config.limits.concurrent))
+    rules += [RateRule(k.name, None, k.rpm, k.tpm, k.concurrent) for k in config.keys if has_any(k)]
+    rules += [RateRule(r.key, r.model, r.rpm, r.tpm, r.concurrent) for r in config.rate_limits if has_any(r)]
+    return rules
+
+
+class Bucket:
+    """A token bucket: holds up to `capacity`, refills `capacity` per minute, continuously."""
+
+    def __init__(self, capacity: int, now: float) -> None:
+        self.capacity, self.rate = capacity, capacity / 60.0
+        self.level, self.updated = float(capacity), now
+
+    def refill(self, now: float) -> None:
+        self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds until `amount` fits (an amount above capacity waits for a full bucket)."""
+        self.refill(now)
+        missing = min(amount, self.capacity) - self.level
+        return max(missing / self.rate, 0.0)
+
+    def take(self, amount: float) -> None:
+        self.level -= amount
+
+    def reset_in(self) -> float:
+        """Seconds until the bucket is full again."""
+        return max(self.capacity - self.level, 0.0) / self.rate
+
+
+@dataclass(eq=False)
+class Scope:
+    """The live state of one rule for one scope: its buckets, its in-flight count, its line."""
+
+    rule: RateRule
+    name: str
+    requests: Bucket | None
+    tokens: Bucket | None
+    in_flight: int = 0
+    line: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def wait(self, tokens: int, now: float) -> float | None:
+        """Seconds until this request fits; None when only a finishing request can make room."""
+        if self.rule.concurrent is not None and self.in_flight >= self.rule.concurrent:
+            return None
+        waits = [0.0]
+        if self.requests is not None:
+            waits.append(self.requests.wait(1, now))
+        if self.tokens is not None:
+            waits.append(self.tokens.wait(tokens, now))
+        return max(waits)
+
+
+@dataclass(slots=True)
+class Permit:
+    scopes: list[Scope]
+    tokens: int
+    released: bool = False
+
+
+class UpstreamGovernor:
+    """What the upstream says of its own limits: admission waits until `blocked_until`."""
+
+    def __init__(self) -> None:
+        self.blocked_until = 0.0
+
+    def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
+        wait = None
+        if status == 429:
+            wait = hinted_wait(429, headers) or 1.0
+        else:
+            for kind in ("requests", "tokens"):
+                remaining, reset = headers.get(f"x-ratelimit-remaining-{kind}"), headers.get(f"x-ratelimit-reset-{kind}")
+                if remaining is not None and reset is not None and remaining.strip() in ("0", "0.0"):
+                    wait = max(wait or 0.0, parse_duration(reset) or 0.0)
+        if wait:
+            self.blocked_until = max(self.blocked_until, now + wait)
+
+    def wait(self, now: float) -> float:
+        return max(self.blocked_until - now, 0.0)
+
+
+class RateLimiter:
+    """Admission against every matching scope; FIFO per scope; all scopes taken at once."""
+
+    def __init__(self, rules: list[RateRule], clock: Clock, *, on_limit: str = "queue", max_wait_s: float = 30.0,
+                 governor: UpstreamGovernor | None = None) -> None:
+        self.rules, self.clock, self.on_limit, self.max_wait_s = rules, clock, on_limit, max_wait_s
+        self.governor = governor
+        self._scopes: dict[tuple[int, str], Scope] = {}
+        self._released = asyncio.Event()
+
+    def scopes(self, principal: str | None, model: str | None) -> list[Scope]:
+        found = []
+        for index, rule in enumerate(self.rules):
+            if not rule.matches(principal, model):
+                continue
+            name = rule.scope(principal)
+            scope = self._scopes.get((index, name))
+            if scope is None:
+                now = self.clock.monotonic()
+                scope = Scope(rule, name, Bucket(rule.rpm, now) if rule.rpm else None,
+                              Bucket(rule.tpm, now) if rule.tpm else None)
+                self._scopes[(index, name)] = scope
+            found.append(scope)
+        return found
+
+    async def acquire(self, principal: str | None, model: str | None, tokens: int) -> Permit:
+        """Wait (or refuse) until the request fits every scope, then take from all of them."""
+        scopes = self.scopes(principal, model)
+        deadline = self.clock.monotonic() + (self.max_wait_s if self.on_limit == "queue" else 0.0)
+        held: list[Scope] = []
+        try:
+            for scope in scopes:  # a fixed order: no two requests wait on each other's lines
+                await scope.line.acquire()
+                held.append(scope)
+            while True:
+                now = self.clock.monotonic()
+                waits = [s.wait(tokens, now) for s in scopes]
+                if self.governor is not None:
+                    waits.append(self.governor.wait(now))
+                known = [w for w in waits if w is not None]
+                longest = max(known, default=0.0)
+                if longest == 0.0 and None not in waits:
+                    for scope in scopes:
+                        if scope.requests is not None:
+                            scope.requests.take(1)
+                        if scope.tokens is not None:
+                            scope.tokens.take(tokens)
+                        scope.in_flight += 1
+                    return Permit(scopes, tokens)
+                remaining = deadline - now
+                if remaining <= 0 or longest > remaining:
+                    raise self._refusal(scopes, waits, tokens)
+                await self._wait_for_room(longest if longest > 0 else remaining, remaining)
+        finally:
+            for scope in held:
+                scope.line.release()
+
+    async def _wait_for_room(self, seconds: float, remaining: float) -> None:
+        """Sleep until a bucket has refilled enough, or a request in flight finishes."""
+        released = self._released
+        sleeper = asyncio.ensure_future(self.clock.sleep(min(seconds, remaining)))
+        waiter = asyncio.ensure_future(released.wait())
+        try:
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waiter.cancel()
+
+    def correct(self, permit: Permit, actual_tokens: int) -> None:
+        """Give back (or take more of) the tokens once the real count is known."""
+        for scope in permit.scopes:
+            if scope.tokens is not None:
+                scope.tokens.take(actual_tokens - permit.tokens)
+        permit.tokens = actual_tokens
+
+    def release(self, permit: Permit) -> None:
+        if permit.released:
+            return
+        permit.released = True
+        for scope in permit.scopes:
+            scope.in_flight -= 1
+        self._released.set()
+        self._released = asyncio.Event()
+
+    def _refusal(self, scopes: list[Scope], waits: list[float | None], tokens: int) -> RateLimited:
+        known = [w for w in waits if w is not None]
+        retry = max(known, default=1.0) or 1.0
+        blocking = [s for s, w in zip(scopes, waits) if w is None or w > 0]
+        if blocking:
+            scope = blocking[0]
+            if waits[scopes.index(scope)] is None:
+                what = f"requests in flight: limit {scope.rule.concurrent}"
+            elif scope.requests is not None and scope.requests.wait(1, self.clock.monotonic()) > 0:
+                what = f"requests per minute: limit {scope.rule.rpm}"
+            else:
+                what = f"tokens per minute: limit {scope.rule.tpm}, this request needs {tokens}"
+            message = f"Rate limit reached for {scope.name} ({what})."
+        else:
+            message = "The upstream is at its rate limit; the gateway is holding requests back."
+        millis = math.ceil(retry * 1000)
+        return RateLimited(f"{message} Please try again in {millis}ms.", headers={
+            "retry-after-ms": str(millis), "retry-after": str(math.ceil(retry))})
+
+    def headers(self, principal: str | None, model: str | None) -> dict[str, str]:
+        """OpenAI's `x-ratelimit-*` headers for the tightest matching scope of each kind."""
+        now = self.clock.monotonic()
+        out: dict[str, str] = {}
+        scopes = self.scopes(principal, model)
+        for kind in ("requests", "tokens"):
+            buckets = [getattr(s, kind) for s in scopes if getattr(s, kind) is not None]
+            if not buckets:
+                continue
+            for bucket in buckets:
+                bucket.refill(now)
+            tightest = min(buckets, key=lambda b: b.level / b.capacity)
+            out[f"x-ratelimit-limit-{kind}"] = str(tightest.capacity)
+            out[f"x-ratelimit-remaining-{kind}"] = str(max(int(tightest.level), 0))
+            out[f"x-ratelimit-reset-{kind}"] = format_duration(tightest.reset_in())
+        return out
+
+
+def format_duration(seconds: float) -> str:
+    """OpenAI's reset format: `20ms`, `1s`, `6m0s`, `1h2m3s`."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    seconds = math.ceil(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+class RateLimit(Stage):
+    """Admits before forwarding; corrects tokens and frees the slot after."""
+
+    def __init__(self, limiter: RateLimiter) -> None:
+        self.limiter = limiter
+        self._permits: dict[int, Permit] = {}
+
+    async def request(self, ex: Exchange) -> None:
+        tokens = ex.estimate.total if ex.estimate is not None else 0
+        if self.limiter.rules or self.limiter.governor is not None:
+            self._permits[id(ex)] = await self.limiter.acquire(ex.principal, ex.model, tokens)
+        if self.limiter.rules:
+            ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
+
+    async def finish(self, ex: Exchange) -> None:
+        permit = self._permits.pop(id(ex), None)
+        if permit is None:
+            return
+        if ex.usage is not None:
+            self.limiter.correct(permit, ex.usage.total)
+        elif ex.status is None or ex.status >= 400:
+            self.limiter.correct(permit, 0)
+        self.limiter.release(permit)
