@@ -21,11 +21,17 @@ from .db.writer import LedgerWriter
 from .errors import GatewayError
 from .exchange import Exchange
 from .stages import Stage
+from .clock import Clock
 from .stages.auth import Authenticate
+from .stages.budget import Budget, BudgetBook
+from .stages.budget import rules_from_config as budget_rules
+from .stages.estimate import Estimator
 from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger
 from .stages.meter import Meter
 from .stages.metrics import Metrics
+from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
+from .stages.ratelimit import rules_from_config as rate_rules
 from .wire.jsoncodec import dumps
 from .wire.pricing import PriceTable
 from .wire.tokens import preload
@@ -44,6 +50,7 @@ class Pipeline:
     after: list[Stage]
     metrics: Metrics
     writer: LedgerWriter | None
+    budgets: BudgetBook
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
@@ -69,20 +76,24 @@ class Pipeline:
 
 CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+AUTHENTICATE = web.AppKey("authenticate", Authenticate)
 UPSTREAM = web.AppKey("upstream", Upstream)
 
 Sleep = Callable[[float], Awaitable[object]]
 
 
-def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep = asyncio.sleep) -> web.Application:
-    """Build the gateway. Nothing is opened until the app starts (see `cleanup_ctx`)."""
+def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep = asyncio.sleep,
+             clock: Clock | None = None) -> web.Application:
+    """Build the gateway. Nothing is opened until the app starts (see `cleanup_ctx`). `sleep` (retry
+    waits) and `clock` (budget periods, rate limits) are replaceable so tests control time."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
-    authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
+    app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
     app.cleanup_ctx.append(_upstream_ctx)
-    app.cleanup_ctx.append(_pipeline_ctx(authenticate, sleep))
+    app.cleanup_ctx.append(_pipeline_ctx(authenticate, sleep, clock or Clock()))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/oaigate/budgets", budgets)
     app.router.add_route("*", "/v1/{tail:.*}", handle)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
@@ -110,27 +121,42 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             await runner.cleanup()
 
 
-def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep) -> Callable[[web.Application], AsyncIterator[None]]:
+def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
+                  clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         writer = LedgerWriter(config.ledger.path) if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
         await asyncio.to_thread(preload)
+        limits = config.limits
+        prices = PriceTable(config.price_overrides())
+        book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
+        if config.ledger.enabled:
+            await asyncio.to_thread(book.load_ledger, config.ledger.path)
+        rate_rules_ = rate_rules(config)
+        governor = UpstreamGovernor() if limits.adaptive else None
+        limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
+                              governor=governor)
+        budget, ratelimit = Budget(book, prices), RateLimit(limiter)
+        needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         up = config.upstream
         forward = Forward(session, app[UPSTREAM], max_retries=up.max_retries,
                           timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
-                          pass_through=up.pass_through, sleep=sleep)
+                          pass_through=up.pass_through, sleep=sleep,
+                          on_attempt=None if governor is None else
+                          lambda status, headers: governor.observe(status, headers, clock.monotonic()))
         metrics = Metrics()
         app[PIPELINE] = Pipeline(
-            before=[authenticate],
+            before=[authenticate, Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit],
             forward=forward,
-            after=[Meter(PriceTable(config.price_overrides())), metrics]
+            after=[Meter(prices), budget, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
             metrics=metrics,
             writer=writer,
+            budgets=book,
         )
         try:
             yield
@@ -156,6 +182,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         ex.error_type = exc.code or type(exc).__name__
         ex.overhead_s = max(time.perf_counter() - ex.started - ex.upstream_wait_s, 0.0)
         response = exc.response()
+        response.headers.update(ex.response_headers)
         response.headers["x-oaigate-overhead-ms"] = f"{ex.overhead_s * 1000:.3f}"
         return response
     except (asyncio.CancelledError, ConnectionResetError):
@@ -172,6 +199,17 @@ async def healthz(request: web.Request) -> web.Response:
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures}
     body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name, "ledger": ledger}
+    return web.Response(body=dumps(body), content_type="application/json")
+
+
+async def budgets(request: web.Request) -> web.Response:
+    """The calling key's budgets: limit, spent, reserved, remaining, when it resets."""
+    ex = Exchange(request.method, request.path, request.query_string, request.headers, b"")
+    try:
+        await request.app[AUTHENTICATE].request(ex)
+    except GatewayError as exc:
+        return exc.response()
+    body = {"key": ex.principal, "budgets": request.app[PIPELINE].budgets.status(ex.principal)}
     return web.Response(body=dumps(body), content_type="application/json")
 
 

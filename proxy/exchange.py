@@ -5,9 +5,12 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from multidict import CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from .stages.estimate import Estimate
 
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
@@ -35,6 +38,9 @@ class Exchange:
     # authenticate
     principal: str | None = None
     client_token: str | None = None
+    # estimate (worst-case tokens, for budgets and rate limits); headers stages add to the answer
+    estimate: Estimate | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
     # forward
     upstream: str | None = None
     upstream_body: bytes | None = None

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -36,6 +37,7 @@ READ_WHOLE_LIMIT = 8 * 1024 * 1024
 
 Sleep = Callable[[float], Awaitable[object]]
 ChunkHook = Callable[[Exchange, bytes], None]
+AttemptHook = Callable[[int, Mapping[str, str]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,23 +101,36 @@ def prepare_body(ex: Exchange, inject_stream_usage: bool) -> bytes:
     return ex.body
 
 
+_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")  # SSE events end with a blank line, in any line-end style
+_USAGE_NULL = re.compile(rb',\s*"usage"\s*:\s*null\b|"usage"\s*:\s*null\s*,')
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+
+
 class StreamUsageStripper:
     """Removes what `include_usage` added to a chat stream the client did not ask it for: the
-    `"usage":null` member of each chunk and the final usage-only chunk. Works frame by frame, so
-    frames still leave as soon as they are complete."""
+    `"usage":null` member of each chunk and the final usage-only chunk. Works event by event, so
+    events still leave as soon as they are complete, whatever their line ends (LF, CRLF, CR) or JSON
+    spacing; events without `"usage"` leave byte for byte."""
 
     def __init__(self) -> None:
         self._buffer = b""
 
     def feed(self, data: bytes) -> bytes:
         self._buffer += data
-        end = self._buffer.rfind(b"\n\n")
-        if end < 0:
+        ends = [m.end() for m in _EVENT_END.finditer(self._buffer)]
+        if not ends:
             return b""
-        complete, self._buffer = self._buffer[: end + 2], self._buffer[end + 2:]
-        frames = complete.split(b"\n\n")[:-1]
-        kept = [f.replace(b',"usage":null', b"") for f in frames if not _is_usage_only(f)]
-        return b"".join(f + b"\n\n" for f in kept)
+        complete, self._buffer = self._buffer[: ends[-1]], self._buffer[ends[-1]:]
+        kept, start = [], 0
+        for end in ends:
+            frame, start = complete[start:end], end
+            if b'"usage"' in frame:
+                if _is_usage_only(frame):
+                    continue
+                frame = _USAGE_NULL.sub(b"", frame, count=1)
+            kept.append(frame)
+        return b"".join(kept)
 
     def flush(self) -> bytes:
         rest, self._buffer = self._buffer, b""
@@ -123,7 +138,7 @@ class StreamUsageStripper:
 
 
 def _is_usage_only(frame: bytes) -> bool:
-    return b'"choices":[]' in frame and b'"usage":{' in frame
+    return _EMPTY_CHOICES.search(frame) is not None and _USAGE_OBJECT.search(frame) is not None
 
 
 class Forward:
@@ -131,10 +146,11 @@ class Forward:
 
     def __init__(self, session: aiohttp.ClientSession, upstream: Upstream, *, max_retries: int,
                  timeouts: Timeouts, pass_through: bool = False, inject_stream_usage: bool = True,
-                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random) -> None:
+                 sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random,
+                 on_attempt: AttemptHook | None = None) -> None:
         self.session, self.upstream, self.max_retries = session, upstream, max_retries
         self.timeouts, self.pass_through, self.inject_stream_usage = timeouts, pass_through, inject_stream_usage
-        self.sleep, self.rand = sleep, rand
+        self.sleep, self.rand, self.on_attempt = sleep, rand, on_attempt
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
         ex.upstream = self.upstream.name
@@ -170,22 +186,24 @@ class Forward:
             ex.upstream_wait_s += time.perf_counter() - sent
             if failure is None:
                 ex.ttfb_s = time.perf_counter() - ex.started
+                if self.on_attempt is not None:
+                    self.on_attempt(response.status, response.headers)
                 if not should_retry(response.status, response.headers) or not self._may_retry(ex):
                     return response
                 wait = hinted_wait(response.status, response.headers)
+                if wait is None:
+                    wait = backoff(ex.attempts, self.rand)
+                if time.monotonic() + wait >= deadline:
+                    return response  # no time left to wait: the upstream's own answer (and retry-after) it is
                 response.release()
                 log.info("upstream answered %d; retry %d", response.status, ex.attempts)
             else:
                 if not self._may_retry(ex):
                     raise failure
-                wait = None
-                log.info("upstream failed (%s); retry %d", failure, ex.attempts)
-            if wait is None:
                 wait = backoff(ex.attempts, self.rand)
-            if time.monotonic() + wait >= deadline:
-                if failure is not None:
+                if time.monotonic() + wait >= deadline:
                     raise failure
-                raise UpstreamTimeout("The upstream kept asking to retry later than the request's deadline.")
+                log.info("upstream failed (%s); retry %d", failure, ex.attempts)
             started = time.perf_counter()
             await self.sleep(wait)
             ex.upstream_wait_s += time.perf_counter() - started
@@ -198,6 +216,7 @@ class Forward:
         ex.status = response.status
         ex.upstream_request_id = response.headers.get("x-request-id")
         headers = downstream_headers(response)
+        headers.update(ex.response_headers)
         content_type = response.headers.get("Content-Type", "")
         length = response.content_length
         remaining = max(deadline - time.monotonic(), 0.001)
@@ -230,6 +249,10 @@ class Forward:
             if stripper is not None and (rest := stripper.flush()):
                 await client.write(rest)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            if request.transport is None or request.transport.is_closing():
+                # a write to the client failed (aiohttp's ClientConnectionResetError is a ClientConnectionError
+                # too): the client left, the upstream did nothing wrong
+                raise ConnectionResetError("the client went away mid-stream") from exc
             ex.error_type = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_disconnected"
             log.warning("upstream stream broke off (%s): cutting the client's stream", type(exc).__name__)
             if request.transport is not None:
