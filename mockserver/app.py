@@ -20,9 +20,12 @@ from .faults import (
 from .models import Catalogue
 from .settings import MockSettings
 from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, endpoint
+from .ratelimit import RATE_HEADERS, RequestLimit
+from .ratelimit import add_headers as add_rate_headers
 from .streaming import cut
 
 log = logging.getLogger("oaigate.mock")
+RATE_LIMIT = web.AppKey("rate_limit", RequestLimit | None)
 
 HANG_S = 600.0  # how long a `timeout` fault holds the request before giving up on the client
 
@@ -61,6 +64,9 @@ async def api_middleware(request: web.Request, handler: Any) -> web.StreamRespon
         return await handler(request)
     if not request.headers.get("Authorization", "").strip():
         raise MockError(401, _NO_KEY)
+    limit = request.app[RATE_LIMIT]
+    if limit is not None:
+        request[RATE_HEADERS] = limit.take()
     if LATENCY_HEADER in request.headers:
         request[PACING] = parse_pacing(request.headers[LATENCY_HEADER])
     if FAULT_HEADER in request.headers:
@@ -101,6 +107,11 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app[CLOCK] = VirtualClock(settings.clock_start)
     app[FAULTS] = FaultCounter()
     app[SLEEP] = sleep
+    app[RATE_LIMIT] = None
+    if settings.rate_limit_requests is not None:
+        app[RATE_LIMIT] = RequestLimit(settings.rate_limit_requests,
+                                       settings.rate_limit_per_s or settings.rate_limit_requests / 60)
+        app.on_response_prepare.append(add_rate_headers)
     app.on_startup.append(_load_tokenizers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", models_api.list_models)

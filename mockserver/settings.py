@@ -42,5 +42,25 @@ class MockSettings(BaseModel):
         },
         description="Moderation word list: a word found in the input flags it under that category.",
     )
+    rate_limit_requests: int | None = Field(
+        None, gt=0, description="Emulate an upstream request limit: a bucket of this many requests (unset: off).")
+    rate_limit_per_s: float | None = Field(
+        None, gt=0, description="Refill of that bucket, requests per second (default: the bucket per minute).")
     max_body_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Larger request bodies get 413.")
     fixtures: str | None = Field(None, description="Folder of recorded fixtures to serve first.")
+    journal_size: int = Field(1000, ge=0, description="Requests the `/_mock/journal` keeps; older ones are dropped.")
+    max_files: int = Field(10_000, gt=0, description="Files kept in memory; the oldest are evicted beyond it.")
+    max_file_bytes: int = Field(512 * 1024 * 1024, gt=0, description="Largest upload accepted (OpenAI: 512 MB).")
+    max_stored_bytes: int = Field(
+        1024 * 1024 * 1024, gt=0, description="Total bytes of all files kept; the oldest are evicted beyond it.",
+    )
+    max_batches: int = Field(1000, gt=0, description="Batches kept; the oldest are evicted beyond it.")
+    batch_pace: Literal["instant", "realistic"] = Field(
+        "instant",
+        description="`instant`: a batch completes at its first retrieve; `realistic`: its phases take virtual time.",
+    )
+    batch_phase_s: int = Field(60, ge=0, description="Realistic pace: virtual seconds of validating, finalizing "
+                               "and cancelling.")
+    batch_request_s: float = Field(1.0, ge=0, description="Realistic pace: virtual seconds per request in progress.")
+    batch_expire: bool = Field(False, description="Stall every batch halfway so it expires after its 24h window.")
+    state_dir: str | None = Field(None, description="Folder to keep files and batches in across restarts.")

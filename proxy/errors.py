@@ -27,10 +27,12 @@ class GatewayError(Exception):
     type = SERVER_ERROR
     code: str | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.message, self.param, self.headers, self.extra = message, param, dict(headers or {}), extra
+        if code is not None:
+            self.code = code
 
     def response(self) -> web.Response:
         return error_response(self.status, self.message, self.type, self.param, self.code, self.headers,

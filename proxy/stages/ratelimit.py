@@ -120,25 +120,56 @@ class Permit:
 
 
 class UpstreamGovernor:
-    """What the upstream says of its own limits: admission waits until `blocked_until`."""
+    """Admission paced by what the upstream says of its own request limit.
+
+    It counts down the upstream's last `x-ratelimit-remaining-requests` as requests are admitted;
+    at zero, admission waits for the upstream's `x-ratelimit-reset-requests` (or `retry-after` of a
+    429). While it knows nothing (at start, after a wait), it sends one request at a time until an
+    answer tells it the remaining count; an upstream that sends no such headers is not paced.
+    """
 
     def __init__(self) -> None:
         self.blocked_until = 0.0
+        self.remaining: int | None = None
+        self.informative: bool | None = None  # None until the first answer says whether it has headers
+        self.in_flight = 0
 
     def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
+        value = headers.get("x-ratelimit-remaining-requests")
+        if value is not None:
+            self.informative = True
+            try:  # the other requests in flight may not be counted upstream yet: assume they will be
+                self.remaining = int(float(value)) - max(self.in_flight - 1, 0)
+            except ValueError:
+                self.remaining = None
+        elif self.informative is None:
+            self.informative = False
         wait = None
         if status == 429:
             wait = hinted_wait(429, headers) or 1.0
-        else:
-            for kind in ("requests", "tokens"):
-                remaining, reset = headers.get(f"x-ratelimit-remaining-{kind}"), headers.get(f"x-ratelimit-reset-{kind}")
-                if remaining is not None and reset is not None and remaining.strip() in ("0", "0.0"):
-                    wait = max(wait or 0.0, parse_duration(reset) or 0.0)
+        elif self.remaining is not None and self.remaining <= 0:
+            wait = parse_duration(headers.get("x-ratelimit-reset-requests", "")) or 1.0
         if wait:
             self.blocked_until = max(self.blocked_until, now + wait)
+            self.remaining = None
 
-    def wait(self, now: float) -> float:
-        return max(self.blocked_until - now, 0.0)
+    def wait(self, now: float) -> float | None:
+        """Seconds to hold admission; None: wait until a request in flight is answered."""
+        if now < self.blocked_until:
+            return self.blocked_until - now
+        if self.informative is False:
+            return 0.0
+        if self.remaining is None or self.remaining <= 0:
+            return None if self.in_flight else 0.0
+        return 0.0
+
+    def admitted(self) -> None:
+        self.in_flight += 1
+        if self.remaining is not None:
+            self.remaining -= 1
+
+    def finished(self) -> None:
+        self.in_flight -= 1
 
 
 class RateLimiter:
@@ -179,7 +210,8 @@ class RateLimiter:
                 now = self.clock.monotonic()
                 waits = [s.wait(tokens, now) for s in scopes]
                 if self.governor is not None:
-                    waits.append(self.governor.wait(now))
+                    held_back = self.governor.wait(now)
+                    waits.append(0.0 if held_back is None and self.on_limit == "reject" else held_back)
                 known = [w for w in waits if w is not None]
                 longest = max(known, default=0.0)
                 if longest == 0.0 and None not in waits:
@@ -189,6 +221,8 @@ class RateLimiter:
                         if scope.tokens is not None:
                             scope.tokens.take(tokens)
                         scope.in_flight += 1
+                    if self.governor is not None:
+                        self.governor.admitted()
                     return Permit(scopes, tokens)
                 remaining = deadline - now
                 if remaining <= 0 or longest > remaining:
@@ -222,6 +256,8 @@ class RateLimiter:
         permit.released = True
         for scope in permit.scopes:
             scope.in_flight -= 1
+        if self.governor is not None:
+            self.governor.finished()
         self._released.set()
         self._released = asyncio.Event()
 
