@@ -86,10 +86,12 @@ def _fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
+from .cli_budgets import budgets  # noqa: E402
 from .cli_ledger import ledger, spend  # noqa: E402
 
 cli.add_command(spend)
 cli.add_command(ledger)
+cli.add_command(budgets)
 
 
 def main() -> None:

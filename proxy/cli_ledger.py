@@ -142,8 +142,6 @@ def _write_csv(rows: list[SpendRow], by: str | None) -> None:
 def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: tuple[str | None, str | None],
                  path: Path) -> None:
     from rich import box
-    from rich.console import Console
-    from rich.measure import Measurement
     from rich.table import Table
 
     columns: list[tuple[str, Callable[[SpendRow], str]]] = [
@@ -174,6 +172,14 @@ def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: 
     if rows:
         table.add_section()
     table.add_row("total", *(cell(total) for _, cell in columns), style="bold")
+    print_table(table)
+
+
+def print_table(table: Any) -> None:
+    """Print a rich table at its natural width (never cropped); plain lines when not on a terminal."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
     console = Console(highlight=False)
     natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
     console.width = max(console.width, natural)

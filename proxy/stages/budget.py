@@ -250,9 +250,13 @@ class BudgetBook:
         return len(rows)
 
     def status(self, principal: str | None = None) -> list[dict[str, Any]]:
-        """The caller's budgets (every rule that can apply to `principal`), or every account so far."""
+        """The caller's budgets (every rule that can apply to `principal`); without one, every budget:
+        each fixed scope, and each caller a per-caller (`key = "*"`) budget has seen."""
         if principal is None:
-            return [a.status() for a in self._accounts.values()]
+            for index, rule in enumerate(self.rules):
+                if rule.key != "*":
+                    self._live(index, rule.scope(rule.key))
+            return [self._live(i, scope).status() for (i, scope) in list(self._accounts)]
         return [self._live(index, rule.scope(principal)).status() for index, rule in enumerate(self.rules)
                 if rule.key in (None, "*", principal)]
 

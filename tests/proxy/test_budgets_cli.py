@@ -1,0 +1,50 @@
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from proxy.cli import cli
+from proxy.db.schema import connect
+
+NOW = "2026-01-05T12:00:00+00:00"
+
+
+def make(tmp_path: Path) -> tuple[Path, Path]:
+    db = tmp_path / "ledger.db"
+    conn = connect(str(db))
+    conn.executemany(
+        "INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, endpoint, status, "
+        "prompt_tokens, completion_tokens) VALUES (?, ?, ?, 'gpt-4o', ?, '/v1/chat/completions', 200, 10, 5)",
+        [("a", "2026-01-05T01:00:00.000Z", "ci", 250_000), ("b", "2026-01-04T10:00:00.000Z", "ci", 900_000),
+         ("c", "2026-01-05T02:00:00.000Z", "dev", 100_000)])
+    conn.close()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[ledger]\npath = "{db}"\n[limits]\nbudget_usd = 10\n'
+                      '[[keys]]\nname = "ci"\nkey = "sk-ci"\nbudget_usd = 1\n'
+                      '[[budgets]]\nkey = "*"\nbudget_tokens = 100\nbudget_period = "week"\n')
+    return db, config
+
+
+def test_budgets_json_shows_this_periods_spend(tmp_path: Path) -> None:
+    _, config = make(tmp_path)
+    result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--format", "json", "--now", NOW])
+    assert result.exit_code == 0, result.output
+    rows = {(r["scope"], r["period"]): r for r in json.loads(result.output)["budgets"]}
+    assert len(rows) == 4
+    assert rows["global", "day"]["spent_usd"] == "0.350000" and rows["global", "day"]["remaining_usd"] == "9.650000"
+    ci_day = rows["key:ci", "day"]
+    assert ci_day["spent_usd"] == "0.250000" and ci_day["resets_at"] == "2026-01-06T00:00:00Z"
+    assert ci_day["reserved_usd"] == "0.000000"
+    assert rows["key:ci", "week"]["spent_tokens"] == 15  # weeks start on Monday: Sunday 01-04 was last week
+    assert rows["key:dev", "week"]["spent_tokens"] == 15 and rows["key:dev", "week"]["limit_tokens"] == 100
+
+
+def test_budgets_table_and_no_budgets(tmp_path: Path) -> None:
+    _, config = make(tmp_path)
+    result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--now", NOW])
+    assert result.exit_code == 0
+    assert "key:ci" in result.output and "$0.750000" in result.output and "2026-01-06T00:00:00Z" in result.output
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    result = CliRunner().invoke(cli, ["budgets", "--config", str(empty), "--db", str(tmp_path / "none.db")])
+    assert result.exit_code == 0 and "No budgets configured" in result.output
