@@ -95,6 +95,12 @@ class Reservation:
     holds: list[tuple[Account, int, int]] = field(default_factory=list)
 
 
+def usd(micros: int) -> str:
+    """`$5.00`, `$0.0005`, `$0.000403`: as many decimals as the amount needs, at least two."""
+    whole, frac = f"{micros / MICROS:.6f}".split(".")
+    return f"${whole}.{frac.rstrip('0').ljust(2, '0')}"
+
+
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -173,7 +179,7 @@ class BudgetBook:
                         f"enforced. Add a [prices.\"{model}\"] table to the gateway's config.toml.",
                         param="model", code="unknown_model_price")
                 if account.spent_micros + account.reserved_micros + micros > rule.limit_micros:
-                    raise self._exceeded(account, f"${micros / MICROS:.6f}")
+                    raise self._exceeded(account, usd(micros))
             if (rule.limit_tokens is not None
                     and account.spent_tokens + account.reserved_tokens + tokens > rule.limit_tokens):
                 raise self._exceeded(account, f"{tokens} tokens")
@@ -200,15 +206,15 @@ class BudgetBook:
             return
         if account.spent_micros >= self.soft_threshold * limit:
             account.warned = True
-            log.warning("budget %s (%s) is at %.0f%% of its $%.2f limit", account.scope, account.rule.period,
-                        100 * account.spent_micros / limit, limit / MICROS)
+            log.warning("budget %s (%s) is at %.0f%% of its %s limit", account.scope, account.rule.period,
+                        100 * account.spent_micros / limit, usd(limit))
 
     def _exceeded(self, account: Account, needed: str) -> BudgetExceeded:
         limit = account.rule.limit_micros
         resets = f" It resets at {_iso(account.end)}." if account.end else " It never resets (period 'total')."
         if limit is not None:
-            what = (f"limit ${limit / MICROS:.2f}, spent ${account.spent_micros / MICROS:.6f}, "
-                    f"reserved by requests in flight ${account.reserved_micros / MICROS:.6f}")
+            what = (f"limit {usd(limit)}, spent {usd(account.spent_micros)}, "
+                    f"reserved by requests in flight {usd(account.reserved_micros)}")
         else:
             what = (f"limit {account.rule.limit_tokens} tokens, spent {account.spent_tokens}, "
                     f"reserved {account.reserved_tokens}")
