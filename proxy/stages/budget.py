@@ -9,7 +9,6 @@ open. Spend of the current period is rebuilt from the ledger at start.
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import sqlite3
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from ..exchange import Exchange
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
 from . import Stage
+from .scopes import Selector
 
 log = logging.getLogger("oaigate.budget")
 MICROS = 1_000_000
@@ -36,27 +36,12 @@ class BudgetExceeded(GatewayError):
 
 
 @dataclass(frozen=True, slots=True)
-class BudgetRule:
+class BudgetRule(Selector):
     """One configured budget: who and what it covers, and its limits."""
 
-    key: str | None
-    model: str | None
     limit_micros: int | None
     limit_tokens: int | None
     period: str
-
-    def matches(self, principal: str | None, model: str | None) -> bool:
-        if self.key not in (None, "*") and self.key != principal:
-            return False
-        return self.model is None or (model is not None and fnmatch.fnmatchcase(model, self.model))
-
-    def scope(self, principal: str | None) -> str:
-        parts = []
-        if self.key is not None:
-            parts.append(f"key:{principal if self.key == '*' else self.key}")
-        if self.model is not None:
-            parts.append(f"model:{self.model}")
-        return " ".join(parts) or "global"
 
 
 @dataclass(slots=True)

@@ -12,7 +12,6 @@ admission back until the upstream's window resets, so a burst produces few upstr
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from ..config import Config
 from ..errors import GatewayError
 from ..exchange import Exchange
 from . import Stage
+from .scopes import Selector
 from .retry import hinted_wait, parse_duration
 
 
@@ -30,25 +30,12 @@ class RateLimited(GatewayError):
 
 
 @dataclass(frozen=True, slots=True)
-class RateRule:
-    key: str | None
-    model: str | None
+class RateRule(Selector):
+    """One configured rate limit: who and what it covers, and its limits."""
+
     rpm: int | None
     tpm: int | None
     concurrent: int | None
-
-    def matches(self, principal: str | None, model: str | None) -> bool:
-        if self.key not in (None, "*") and self.key != principal:
-            return False
-        return self.model is None or (model is not None and fnmatch.fnmatchcase(model, self.model))
-
-    def scope(self, principal: str | None) -> str:
-        parts = []
-        if self.key is not None:
-            parts.append(f"key:{principal if self.key == '*' else self.key}")
-        if self.model is not None:
-            parts.append(f"model:{self.model}")
-        return " ".join(parts) or "global"
 
 
 def rules_from_config(config: Config) -> list[RateRule]:
