@@ -26,6 +26,7 @@ from .stages.auth import Authenticate
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
 from .stages.estimate import Estimator
+from .stages.fixtures import Fixtures, replay
 from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger
 from .stages.meter import Meter
@@ -51,6 +52,7 @@ class Pipeline:
     metrics: Metrics
     writer: LedgerWriter | None
     budgets: BudgetBook
+    fixtures: Fixtures
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
@@ -138,7 +140,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         governor = UpstreamGovernor() if limits.adaptive else None
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=governor)
-        budget, ratelimit = Budget(book, prices), RateLimit(limiter)
+        budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures(config.fixtures)
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
@@ -150,13 +152,14 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                           lambda status, headers: governor.observe(status, headers, clock.monotonic()))
         metrics = Metrics()
         app[PIPELINE] = Pipeline(
-            before=[authenticate, Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit],
+            before=[authenticate, Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), budget, ratelimit, metrics]
+            after=[Meter(prices), fixtures, budget, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
             metrics=metrics,
             writer=writer,
             budgets=book,
+            fixtures=fixtures,
         )
         try:
             yield
@@ -176,6 +179,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     try:
         for stage in pipeline.before:
             await stage.request(ex)
+        if ex.replay is not None:
+            return await replay(request, ex, ex.replay, pace=pipeline.fixtures.config.pace, on_chunk=pipeline.chunk)
         return await pipeline.forward(request, ex, pipeline.chunk)
     except GatewayError as exc:
         ex.status = exc.status

@@ -43,7 +43,7 @@ _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4141.")
 @click.option("--upstream", help='"mock" (the embedded mock) or an OpenAI-compatible base URL ending in /v1.')
 @click.option("--mode", type=click.Choice(["live", "record", "replay", "record-missing"]),
-              help="Fixtures mode. Only live is available yet.")
+              help="Fixtures: live (none), record, replay (offline, misses are errors) or record-missing.")
 @click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path), help="Fixtures folder.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite ledger file.")
 def serve(config: Path | None, host: str | None, port: int | None, upstream: str | None, mode: str | None,
@@ -59,8 +59,6 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
     settings.fixtures.mode = mode or settings.fixtures.mode  # type: ignore[assignment]
     settings.fixtures.dir = str(fixtures) if fixtures else settings.fixtures.dir
     settings.ledger.path = str(db) if db else settings.ledger.path
-    if settings.fixtures.mode != "live":
-        _fail(f"fixtures mode {settings.fixtures.mode!r} is not available yet; only 'live' is")
     if not settings.server.host.startswith(_LOOPBACK) and not settings.keys and not settings.server.allow_remote:
         _fail(f"refusing to bind {settings.server.host} with no [[keys]] configured: anyone who can reach it "
               "could spend through it. Add [[keys]] or set server.allow_remote = true.")

@@ -49,9 +49,20 @@ class LedgerConfig(Section):
     log_bodies: bool = Field(False, description="Store request and response bodies (truncated).")
 
 
+class MatchConfig(Section):
+    ignore_fields: list[str] = Field(default_factory=list, description="Body fields left out of matching here.")
+
+
 class FixturesConfig(Section):
     mode: Literal["live", "record", "replay", "record-missing"] = "live"
-    dir: str = Field("fixtures", description="Folder holding recorded fixtures.")
+    dir: str = Field("fixtures", description="Folder holding recorded fixtures (one subfolder per cassette).")
+    cassette: str = Field("default", description="Cassette used when a request names none.")
+    ignore_fields: list[str] = Field(["user", "metadata"], description="Body fields left out of matching.")
+    match: dict[str, MatchConfig] = Field(default_factory=dict, description="Per-path matching, by API path.")
+    redact_fields: list[str] = Field(default_factory=list, description="Body fields never written to disk.")
+    repeat: Literal["last", "fail"] = Field("last", description="After the recorded answers of a request run out.")
+    miss_status: int = Field(404, ge=400, le=599, description="Status of a replay miss.")
+    pace: bool = Field(False, description="Replay streams with their recorded timing (else full speed).")
 
 
 class LimitFields(Section):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -11,6 +12,7 @@ from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
     from .stages.estimate import Estimate
+    from .wire.fixtures import Fixture
 
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
@@ -41,8 +43,11 @@ class Exchange:
     # estimate (worst-case tokens, for budgets and rate limits); headers stages add to the answer
     estimate: Estimate | None = None
     response_headers: dict[str, str] = field(default_factory=dict)
+    # fixtures: a recorded answer to replay instead of forwarding
+    replay: Fixture | None = None
     # forward
     upstream: str | None = None
+    upstream_headers: Mapping[str, str] | None = None
     upstream_body: bytes | None = None
     strip_stream_usage: bool = False
     attempts: int = 0

@@ -214,6 +214,7 @@ class Forward:
     async def _relay(self, request: web.Request, ex: Exchange, response: aiohttp.ClientResponse,
                      on_chunk: ChunkHook, deadline: float) -> web.StreamResponse:
         ex.status = response.status
+        ex.upstream_headers = response.headers
         ex.upstream_request_id = response.headers.get("x-request-id")
         headers = downstream_headers(response)
         headers.update(ex.response_headers)

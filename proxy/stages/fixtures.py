@@ -1,0 +1,180 @@
+"""fixtures: record upstream answers to files and replay them, so CI runs offline and repeatably.
+
+Modes (config `[fixtures] mode`, `--mode`, or per request `x-oaigate-fixtures`): `live` does
+nothing; `record` forwards and saves; `replay` answers only from fixtures, and a miss is an error
+naming the request's key, the cassette and the closest recording with what differs;
+`record-missing` replays hits and records misses. The cassette is `[fixtures] cassette` or the
+request's `x-oaigate-cassette`. Recording never delays the client: chunks are relayed first and
+copied on the side; the file is written after the response, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from aiohttp import web
+
+from ..config import FixturesConfig
+from ..errors import GatewayError, InvalidRequest
+from ..exchange import Exchange
+from ..wire.fixtures import Cassette, Fixture, MatchPolicy, RecordedRequest, RecordedResponse, request_key
+from ..wire.fixtures.format import decode_body, encode_body
+from ..wire.fixtures.matching import normalized_body, redact_body
+from . import Stage
+from .forward import StreamUsageStripper, prepare_body
+
+MODE_HEADER = "x-oaigate-fixtures"
+CASSETTE_HEADER = "x-oaigate-cassette"
+MODES = ("live", "record", "replay", "record-missing")
+KEPT_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-version", "openai-processing-ms", "retry-after",
+                         "retry-after-ms", "x-should-retry")
+SECRET_QUERY = frozenset({"key", "api-key", "api_key", "apikey", "token", "access_token"})
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+class FixtureMiss(GatewayError):
+    type, code = "invalid_request_error", "fixture_not_found"
+
+
+@dataclass(slots=True)
+class _Recording:
+    cassette: Cassette
+    key: str
+    body: dict[str, Any]
+    chunks: list[tuple[float, bytes]] = field(default_factory=list)
+    started: float | None = None
+
+
+class Fixtures(Stage):
+    """Decides record / replay per request; `ex.replay` carries a hit to the app."""
+
+    def __init__(self, config: FixturesConfig) -> None:
+        self.config = config
+        self.root = Path(config.dir)
+        self.policy = MatchPolicy(tuple(config.ignore_fields),
+                                  {p: tuple(m.ignore_fields) for p, m in config.match.items()},
+                                  tuple(config.redact_fields))
+        self._cassettes: dict[str, Cassette] = {}
+        self._recording: dict[int, _Recording] = {}
+
+    async def cassette(self, name: str) -> Cassette:
+        """The cassette `name`, loaded once (off the event loop)."""
+        found = self._cassettes.get(name)
+        if found is None:
+            found = await asyncio.to_thread(Cassette, self.root / name, name, self.config.repeat)
+            found = self._cassettes.setdefault(name, found)
+        return found
+
+    @property
+    def hits(self) -> set[Path]:
+        return {path for c in self._cassettes.values() for path in c.hits}
+
+    async def request(self, ex: Exchange) -> None:
+        mode = ex.headers.get(MODE_HEADER, self.config.mode)
+        if mode not in MODES:
+            raise InvalidRequest(f"Invalid {MODE_HEADER} header: '{mode}'. Use one of {', '.join(MODES)}.",
+                                 param=MODE_HEADER)
+        if mode == "live":
+            return
+        name = ex.headers.get(CASSETTE_HEADER, self.config.cassette)
+        if not _NAME.match(name):
+            raise InvalidRequest(f"Invalid {CASSETTE_HEADER} header: use letters, digits, '.', '_' and '-'.",
+                                 param=CASSETTE_HEADER)
+        cassette = await self.cassette(name)
+        content_type = ex.headers.get("Content-Type", "")
+        body = normalized_body(ex.body, content_type)
+        query = _redact_query(ex.query_string)
+        key = request_key(ex.method, ex.path, query, body, self.policy)
+        if mode in ("replay", "record-missing"):
+            fixture = cassette.take(key)
+            if fixture is not None:
+                ex.fixture, ex.replay = "hit", fixture
+                return
+            if mode == "replay":
+                ex.fixture = "miss"
+                miss = cassette.miss(key, ex.method, ex.path, query, body)
+                error = FixtureMiss(miss.explain(ex.method, ex.path), headers={"x-should-retry": "false"},
+                                    request_key=key, cassette=name, closest=miss.closest)
+                error.status = self.config.miss_status
+                raise error
+        ex.fixture = "recorded"
+        self._recording[id(ex)] = _Recording(cassette, key, redact_body(body, self.policy.redact))
+
+    def chunk(self, ex: Exchange, data: bytes) -> None:
+        recording = self._recording.get(id(ex))
+        if recording is not None:
+            now = time.perf_counter()
+            if recording.started is None:
+                recording.started = now
+            recording.chunks.append((now - recording.started, data))
+
+    async def finish(self, ex: Exchange) -> None:
+        if ex.fixture == "hit":
+            ex.cost_micros = 0  # a replay spends nothing
+        recording = self._recording.pop(id(ex), None)
+        if recording is None or ex.status is None or ex.error_type is not None:
+            return
+        headers = {k.lower(): v for k, v in (ex.upstream_headers or {}).items() if k.lower() in KEPT_RESPONSE_HEADERS}
+        content_type = headers.get("content-type", "")
+        data = b"".join(c for _, c in recording.chunks)
+        if "event-stream" in content_type:
+            response = RecordedResponse(ex.status, headers, chunks=[
+                {"t": round(t, 4), **encode_body(c, "text/plain")} for t, c in recording.chunks])
+        else:
+            response = RecordedResponse(ex.status, headers, body=encode_body(data, content_type))
+        fixture = Fixture(
+            RecordedRequest(ex.method, ex.path, _redact_query(ex.query_string), recording.body, recording.key),
+            response,
+            datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+            usage=None if ex.usage is None else {"prompt_tokens": ex.usage.prompt,
+                                                 "completion_tokens": ex.usage.completion},
+            meta={"ttfb_s": round(ex.ttfb_s, 4)} if ex.ttfb_s is not None else {},
+        )
+        await asyncio.to_thread(recording.cassette.save, fixture, ex.model)
+
+
+def _redact_query(query: str) -> str:
+    if not query:
+        return ""
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(k, "[redacted]" if k.lower() in SECRET_QUERY else v) for k, v in pairs])
+
+
+async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: bool, on_chunk: Any,
+                 inject_stream_usage: bool = True) -> web.StreamResponse:
+    """Answer from a fixture: a body at once, or the stream's chunks byte for byte (paced if asked)."""
+    recorded = fixture.response
+    ex.status = recorded.status
+    ex.upstream_request_id = recorded.headers.get("x-request-id")
+    headers = {**recorded.headers, **ex.response_headers, "x-oaigate-fixture": "hit"}
+    if recorded.chunks is None:
+        body = decode_body(recorded.body or {"text": ""})
+        ex.response_body = body
+        on_chunk(ex, body)
+        return web.Response(status=recorded.status, body=body, headers=headers)
+    prepare_body(ex, inject_stream_usage)  # a recorded chat stream has the usage chunk the gateway asked for
+    stripper = StreamUsageStripper() if ex.strip_stream_usage else None
+    response = web.StreamResponse(status=recorded.status, headers=headers)
+    await response.prepare(request)
+    started = time.perf_counter()
+    for offset, data in recorded.chunk_bytes():
+        if pace:
+            delay = offset - (time.perf_counter() - started)
+            if delay > 0:
+                await asyncio.sleep(delay)
+        on_chunk(ex, data)
+        if stripper is not None:
+            data = stripper.feed(data)
+        if data:
+            await response.write(data)
+    if stripper is not None and (rest := stripper.flush()):
+        await response.write(rest)
+    await response.write_eof()
+    return response
