@@ -12,7 +12,9 @@ from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
 from proxy.wire.tokens import preload
 
 from .clock import Sleep, VirtualClock
-from . import chat, completions, embeddings, moderations, models_api
+from . import (
+    batches, chat, completions, control, dispatch, embeddings, files, moderations, models_api, responses, stored,
+)
 from .errors import MockError
 from .faults import (
     FAULT, FAULT_HEADER, LATENCY_HEADER, PACING, FaultCounter, error_for, parse_fault, parse_pacing,
@@ -101,7 +103,8 @@ async def _load_tokenizers(app: web.Application) -> None:
 def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sleep) -> web.Application:
     """Build the mock server application. `sleep` is replaceable so tests control time."""
     settings = settings or MockSettings()
-    app = web.Application(middlewares=[errors_middleware, api_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=[control.journal_middleware, errors_middleware, api_middleware],
+                          client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
     app[CATALOGUE] = Catalogue(settings.models)
     app[CLOCK] = VirtualClock(settings.clock_start)
@@ -120,5 +123,12 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app.router.add_post("/v1/completions", endpoint(completions.create))
     app.router.add_post("/v1/embeddings", endpoint(embeddings.create))
     app.router.add_post("/v1/moderations", endpoint(moderations.create))
+    app[dispatch.LINE_HANDLERS] = {"/v1/chat/completions": chat.create, "/v1/completions": completions.create,
+                                   "/v1/embeddings": embeddings.create, "/v1/moderations": moderations.create}
+    control.setup(app)
+    files.setup(app)
+    batches.setup(app)
+    stored.setup(app)
+    responses.setup(app)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

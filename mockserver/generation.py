@@ -1,14 +1,18 @@
 """From generated text to what an endpoint returns: stop sequences, token limits, token pieces
-for streaming, and logprobs. Shared by chat and legacy completions."""
+for streaming, logprobs, JSON text and refusals. Shared by chat, legacy completions and responses."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 import tiktoken
 
 from .rng import RequestRandom
+
+REFUSAL_TRIGGER = "[[refuse]]"  # in the last user message, the model refuses
+REFUSAL = "I'm sorry, but I can't help with that request."
 
 _ALTERNATIVES = (" the", " a", " and", " of", " to", ".", ",", " is", " in", " that", " it", " for", " on",
                  " with", " as", " this", " be", " by", " are", " or")
@@ -73,3 +77,13 @@ def logprob_entry(piece: str, rnd: RequestRandom, top: int) -> dict[str, Any]:
         top_entries.append({"token": alt, "logprob": value, "bytes": list(alt.encode())})
         value = round(value - 0.5 - rnd.random() * 3, 6)
     return {"token": piece, "logprob": chosen, "bytes": list(piece.encode()), "top_logprobs": top_entries}
+
+
+def refuses(prompt: str) -> bool:
+    """Whether the model refuses to answer `prompt`: it contains `REFUSAL_TRIGGER`."""
+    return REFUSAL_TRIGGER in prompt
+
+
+def json_text(value: Any) -> str:
+    """JSON as models write it: compact, non-ASCII kept."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -7,13 +7,14 @@ reflected. All choices come from the request's PRNG.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from .rng import RequestRandom
 
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
-_STOPWORDS = frozenset(
+STOPWORDS = frozenset(
     """a about above after again all also am an and any are as at be because been before being
     below between both but by can could did do does doing down during each few for from further
     had has have having he her here hers him his how i if in into is it its itself just let me
@@ -21,7 +22,8 @@ _STOPWORDS = frozenset(
     should so some such tell than that the their them then there these they this those through to
     too under until up very was we were what when where which while who whom why will with would
     you your yours give show explain write make describe say work works working use using used get
-    like want need know help best good way ways thing things much many""".split()
+    like want need know help best good way ways thing things much many json answer respond reply
+    format""".split()
 )
 
 _OPENERS = (
@@ -81,13 +83,38 @@ def keywords(text: str, limit: int = 3) -> list[str]:
     """The first few distinct content words of `text` in order of appearance, as written."""
     seen: dict[str, str] = {}
     for word in _WORD.findall(text):
-        word = word.strip("'-")
+        word = re.sub(r"'s$", "", word.strip("'-"))
         lowered = word.lower()
-        if len(lowered) > 2 and lowered not in _STOPWORDS:
+        if len(lowered) > 2 and lowered not in STOPWORDS:
             seen.setdefault(lowered, word)
             if len(seen) == limit:
                 break
     return list(seen.values())
+
+
+def proper_names(text: str) -> list[str]:
+    """Capitalised names in order of appearance, those opening a sentence last:
+    "Is it warm in San Francisco or Lisbon?" -> ["San Francisco", "Lisbon"]."""
+    inner: list[str] = []
+    opening: list[str] = []
+    for sentence in re.split(r"(?<=[.!?])\s+|\n+", text):
+        words = list(_WORD.finditer(sentence))
+        index = 0
+        while index < len(words):
+            if not _is_name(words[index].group()):
+                index += 1
+                continue
+            start, end, following = words[index].start(), words[index].end(), index + 1
+            while (following < len(words) and _is_name(words[following].group())
+                   and sentence[end:words[following].start()] == " "):
+                end, following = words[following].end(), following + 1
+            (opening if index == 0 else inner).append(sentence[start:end])
+            index = following
+    return list(dict.fromkeys(inner + opening))
+
+
+def _is_name(word: str) -> bool:
+    return word[:1].isupper() and re.sub(r"'s$", "", word.lower()) not in STOPWORDS
 
 
 def topic_phrase(words: list[str]) -> str:
@@ -121,6 +148,41 @@ def answer(prompt: str, rnd: RequestRandom, sentences: int | None = None) -> str
     if count > 1:
         parts.append(fill(rnd.choice(_CLOSERS)))
     return " ".join(parts[:count])
+
+
+def answer_from_results(prompt: str, results: list[tuple[str, str]], rnd: RequestRandom) -> str:
+    """The answer after tool calls: what each tool (name, output) returned, then a closing line."""
+    words = keywords(prompt)
+    parts = [f"Here is what I found about {topic_phrase(words[:2])}."]
+    for name, output in results:
+        parts.append(_reported(name, output))
+    parts.append(rnd.choice(_CLOSERS).format(k=rnd.choice(words) if words else "this"))
+    return " ".join(parts)
+
+
+def _reported(name: str, output: str) -> str:
+    """One sentence quoting a tool's output: its fields when it is a JSON object, else its text."""
+    try:
+        value = json.loads(output)
+    except (ValueError, RecursionError):
+        value = None
+    if isinstance(value, dict) and value:
+        fields = [f"{k.replace('_', ' ')} is {_clip(v if isinstance(v, str) else json.dumps(v, ensure_ascii=False))}"
+                  for k, v in list(value.items())[:8]]
+        return f"According to {name}, {', '.join(fields)}."
+    text = _clip(output, 300)
+    return f'{name} returned "{text}".' if text else f"{name} returned nothing."
+
+
+def _clip(text: str, limit: int = 100) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit].rstrip() + "..."
+
+
+def json_answer(prompt: str, rnd: RequestRandom) -> dict[str, Any]:
+    """A JSON object answering `prompt`, for `response_format: json_object`."""
+    words = keywords(prompt)
+    return {"topic": topic_phrase(words[:2]), "keywords": words, "answer": answer(prompt, rnd, sentences=2)}
 
 
 def _capitalize(sentence: str) -> str:

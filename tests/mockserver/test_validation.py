@@ -143,7 +143,7 @@ def test_unknown_path_is_404_envelope(mock_server: ServerThread, method: str, pa
 @pytest.mark.parametrize(
     ("method", "path"),
     [
-        ("GET", "/v1/chat/completions"),
+        ("PUT", "/v1/chat/completions"),
         ("DELETE", "/v1/embeddings"),
         ("PUT", "/v1/moderations"),
         ("PATCH", "/v1/completions"),
@@ -181,7 +181,7 @@ def test_healthz(mock_server: ServerThread) -> None:
 @requires_spec
 def test_routing_errors_match_openapi(mock_server: ServerThread, small_server: ServerThread) -> None:
     validate("ErrorResponse", json.loads(send(mock_server.url, "POST", "/v1/nope", b"{}").body))
-    validate("ErrorResponse", json.loads(send(mock_server.url, "GET", "/v1/chat/completions").body))
+    validate("ErrorResponse", json.loads(send(mock_server.url, "PUT", "/v1/chat/completions").body))
     big = send(small_server.url, "POST", "/v1/embeddings", b"x" * 2000)
     assert big.status == 413
     validate("ErrorResponse", json.loads(big.body))
