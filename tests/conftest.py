@@ -4,13 +4,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import os
+
 import openai
 import pytest
+from hypothesis import settings
 
 from mockserver.app import make_app
 from mockserver.settings import MockSettings
 
 from .servers import ServerThread
+
+# CI explores the same examples every run, so a red build is reproducible; locally they vary.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
