@@ -75,11 +75,9 @@ class LedgerWriter:
             self._thread.join(timeout)
 
     def _take(self) -> list[tuple[Any, ...]]:
-        batch = []
-        while self._queue:
-            batch.append(self._queue.popleft())
-        self._in_flight = len(batch)
-        return batch
+        count = len(self._queue)
+        self._in_flight = count  # before popping: `backlog` must never miss a row that is not written yet
+        return [self._queue.popleft() for _ in range(count)]
 
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None

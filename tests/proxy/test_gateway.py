@@ -11,6 +11,7 @@ import base64
 import json
 import re
 import socket
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ import openai
 import pytest
 from aiohttp import web
 
+from proxy.stages.forward import StreamUsageStripper
 from tests.servers import ServerThread
 
 from .conftest import (
@@ -359,53 +361,150 @@ def test_healthz_and_metrics(gateway: Callable[..., Gateway]) -> None:
 
 # --- streaming is relayed as it arrives ----------------------------------------------------------
 
-def _chunk(content: str, finish: str | None = None) -> bytes:
-    payload = {"id": "chatcmpl-gated", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
-               "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]}
-    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+SEPARATORS = {"lf": b"\n\n", "crlf": b"\r\n\r\n", "cr": b"\r\r"}
+PIECES = ["first", " second", " third"]
 
 
-def test_first_stream_chunk_reaches_client_before_upstream_finishes(
-        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> None:
-    release = asyncio.Event()
-    state = {"finished": False}
+def _other_server_stream(separator: bytes, release: asyncio.Event | None = None,
+                         state: dict[str, bool] | None = None) -> web.Application:
+    """An OpenAI-compatible server that is not OpenAI: `json.dumps` spacing (`"usage": null`), a
+    configurable event separator (sse-starlette, used by llama-cpp-python, ends events with CRLF CRLF),
+    and `stream_options.include_usage` honoured. With `release`, it waits after the first chunk."""
 
-    async def gated(request: web.Request) -> web.StreamResponse:
-        await request.read()
+    async def chat(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        await response.write(_chunk("first"))
-        await release.wait()  # set by the test once the client holds the first chunk
-        await response.write(_chunk(" second", "stop"))
-        await response.write(b"data: [DONE]\n\n")
+        for i, piece in enumerate(PIECES):
+            chunk: dict[str, Any] = {"id": "chatcmpl-other", "object": "chat.completion.chunk", "created": 1,
+                                     "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": piece},
+                                                                          "finish_reason": None}]}
+            if include_usage:
+                chunk["usage"] = None
+            await response.write(b"data: " + json.dumps(chunk).encode() + separator)
+            if i == 0 and release is not None:
+                await release.wait()  # set by the test once the client holds the first chunk
+        if state is not None:
+            state["finished"] = True  # set before the client can see the end of the stream
+        if include_usage:
+            usage = {"id": "chatcmpl-other", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+                     "choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}
+            await response.write(b"data: " + json.dumps(usage).encode() + separator)
+        await response.write(b"data: [DONE]" + separator)
         await response.write_eof()
-        state["finished"] = True
         return response
 
     app = web.Application()
-    app.router.add_post("/v1/chat/completions", gated)
-    server = upstream(app)
+    app.router.add_post("/v1/chat/completions", chat)
+    return app
+
+
+@pytest.mark.parametrize("separator", SEPARATORS.values(), ids=SEPARATORS.keys())
+def test_first_stream_chunk_reaches_client_before_upstream_finishes(
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread], separator: bytes) -> None:
+    release = asyncio.Event()
+    state = {"finished": False}
+    server = upstream(_other_server_stream(separator, release, state))
     gw = gateway(server.url + "/v1")
     try:
         with gw.client(timeout=10.0) as client, client.chat.completions.create(**CHAT, stream=True) as stream:
             chunks = iter(stream)
-            first = next(chunks)  # would time out if the gateway waited for the end of the stream
+            first = next(chunks)  # would time out if the gateway held the chunk until the stream ended
             assert first.choices[0].delta.content == "first"
             assert state["finished"] is False
             server.call(release.set)
             rest = list(chunks)
-        assert [c.choices[0].delta.content for c in rest] == [" second"]
+        assert [c.choices[0].delta.content for c in rest] == PIECES[1:]
         assert state["finished"] is True
     finally:
         server.call(release.set)
     (row,) = gw.rows(expect=1)
-    assert row["status"] == 200 and row["usage_source"] == "estimated" and row["completion_tokens"] >= 2
+    assert (row["status"], row["usage_source"], row["prompt_tokens"], row["completion_tokens"]) == \
+        (200, "reported", 11, 3)
+
+
+@pytest.mark.parametrize("separator", SEPARATORS.values(), ids=SEPARATORS.keys())
+def test_added_usage_is_stripped_from_other_servers_streams(
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread], separator: bytes) -> None:
+    url = upstream(_other_server_stream(separator)).url + "/v1"
+    gw = gateway(url)
+    body = {**CHAT, "stream": True}
+    direct = fetch("POST", url + "/chat/completions", json=body)
+    through = fetch("POST", gw.url + "/chat/completions", json=body)
+    assert b'"usage"' not in direct.body and direct.body.endswith(b"data: [DONE]" + separator)
+    assert through.body == direct.body
+    asked = fetch("POST", gw.url + "/chat/completions", json={**body, "stream_options": {"include_usage": True}})
+    assert asked.body == fetch("POST", url + "/chat/completions",
+                               json={**body, "stream_options": {"include_usage": True}}).body
+    assert asked.body.count(b'"usage": null') == len(PIECES)  # what the client asked for stays untouched
+    rows = gw.rows(expect=2)
+    assert [(r["usage_source"], r["prompt_tokens"], r["completion_tokens"]) for r in rows] == [("reported", 11, 3)] * 2
+
+
+def test_client_leaving_mid_stream_closes_the_upstream_request(
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> None:
+    release = asyncio.Event()
+    upstream_cut = threading.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_event("first"))
+        await release.wait()
+        try:
+            for _ in range(100_000):  # until the gateway hangs up on us
+                await response.write(_event(" more"))
+                await asyncio.sleep(0)
+        except ConnectionError:
+            upstream_cut.set()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", endless)
+    server = upstream(app)
+    gw = gateway(server.url + "/v1")
+
+    async def leave_after_first_event() -> bytes:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(gw.url + "/chat/completions", json={**CHAT, "stream": True},
+                                          headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            first = await response.content.readuntil(b"\n\n")
+            response.close()  # the client goes away mid-stream
+            return first
+
+    try:
+        assert asyncio.run(leave_after_first_event()).startswith(b"data: ")
+        server.call(release.set)
+        assert upstream_cut.wait(10), "the upstream request kept running after the client left"
+    finally:
+        server.call(release.set)
+    (row,) = gw.rows(expect=1)
+    assert row["error_type"] == "client_disconnected" and row["attempts"] == 1
+
+
+def _event(content: str) -> bytes:
+    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
+             "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, 10_000])
+def test_usage_stripper_on_any_chunking(mock_url: str, size: int) -> None:
+    body = {**CHAT, "stream": True, "n": 2}
+    plain = fetch("POST", mock_url + "/chat/completions", json=body).body
+    with_usage = fetch("POST", mock_url + "/chat/completions",
+                       json={**body, "stream_options": {"include_usage": True}}).body
+    assert with_usage.count(b'"usage":null') > 4 and with_usage != plain
+    stripper = StreamUsageStripper()
+    out = b"".join(stripper.feed(with_usage[i:i + size]) for i in range(0, len(with_usage), size))
+    assert out + stripper.flush() == plain
 
 
 # --- secrets ---------------------------------------------------------------------------------------
 
-def test_upstream_key_never_reaches_clients_or_disk(gateway: Callable[..., Gateway], mock_url: str,
-                                                   echo: str) -> None:
+def test_upstream_key_never_reaches_clients_or_disk(gateway: Callable[..., Gateway], mock_url: str) -> None:
     bodies: list[bytes] = []
     gw = gateway(mock_url, ledger={"log_bodies": True}, upstream={"max_retries": 0})
     with gw.client() as client:

@@ -6,6 +6,7 @@ Rows are read with plain `sqlite3`, the way Datasette or a person would.
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import sqlite3
 import threading
@@ -275,6 +276,16 @@ def test_stopping_the_gateway_flushes_every_row(gateway: Callable[..., Gateway])
     assert len(read_rows(gw.db)) == 20
 
 
+def test_ledger_disabled_writes_nothing(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway(ledger={"enabled": False})
+    with gw.client() as client:
+        assert client.chat.completions.create(**CHAT).usage is not None
+    assert gw.healthz()["ledger"] is None
+    assert "oaigate_requests_total" in fetch("GET", gw.root + "/metrics", key=None).body.decode()
+    gw.stop()
+    assert not gw.db.exists()
+
+
 # --- the writer under pressure -------------------------------------------------------------------
 
 def test_locked_database_never_blocks_requests(gateway: Callable[..., Gateway]) -> None:
@@ -342,6 +353,28 @@ def test_writer_full_queue_drops_and_counts(tmp_path: Path) -> None:
     writer.close()
     assert writer.written == 3
     assert [r["id"] for r in read_rows(tmp_path / "q.db")] == ["r0", "r1", "r2"]
+
+
+def test_writer_backlog_never_undercounts_rows_being_taken(tmp_path: Path) -> None:
+    """`flush()` trusts `backlog`: while the writer thread moves rows from its queue into a batch,
+    the rows must still count, or `flush()` returns before they are written."""
+    writer = LedgerWriter(str(tmp_path / "b.db"))
+    seen: list[int] = []
+
+    class Watched(collections.deque):  # type: ignore[type-arg]
+        def popleft(self) -> Any:
+            item = super().popleft()
+            seen.append(writer.backlog)
+            return item
+
+    writer._queue = Watched()  # white-box: the writer's queue is a deque
+    for i in range(5):
+        writer.submit(_row(i))
+    writer.start()
+    assert writer.flush(10)
+    writer.close()
+    assert len(seen) == 5 and min(seen) >= 5, seen
+    assert len(read_rows(tmp_path / "b.db")) == 5
 
 
 # --- volume -------------------------------------------------------------------------------------

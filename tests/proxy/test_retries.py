@@ -141,15 +141,20 @@ def test_mock_429_fault_retry_after_ms_through_the_gateway(gateway: Callable[...
     assert row["completion_tokens"] == completion.usage.completion_tokens
 
 
-def test_retry_later_than_the_deadline_fails_at_once(gateway: Callable[..., Gateway],
-                                                    scripted: Callable[..., tuple[Script, str]],
-                                                    fake_sleep: SleepRecorder) -> None:
-    script, url = scripted(answer(429, headers={"retry-after-ms": "5000"}), OK)
+def test_retry_later_than_the_deadline_relays_the_429_at_once(gateway: Callable[..., Gateway],
+                                                              scripted: Callable[..., tuple[Script, str]],
+                                                              fake_sleep: SleepRecorder) -> None:
+    limited = {"error": {"message": "Rate limit reached", "type": "requests", "param": None,
+                         "code": "rate_limit_exceeded"}}
+    script, url = scripted(answer(429, limited, {"retry-after-ms": "5000", "retry-after": "5"}), OK)
     gw = gateway(url, sleep=fake_sleep, upstream={"max_retries": 3, "timeout_s": 1.0})
     reply = fetch("POST", gw.url + "/chat/completions", json=CHAT)
-    assert reply.status == 504
-    assert json.loads(reply.body)["error"]["code"] == "upstream_timeout"
+    assert reply.status == 429  # the upstream's answer, with its retry-after, not a gateway-made 504
+    assert reply.body == json.dumps(limited).encode()
+    assert reply.headers["retry-after-ms"] == "5000"
     assert fake_sleep.waits == [] and script.calls == 1
+    (row,) = gw.rows(expect=1)
+    assert (row["status"], row["attempts"]) == (429, 1)
 
 
 # --- 5xx bursts ---------------------------------------------------------------------------------
@@ -258,6 +263,9 @@ def test_connection_reset_every_time_gives_a_502_envelope(gateway: Callable[...,
     assert script.calls == 3 and len(fake_sleep.waits) == 2
     (row,) = gw.rows(expect=1)
     assert (row["status"], row["attempts"], row["error_type"]) == (502, 3, "upstream_error")
+    metrics = fetch("GET", gw.root + "/metrics", key=None).body.decode()
+    assert 'oaigate_upstream_errors_total{status="upstream_error"} 1.0' in metrics
+    assert "oaigate_upstream_retries_total 2.0" in metrics
 
 
 def test_slow_first_byte_gives_a_504_envelope(gateway: Callable[..., Gateway],
