@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import time
+from urllib.parse import urlsplit
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -114,13 +115,19 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
         await site.start()
         app[UPSTREAM] = Upstream("mock", f"http://127.0.0.1:{runner.addresses[0][1]}/v1", "oaigate-embedded-mock")
     else:
-        app[UPSTREAM] = Upstream(upstream_config.base_url, upstream_config.base_url.rstrip("/"),
+        app[UPSTREAM] = Upstream(_display_name(upstream_config.base_url), upstream_config.base_url.rstrip("/"),
                                  os.environ.get(upstream_config.api_key_env) or None)
     try:
         yield
     finally:
         if runner is not None:
             await runner.cleanup()
+
+
+def _display_name(url: str) -> str:
+    """The upstream as logs, the ledger and error messages show it: no credentials, no path."""
+    parsed = urlsplit(url)
+    return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}"
 
 
 def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from ..config import FixturesConfig
 from ..errors import GatewayError, InvalidRequest
@@ -152,6 +153,7 @@ async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: 
     """Answer from a fixture: a body at once, or the stream's chunks byte for byte (paced if asked)."""
     recorded = fixture.response
     ex.status = recorded.status
+    ex.upstream_headers = CIMultiDict(recorded.headers)
     ex.upstream_request_id = recorded.headers.get("x-request-id")
     headers = {**recorded.headers, **ex.response_headers, "x-oaigate-fixture": "hit"}
     if recorded.chunks is None:

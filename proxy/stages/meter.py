@@ -22,9 +22,10 @@ STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no us
 
 
 class _StreamState:
-    __slots__ = ("parser", "usage", "model", "raw", "overflow")
+    __slots__ = ("sse", "parser", "usage", "model", "raw", "overflow")
 
-    def __init__(self) -> None:
+    def __init__(self, sse: bool) -> None:
+        self.sse = sse
         self.parser = SSEParser()
         self.usage: usage_of.Usage | None = None
         self.model: str | None = None
@@ -44,10 +45,15 @@ class Meter(Stage):
             return  # a whole JSON body: read in `finish`
         state = self._streams.get(id(ex))
         if state is None:
-            state = self._streams[id(ex)] = _StreamState()
+            content_type = (ex.upstream_headers or {}).get("Content-Type", "")
+            state = self._streams[id(ex)] = _StreamState("event-stream" in content_type)
+        if not state.sse and not _is_generation(ex):
+            return  # a file download or other body: nothing to meter, nothing to keep
         if state.overflow + len(data) <= STREAM_KEEP_BYTES:
             state.raw.append(data)
         state.overflow += len(data)
+        if not state.sse:
+            return
         for event in state.parser.feed(data):
             if state.model is None and event.data.startswith(b"{"):
                 state.model = _model_of(event.data)
