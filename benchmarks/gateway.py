@@ -6,7 +6,7 @@ and gateways in their own processes, then drives them from this process with aio
   latency p50/p99 at concurrency 1, throughput at concurrency 32, time to first stream chunk,
   the gateway's CPU milliseconds per request (from /proc), and ledger on vs off.
 
-    python benchmarks/gateway.py [--requests 2000] [--uvloop]
+    python benchmarks/gateway.py [--requests 2000] [--asyncio-loop]
 """
 
 from __future__ import annotations
@@ -135,7 +135,8 @@ async def measure(direct: str, gateways: dict[str, tuple[str, int]], n: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
-    parser.add_argument("--uvloop", action="store_true", help="Run the gateways on uvloop.")
+    parser.add_argument("--asyncio-loop", action="store_true",
+                        help="Run the gateways on the standard asyncio loop instead of uvloop (the default).")
     parser.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("role", nargs="?", default="bench", choices=["bench", "upstream"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,8 +163,8 @@ def main() -> None:
             config = tmp / f"{ledger}.toml"
             config.write_text(f'[upstream]\nbase_url = "http://127.0.0.1:{port}/v1"\n'
                               f'[ledger]\nenabled = {str(ledger).lower()}\npath = "{tmp / "ledger.db"}"\n')
-            runner = ("import uvloop, sys; uvloop.install(); from proxy.cli import main; sys.argv[0]='oaigate'; main()"
-                      if args.uvloop else "import sys; from proxy.cli import main; sys.argv[0]='oaigate'; main()")
+            block_uvloop = "sys.modules['uvloop'] = None; " if args.asyncio_loop else ""
+            runner = f"import sys; {block_uvloop}from proxy.cli import main; sys.argv[0] = 'oaigate'; main()"
             proc, url = start_process([sys.executable, "-c", runner, "serve", "--config", str(config), "--port", "0"],
                                       r"serving on (http://\S+/v1)")
             procs.append(proc)

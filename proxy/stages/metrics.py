@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 
 from ..exchange import Exchange
@@ -38,13 +40,18 @@ class Metrics(Stage):
         self.cost = Counter("oaigate_cost_usd", "Cost metered, USD.", registry=self.registry)
         self.retries = Counter("oaigate_upstream_retries", "Upstream attempts beyond the first.",
                                registry=self.registry)
+        self._prompt_tokens, self._completion_tokens = self.tokens.labels("prompt"), self.tokens.labels("completion")
+        self._series: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.upstream_errors = Counter("oaigate_upstream_errors", "Upstream failures by status or kind.",
                                        ["status"], registry=self.registry)
 
     async def finish(self, ex: Exchange) -> None:
         status, route = str(ex.status or 0), route_label(ex.path)
-        self.requests.labels(route, status).inc()
-        self.latency.labels(route).observe(ex.elapsed_ms() / 1000)
+        series = self._series.get((route, status))
+        if series is None:  # label lookups take a lock each: resolve them once per route and status
+            series = self._series[route, status] = (self.requests.labels(route, status), self.latency.labels(route))
+        series[0].inc()
+        series[1].observe(ex.elapsed_ms() / 1000)
         self.overhead.observe(ex.overhead_s)
         if ex.attempts > 1:
             self.retries.inc(ex.attempts - 1)
@@ -53,8 +60,8 @@ class Metrics(Stage):
         elif ex.status is not None and ex.status >= 500:
             self.upstream_errors.labels(status).inc()
         if ex.usage is not None:
-            self.tokens.labels("prompt").inc(ex.usage.prompt)
-            self.tokens.labels("completion").inc(ex.usage.completion)
+            self._prompt_tokens.inc(ex.usage.prompt)
+            self._completion_tokens.inc(ex.usage.completion)
         if ex.cost_micros:
             self.cost.inc(ex.cost_micros / 1_000_000)
 

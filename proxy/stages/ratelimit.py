@@ -187,6 +187,9 @@ class RateLimiter:
     async def acquire(self, principal: str | None, model: str | None, tokens: int) -> Permit:
         """Wait (or refuse) until the request fits every scope, then take from all of them."""
         scopes = self.scopes(principal, model)
+        if not scopes and self.governor is not None and self.governor.wait(self.clock.monotonic()) == 0.0:
+            self.governor.admitted()  # the common case, nothing to wait for: no lines, no loop
+            return Permit([], tokens)
         deadline = self.clock.monotonic() + (self.max_wait_s if self.on_limit == "queue" else 0.0)
         held: list[Scope] = []
         try:
