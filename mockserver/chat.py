@@ -23,7 +23,7 @@ from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
 from . import schemagen, stored, textgen
 from .errors import invalid
-from .generation import REFUSAL, Output, finish, json_text, logprob_entry, refuses, stop_list
+from .generation import REFUSAL, Output, finish, answer_text, logprob_entry, refuses, stop_list
 from .models import ModelInfo
 from .rng import RequestRandom, request_random, without
 from .state import Call
@@ -391,7 +391,9 @@ def _reply(
     choice = "none" if results and request_plan.choice == "auto" else request_plan.choice
     chosen = select(request_plan.functions, choice, prompt, parallel=request_plan.parallel)
     if not chosen:
-        output = finish(_text(request_plan.response_format, prompt, results, rnd), enc, room, stop)
+        response_format = request_plan.response_format or {"type": "text"}
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        output = finish(answer_text(response_format["type"], schema, prompt, results, rnd), enc, room, stop)
         return Reply(output, output.finish_reason)
     made, cut = [], False
     for call in calls(chosen, rnd, prompt):
@@ -404,21 +406,6 @@ def _reply(
             break
     finish_reason = "length" if cut else "function_call" if request_plan.legacy else "tool_calls"
     return Reply(Output((), finish_reason, 0), finish_reason, calls=tuple(made), legacy=request_plan.legacy)
-
-
-def _text(response_format: dict[str, Any] | None, prompt: str, results: list[tuple[str, str]],
-          rnd: RequestRandom) -> str:
-    """The content: JSON for `response_format`, else prose; both draw on tool results when present."""
-    response_format = response_format or {"type": "text"}
-    if response_format["type"] == "json_schema":
-        schema = response_format["json_schema"].get("schema", {"type": "object"})
-        return json_text(schemagen.generate(schema, rnd, " ".join([prompt, *(out for _, out in results)])))
-    if response_format["type"] == "json_object":
-        answer = textgen.json_answer(prompt, rnd)
-        if results:
-            answer["tool_results"] = dict(results)
-        return json_text(answer)
-    return textgen.answer_from_results(prompt, results, rnd) if results else textgen.answer(prompt, rnd)
 
 
 def usage(prompt_tokens: int, replies: list[Reply]) -> dict[str, Any]:

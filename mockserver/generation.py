@@ -9,6 +9,7 @@ from typing import Any
 
 import tiktoken
 
+from . import schemagen, textgen
 from .rng import RequestRandom
 
 REFUSAL_TRIGGER = "[[refuse]]"  # in the last user message, the model refuses
@@ -87,3 +88,18 @@ def refuses(prompt: str) -> bool:
 def json_text(value: Any) -> str:
     """JSON as models write it: compact, non-ASCII kept."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def answer_text(kind: str, schema: dict[str, Any] | None, prompt: str, results: list[tuple[str, str]],
+                rnd: RequestRandom) -> str:
+    """What the model writes: JSON valid for `schema` (`kind` "json_schema"), a JSON object
+    ("json_object"), or prose ("text"); each draws on the tool results when there are some."""
+    if kind == "json_schema":
+        return json_text(schemagen.generate(schema or {"type": "object"}, rnd,
+                                            " ".join([prompt, *(out for _, out in results)])))
+    if kind == "json_object":
+        answer = textgen.json_answer(prompt, rnd)
+        if results:
+            answer["tool_results"] = dict(results)
+        return json_text(answer)
+    return textgen.answer_from_results(prompt, results, rnd) if results else textgen.answer(prompt, rnd)

@@ -37,7 +37,7 @@ from .dispatch import LINE_HANDLERS
 from .errors import MockError, invalid
 from .faults import FAULT, PACING, Pacing
 from .files import answer, query_int
-from .generation import REFUSAL, Output, finish, json_text, logprob_entry, pieces_of, refuses
+from .generation import REFUSAL, Output, finish, answer_text, logprob_entry, pieces_of, refuses
 from .models import Catalogue, ModelInfo
 from .responses_store import RESPONSES, ResponseStore, Stored
 from .rng import RequestRandom, request_random, without
@@ -414,18 +414,6 @@ def _as_chat_messages(instructions: str | None, context: list[dict[str, Any]]) -
 
 # --- generation ---------------------------------------------------------------------------------
 
-def _message_text(fmt: dict[str, Any], prompt: str, results: list[tuple[str, str]], rnd: RequestRandom) -> str:
-    """The message: JSON for `text.format`, else prose; both draw on tool results when present."""
-    if fmt["type"] == "json_schema":
-        return json_text(schemagen.generate(fmt["schema"], rnd, " ".join([prompt, *(out for _, out in results)])))
-    if fmt["type"] == "json_object":
-        answer = textgen.json_answer(prompt, rnd)
-        if results:
-            answer["tool_results"] = dict(results)
-        return json_text(answer)
-    return textgen.answer_from_results(prompt, results, rnd) if results else textgen.answer(prompt, rnd)
-
-
 @dataclass(frozen=True, slots=True)
 class Draft:
     """What the model writes: reasoning tokens, then function calls or one message (maybe a refusal)."""
@@ -471,7 +459,9 @@ def draft(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]],
         room = None if room is None else room - arguments.tokens
     if made:
         return Draft(thinking, tuple(made))
-    return Draft(thinking, message=finish(_message_text(_format(body), prompt, results, rnd), enc, room, []))
+    fmt = _format(body)
+    text = answer_text(fmt["type"], fmt.get("schema"), prompt, results, rnd)
+    return Draft(thinking, message=finish(text, enc, room, []))
 
 
 def _usage(input_tokens: int, written: Draft) -> dict[str, Any]:
