@@ -13,7 +13,8 @@ from proxy.wire.tokens import preload
 
 from .clock import Sleep, VirtualClock
 from . import (
-    batches, chat, completions, control, dispatch, embeddings, files, moderations, models_api, responses, stored,
+    batches, chat, completions, control, dispatch, embeddings, files, moderations, models_api, replay, responses,
+    stored,
 )
 from .errors import MockError
 from .faults import (
@@ -130,5 +131,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     batches.setup(app)
     stored.setup(app)
     responses.setup(app)
+    if settings.fixtures is not None:
+        replay.setup(app, settings.fixtures)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

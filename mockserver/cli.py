@@ -36,8 +36,8 @@ def mock_options(func: F) -> F:
                      help="Config file; its [mock] section is used. Default: ./config.toml if present."),
         click.option("--host", help="Address to bind. Default 127.0.0.1."),
         click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4142."),
-        click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path),
-                     help="Serve recorded fixtures from DIR first (not available yet)."),
+        click.option("--fixtures", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Answer from the fixtures recorded in DIR first; generate the rest."),
         click.option("--seed", type=int, help="Mixed into every generated answer. Default 0."),
     )):
         func = decorator(func)
@@ -61,14 +61,13 @@ def start(settings: MockSettings, host: str | None, port: int | None, fixtures: 
     """Apply the command-line overrides to `settings` and serve until SIGINT/SIGTERM."""
     from .app import make_app
 
-    if fixtures is not None:
-        click.echo("oaigate: --fixtures is not supported by the mock yet (see the README's roadmap)", err=True)
-        sys.exit(2)
-    overrides = {k: v for k, v in {"host": host, "port": port, "seed": seed}.items() if v is not None}
+    given = {"host": host, "port": port, "seed": seed, "fixtures": None if fixtures is None else str(fixtures)}
+    overrides = {k: v for k, v in given.items() if v is not None}
     settings = settings.model_copy(update=overrides)
 
     def ready(url: str) -> None:
-        click.echo(f"oaigate mock listening on {url} (seed {settings.seed}); Ctrl-C to stop", err=True)
+        recorded = f", fixtures from {settings.fixtures} first" if settings.fixtures else ""
+        click.echo(f"oaigate mock listening on {url} (seed {settings.seed}{recorded}); Ctrl-C to stop", err=True)
 
     try:
         run(make_app(settings), settings.host, settings.port, ready)

@@ -172,6 +172,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             yield
         finally:
             await app[PIPELINE].drain()
+            await fixtures.save_hits()
             await session.close()
             if writer is not None:
                 await asyncio.to_thread(writer.close)

@@ -85,11 +85,13 @@ def _fail(message: str) -> NoReturn:
 
 
 from .cli_budgets import budgets  # noqa: E402
+from .cli_fixtures import fixtures  # noqa: E402
 from .cli_ledger import ledger, spend  # noqa: E402
 
 cli.add_command(spend)
 cli.add_command(ledger)
 cli.add_command(budgets)
+cli.add_command(fixtures)
 
 
 def main() -> None:

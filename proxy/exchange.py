@@ -62,6 +62,7 @@ class Exchange:
     usage: Usage | None = None
     usage_source: str | None = None
     cost_micros: int | None = None
+    replayed_cost_micros: int | None = None  # a fixture hit: what it would have cost live
     # outcome
     fixture: str | None = None
     error_type: str | None = None

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-COLUMNS: dict[str, type] = {
+_V1_COLUMNS: dict[str, type] = {
     "id": str,
     "started_at": str,
     "finished_at": str,
@@ -39,6 +39,7 @@ COLUMNS: dict[str, type] = {
     "request_body": str,
     "response_body": str,
 }
+COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int}
 
 _SPEND = """
 SELECT {group} AS {name}, COUNT(*) AS requests,
@@ -57,14 +58,19 @@ VIEWS = {
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["requests"].create(COLUMNS, pk="id", not_null={"started_at", "endpoint", "status"})
+    db["requests"].create(_V1_COLUMNS, pk="id", not_null={"started_at", "endpoint", "status"})
     db["requests"].create_index(["started_at"])
     db["requests"].create_index(["key_name", "started_at"])
     for name, sql in VIEWS.items():
         db.create_view(name, sql, replace=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1]
+def _v2(db: sqlite_utils.Database) -> None:
+    """What a replayed fixture would have cost live (its own cost is 0)."""
+    db["requests"].add_column("replayed_cost_microusd", int)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

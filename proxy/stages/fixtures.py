@@ -27,6 +27,7 @@ from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange
 from ..wire.fixtures import Cassette, Fixture, MatchPolicy, RecordedRequest, RecordedResponse, request_key
 from ..wire.fixtures.format import decode_body, encode_body
+from ..wire.fixtures.hits import append_hits
 from ..wire.fixtures.matching import normalized_body, redact_body
 from . import Stage
 from .forward import StreamUsageStripper, prepare_body
@@ -53,17 +54,22 @@ class _Recording:
     started: float | None = None
 
 
+def match_policy(config: FixturesConfig) -> MatchPolicy:
+    """What the config says matching ignores and recording redacts."""
+    return MatchPolicy(tuple(config.ignore_fields), {p: tuple(m.ignore_fields) for p, m in config.match.items()},
+                       tuple(config.redact_fields))
+
+
 class Fixtures(Stage):
     """Decides record / replay per request; `ex.replay` carries a hit to the app."""
 
     def __init__(self, config: FixturesConfig) -> None:
         self.config = config
         self.root = Path(config.dir)
-        self.policy = MatchPolicy(tuple(config.ignore_fields),
-                                  {p: tuple(m.ignore_fields) for p, m in config.match.items()},
-                                  tuple(config.redact_fields))
+        self.policy = match_policy(config)
         self._cassettes: dict[str, Cassette] = {}
         self._recording: dict[int, _Recording] = {}
+        self._saved: set[Path] = set()
 
     async def cassette(self, name: str) -> Cassette:
         """The cassette `name`, loaded once (off the event loop)."""
@@ -118,7 +124,7 @@ class Fixtures(Stage):
 
     async def finish(self, ex: Exchange) -> None:
         if ex.fixture == "hit":
-            ex.cost_micros = 0  # a replay spends nothing
+            ex.replayed_cost_micros, ex.cost_micros = ex.cost_micros, 0  # a replay spends nothing
         recording = self._recording.pop(id(ex), None)
         if recording is None or ex.status is None or ex.error_type is not None:
             return
@@ -138,7 +144,16 @@ class Fixtures(Stage):
                                                  "completion_tokens": ex.usage.completion},
             meta={"ttfb_s": round(ex.ttfb_s, 4)} if ex.ttfb_s is not None else {},
         )
-        await asyncio.to_thread(recording.cassette.save, fixture, ex.model)
+        self._saved.add(await asyncio.to_thread(recording.cassette.save, fixture, ex.model))
+
+    async def save_hits(self) -> None:
+        """Append the fixtures this gateway replayed or recorded to the hits file (see `fixtures prune`)."""
+        used = self.hits | self._saved
+        self._saved = set()
+        for cassette in self._cassettes.values():
+            cassette.hits.clear()
+        if used:
+            await asyncio.to_thread(append_hits, self.root, used)
 
 
 def _redact_query(query: str) -> str:

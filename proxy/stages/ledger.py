@@ -48,6 +48,7 @@ class Ledger(Stage):
             "reasoning_tokens": usage.reasoning if usage else None,
             "usage_source": ex.usage_source,
             "cost_microusd": ex.cost_micros,
+            "replayed_cost_microusd": ex.replayed_cost_micros,
             "latency_ms": round(latency_ms, 3),
             "ttfb_ms": round(ex.ttfb_s * 1000, 3) if ex.ttfb_s is not None else None,
             "overhead_ms": round(ex.overhead_s * 1000, 3),
