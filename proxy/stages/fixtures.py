@@ -11,24 +11,34 @@ copied on the side; the file is written after the response, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
+import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import FixturesConfig
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange
-from ..wire.fixtures import Cassette, Fixture, MatchPolicy, RecordedRequest, RecordedResponse, request_key
+from ..wire.fixtures import (
+    Cassette,
+    Fixture,
+    MatchPolicy,
+    RecordedRequest,
+    RecordedResponse,
+    request_key,
+)
 from ..wire.fixtures.format import decode_body, encode_body
 from ..wire.fixtures.hits import append_hits
-from ..wire.fixtures.matching import normalized_body, redact_body
+from ..wire.fixtures.matching import REDACTED, normalized_body, redact_body
 from . import Stage
 from .forward import StreamUsageStripper, prepare_body
 
@@ -50,6 +60,7 @@ class _Recording:
     cassette: Cassette
     key: str
     body: dict[str, Any]
+    number: int  # place among the recordings of `key`, taken when the request arrived
     chunks: list[tuple[float, bytes]] = field(default_factory=list)
     started: float | None = None
 
@@ -106,13 +117,14 @@ class Fixtures(Stage):
                 return
             if mode == "replay":
                 ex.fixture = "miss"
-                miss = cassette.miss(key, ex.method, ex.path, query, body)
+                miss = cassette.miss(key, ex.method, ex.path, query, body, self.policy.ignored(ex.path))
                 error = FixtureMiss(miss.explain(ex.method, ex.path), headers={"x-should-retry": "false"},
                                     request_key=key, cassette=name, closest=miss.closest)
                 error.status = self.config.miss_status
                 raise error
         ex.fixture = "recorded"
-        self._recording[id(ex)] = _Recording(cassette, key, redact_body(body, self.policy.redact))
+        self._recording[id(ex)] = _Recording(cassette, key, redact_body(body, self.policy.redact),
+                                             cassette.reserve(key))
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         recording = self._recording.get(id(ex))
@@ -128,12 +140,22 @@ class Fixtures(Stage):
         recording = self._recording.pop(id(ex), None)
         if recording is None or ex.status is None or ex.error_type is not None:
             return
-        headers = {k.lower(): v for k, v in (ex.upstream_headers or {}).items() if k.lower() in KEPT_RESPONSE_HEADERS}
+        upstream_headers = ex.upstream_headers or {}
+        headers = {k.lower(): v for k, v in upstream_headers.items() if k.lower() in KEPT_RESPONSE_HEADERS}
         content_type = headers.get("content-type", "")
-        data = b"".join(c for _, c in recording.chunks)
+        chunks = recording.chunks
+        encoding = next((v for k, v in upstream_headers.items() if k.lower() == "content-encoding"), "")
+        if encoding.strip().lower() not in ("", "identity"):
+            decoded = _decompress(chunks, encoding.strip().lower())
+            if decoded is None:  # an encoding we cannot undo: keep the bytes, and say how they are encoded
+                headers["content-encoding"] = encoding
+            else:
+                chunks = decoded
+        chunks = _scrub(chunks, _redacted_values(ex.json, self.policy.redact))
+        data = b"".join(c for _, c in chunks)
         if "event-stream" in content_type:
             response = RecordedResponse(ex.status, headers, chunks=[
-                {"t": round(t, 4), **encode_body(c, "text/plain")} for t, c in recording.chunks])
+                {"t": round(t, 4), **encode_body(c, "text/plain")} for t, c in chunks])
         else:
             response = RecordedResponse(ex.status, headers, body=encode_body(data, content_type))
         fixture = Fixture(
@@ -144,7 +166,7 @@ class Fixtures(Stage):
                                                  "completion_tokens": ex.usage.completion},
             meta={"ttfb_s": round(ex.ttfb_s, 4)} if ex.ttfb_s is not None else {},
         )
-        self._saved.add(await asyncio.to_thread(recording.cassette.save, fixture, ex.model))
+        self._saved.add(await asyncio.to_thread(recording.cassette.save, fixture, ex.model, recording.number))
 
     async def save_hits(self) -> None:
         """Append the fixtures this gateway replayed or recorded to the hits file (see `fixtures prune`)."""
@@ -154,6 +176,53 @@ class Fixtures(Stage):
             cassette.hits.clear()
         if used:
             await asyncio.to_thread(append_hits, self.root, used)
+
+
+def _decompress(chunks: list[tuple[float, bytes]], encoding: str) -> list[tuple[float, bytes]] | None:
+    """A gzip or deflate answer, decoded chunk by chunk (timings kept); None if it cannot be decoded.
+    The client was relayed the bytes as they came; the fixture keeps what they mean."""
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    decoder = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # a gzip or zlib header, either
+    try:
+        decoded = [(t, decoder.decompress(c)) for t, c in chunks]
+        if chunks and (rest := decoder.flush()):
+            decoded.append((chunks[-1][0], rest))
+    except zlib.error:
+        return None
+    return [(t, c) for t, c in decoded if c]
+
+
+def _redacted_values(body: Any, fields: tuple[str, ...]) -> list[str]:
+    """The strings in the request's redacted fields: the answer may echo them (`/v1/responses` does)."""
+    found: set[str] = set()
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str) and value:
+            found.add(value)
+        elif isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    if isinstance(body, dict):
+        for name in fields:
+            walk(body.get(name))
+    return sorted(found, key=len, reverse=True)
+
+
+def _scrub(chunks: list[tuple[float, bytes]], values: list[str]) -> list[tuple[float, bytes]]:
+    """Replace each JSON string equal to a redacted value (not an object key) by the redaction marker.
+    A value split across two stream chunks is not seen."""
+    if not values:
+        return chunks
+    needles = {n for v in values for n in (orjson.dumps(v), json.dumps(v).encode())}
+    pattern = re.compile(b"(?:" + b"|".join(re.escape(n) for n in sorted(needles, key=len, reverse=True))
+                         + rb")(?!\s*:)")
+    marker = orjson.dumps(REDACTED)
+    return [(t, pattern.sub(marker, c)) for t, c in chunks]
 
 
 def _redact_query(query: str) -> str:

@@ -8,6 +8,7 @@ tokenizer (off the event loop) and flagged `usage_source = "estimated"`, never r
 from __future__ import annotations
 
 import asyncio
+import zlib
 from typing import Any
 
 from ..exchange import Exchange
@@ -78,6 +79,9 @@ class Meter(Stage):
                 ex.usage = await asyncio.to_thread(_estimate_stream, ex, b"".join(state.raw))
                 ex.usage_source = "estimated"
         elif whole is not None:
+            encoding = (ex.upstream_headers or {}).get("Content-Encoding", "").strip().lower()
+            if encoding in ("gzip", "x-gzip", "deflate"):
+                whole = await asyncio.to_thread(_decompress, whole)
             found, body = usage_of.from_json_bytes(whole)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 ex.model_served = body["model"]
@@ -88,6 +92,14 @@ class Meter(Stage):
                 ex.usage_source = "estimated"
         if ex.usage is not None:
             ex.cost_micros = self.prices.cost_micros(ex.model_served or ex.model, ex.usage)
+
+
+def _decompress(data: bytes) -> bytes:
+    """A gzip or zlib body, decoded (the upstream compressed although asked not to); b"" if corrupt."""
+    try:
+        return zlib.decompressobj(wbits=zlib.MAX_WBITS | 32).decompress(data, 64 * 1024 * 1024)
+    except zlib.error:
+        return b""
 
 
 def _model_of(data: bytes) -> str | None:
