@@ -14,7 +14,7 @@ from proxy.wire.tokens import preload
 from .clock import Sleep, VirtualClock
 from . import (
     batches, chat, completions, control, dispatch, embeddings, files, moderations, models_api, replay, responses,
-    stored,
+    rules, stored,
 )
 from .errors import MockError
 from .faults import (
@@ -102,8 +102,10 @@ async def _load_tokenizers(app: web.Application) -> None:
 
 
 def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sleep) -> web.Application:
-    """Build the mock server application. `sleep` is replaceable so tests control time."""
+    """Build the mock server application. `sleep` is replaceable so tests control time. A bad rules
+    file raises `ConfigError`."""
     settings = settings or MockSettings()
+    file_rules = rules.load_file(settings.rules_file) if settings.rules_file else []
     app = web.Application(middlewares=[control.journal_middleware, errors_middleware, api_middleware],
                           client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
@@ -127,6 +129,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app[dispatch.LINE_HANDLERS] = {"/v1/chat/completions": chat.create, "/v1/completions": completions.create,
                                    "/v1/embeddings": embeddings.create, "/v1/moderations": moderations.create}
     control.setup(app)
+    rules.setup(app, file_rules, settings.rules)
     files.setup(app)
     batches.setup(app)
     stored.setup(app)

@@ -1,10 +1,11 @@
 """POST /v1/chat/completions: validation, generation and the JSON or SSE answer.
 
 Each choice is one of: text (an answer about the last user message; after tool results, an answer
-quoting them; JSON valid for `response_format`), a refusal (the last user message contains
-`generation.REFUSAL_TRIGGER`), tool calls (when, see `tools`) or a legacy `function_call`. A call
-costs completion tokens for its name plus its arguments, as the prompt counts it when sent back.
-`store: true` keeps the completion for the stored-completions API (`stored`).
+quoting them; JSON valid for `response_format`), a refusal (the last user message contains the
+`refusal_trigger` setting), tool calls (when, see `tools`) or a legacy `function_call`; a matching
+rule (`rules`) scripts any of these instead, for every choice. A call costs completion tokens for
+its name plus its arguments, as the prompt counts it when sent back. `store: true` keeps the
+completion for the stored-completions API (`stored`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from proxy.wire import sse
 from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
-from . import schemagen, stored, textgen
+from . import rules, schemagen, stored, textgen
 from .errors import invalid
-from .generation import REFUSAL, Output, finish, answer_text, logprob_entry, refuses, stop_list
+from .generation import REFUSAL, REFUSAL_TRIGGER, Output, finish, answer_text, logprob_entry, refuses, stop_list
 from .models import ModelInfo
 from .rng import RequestRandom, request_random, without
+from .rules import Answer, Subject
 from .state import Call
 from .tools import Function, ToolCall, calls, select
 from .validation import (
@@ -323,6 +325,14 @@ def tool_results(messages: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return results[::-1]
 
 
+def subject(body: dict[str, Any]) -> Subject:
+    """What rules match on: the last user message, the user turn, whether tool results end the turn."""
+    messages = body["messages"]
+    users = [m for m in messages if m.get("role") == "user"]
+    last_user = textgen.text_of_content(users[-1].get("content")) if users else ""
+    return Subject(rules.CHAT, body["model"], last_user, len(users), bool(tool_results(messages)))
+
+
 def fingerprint(seed: int, model: str) -> str:
     """`system_fingerprint`: stable per model and seed."""
     return "fp_" + RequestRandom("fingerprint", seed, model).key.hex()[:10]
@@ -357,8 +367,9 @@ class Reply:
         return len(self.output.pieces) + sum(len(c.arguments.pieces) + 1 for c in self.calls)
 
 
-def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request_plan: Plan) -> tuple[list[Reply], int]:
-    """Each choice's reply, and the prompt's token count."""
+def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request_plan: Plan,
+             refusal_trigger: str = REFUSAL_TRIGGER, script: Answer | None = None) -> tuple[list[Reply], int]:
+    """Each choice's reply (the `script`ed one, when a rule gave one), and the prompt's token count."""
     enc = encoding_for_model(model.id)
     messages = body["messages"]
     prompt, results = last_user_text(messages), tool_results(messages)
@@ -375,7 +386,7 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
         if room == 0:
             reply = Reply(Output((), "length", 0), "length")
         else:
-            reply = _reply(request_plan, prompt, results, choice_rnd, enc, room, stop)
+            reply = _reply(request_plan, prompt, results, choice_rnd, enc, room, stop, refusal_trigger, script)
         replies.append(replace(reply, reasoning=thinking))
     prompt_tokens = count_chat_prompt(messages, model.id, body.get("tools") or body.get("functions"))
     return replies, prompt_tokens
@@ -383,9 +394,11 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
 
 def _reply(
     request_plan: Plan, prompt: str, results: list[tuple[str, str]], rnd: RequestRandom, enc: tiktoken.Encoding,
-    room: int | None, stop: list[str],
+    room: int | None, stop: list[str], refusal_trigger: str, script: Answer | None,
 ) -> Reply:
-    if refuses(prompt):
+    if script is not None:
+        return _scripted(script, request_plan, rnd, enc, room, stop)
+    if refuses(prompt, refusal_trigger):
         output = finish(REFUSAL, enc, room, stop)
         return Reply(output, output.finish_reason, refusal=True)
     choice = "none" if results and request_plan.choice == "auto" else request_plan.choice
@@ -395,8 +408,27 @@ def _reply(
         schema = (response_format.get("json_schema") or {}).get("schema")
         output = finish(answer_text(response_format["type"], schema, prompt, results, rnd), enc, room, stop)
         return Reply(output, output.finish_reason)
+    return _calling(calls(chosen, rnd, prompt), enc, room, request_plan.legacy)
+
+
+def _scripted(script: Answer, request_plan: Plan, rnd: RequestRandom, enc: tiktoken.Encoding, room: int | None,
+              stop: list[str]) -> Reply:
+    """A rule's answer as a reply, cut by `stop` and the token limit like a generated one."""
+    if script.tool_calls is not None:
+        made = [ToolCall(c.id or "call_" + rnd.child("tool_call", index).token(24), c.name, c.arguments_text())
+                for index, c in enumerate(script.tool_calls)]
+        return _calling(made[:1] if request_plan.legacy else made, enc, room, request_plan.legacy)
+    if script.refusal is not None:
+        output = finish(script.refusal_text, enc, room, stop)
+        return Reply(output, output.finish_reason, refusal=True)
+    output = finish(script.text or "", enc, room, stop)
+    return Reply(output, output.finish_reason)
+
+
+def _calling(to_call: list[ToolCall], enc: tiktoken.Encoding, room: int | None, legacy: bool) -> Reply:
+    """A reply making `to_call` (as a legacy `function_call` when `legacy`), until the token limit."""
     made, cut = [], False
-    for call in calls(chosen, rnd, prompt):
+    for call in to_call:
         name_tokens = len(enc.encode_ordinary(call.name))
         arguments = finish(call.arguments, enc, None if room is None else max(room - name_tokens, 0), [])
         made.append(Called(call, arguments, name_tokens + arguments.tokens))
@@ -404,8 +436,8 @@ def _reply(
         cut = arguments.finish_reason == "length" or room is not None and room <= 0
         if cut:
             break
-    finish_reason = "length" if cut else "function_call" if request_plan.legacy else "tool_calls"
-    return Reply(Output((), finish_reason, 0), finish_reason, calls=tuple(made), legacy=request_plan.legacy)
+    finish_reason = "length" if cut else "function_call" if legacy else "tool_calls"
+    return Reply(Output((), finish_reason, 0), finish_reason, calls=tuple(made), legacy=legacy)
 
 
 def usage(prompt_tokens: int, replies: list[Reply]) -> dict[str, Any]:
@@ -427,8 +459,10 @@ async def create(call: Call) -> web.StreamResponse:
     validate(body, model)
     request_plan = plan(body)
     completion_id = "chatcmpl-" + call.random("chat.completions", without(body, _TRANSPORT_FIELDS)).token(29)
+    script = await rules.scripted(call, subject(body))
     rnd = request_random(call.settings.seed, "chat.completions/text", without(body, _NEUTRAL_FIELDS))
-    replies, prompt_tokens = await call.compute(generate, body, model, rnd, request_plan)
+    replies, prompt_tokens = await call.compute(generate, body, model, rnd, request_plan,
+                                                call.settings.refusal_trigger, script)
     head = {"id": completion_id, "object": "chat.completion", "created": call.clock.now(), "model": body["model"]}
     render = _Render(head, fingerprint(call.settings.seed, model.id), replies, prompt_tokens, body, rnd)
     if body.get("store"):

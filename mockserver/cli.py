@@ -39,6 +39,8 @@ def mock_options(func: F) -> F:
         click.option("--fixtures", type=click.Path(exists=True, file_okay=False, path_type=Path),
                      help="Answer from the fixtures recorded in DIR first; generate the rest."),
         click.option("--seed", type=int, help="Mixed into every generated answer. Default 0."),
+        click.option("--rules", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Scripted answers: a TOML, YAML or JSON file of rules (replaces the config's rules_file)."),
     )):
         func = decorator(func)
     return func
@@ -46,31 +48,40 @@ def mock_options(func: F) -> F:
 
 @click.command("mock")
 @mock_options
-def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None) -> None:
+def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None,
+         rules: Path | None) -> None:
     """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         click.echo(f"oaigate: config error: {exc}", err=True)
         sys.exit(2)
-    start(settings, host, port, fixtures, seed)
+    start(settings, host, port, fixtures, seed, rules)
 
 
 def start(settings: MockSettings, host: str | None, port: int | None, fixtures: Path | None,
-          seed: int | None) -> None:
+          seed: int | None, rules: Path | None = None) -> None:
     """Apply the command-line overrides to `settings` and serve until SIGINT/SIGTERM."""
     from .app import make_app
 
-    given = {"host": host, "port": port, "seed": seed, "fixtures": None if fixtures is None else str(fixtures)}
+    given = {"host": host, "port": port, "seed": seed, "fixtures": None if fixtures is None else str(fixtures),
+             "rules_file": None if rules is None else str(rules)}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = settings.model_copy(update=overrides)
 
     def ready(url: str) -> None:
         recorded = f", fixtures from {settings.fixtures} first" if settings.fixtures else ""
-        click.echo(f"oaigate mock listening on {url} (seed {settings.seed}{recorded}); Ctrl-C to stop", err=True)
+        scripted = f", rules from {settings.rules_file}" if settings.rules_file else ""
+        click.echo(f"oaigate mock listening on {url} (seed {settings.seed}{recorded}{scripted}); Ctrl-C to stop",
+                   err=True)
 
     try:
-        run(make_app(settings), settings.host, settings.port, ready)
+        app = make_app(settings)
+    except ConfigError as exc:
+        click.echo(f"oaigate: config error: {exc}", err=True)
+        sys.exit(2)
+    try:
+        run(app, settings.host, settings.port, ready)
     except OSError as exc:
         click.echo(f"oaigate: cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}", err=True)
         sys.exit(1)

@@ -1,4 +1,7 @@
-"""POST /v1/completions: the legacy text completion endpoint, JSON or SSE."""
+"""POST /v1/completions: the legacy text completion endpoint, JSON or SSE.
+
+A rule (`rules`) whose match holds for a prompt scripts the text of that prompt's choices; each
+prompt of a list is matched on its own, as turn 1 with no tool results."""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ from proxy.wire import sse
 from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_text, encoding_for_model
 
-from . import textgen
+from . import rules, textgen
 from .errors import invalid
 from .generation import Output, finish, logprob_entry, stop_list
 from .models import ModelInfo
 from .rng import RequestRandom, request_random, without
+from .rules import Answer, Subject
 from .state import Call
 from .validation import (
     LOGIT_BIAS, MODEL, N, PENALTY, SEED, STOP, STREAM_OPTIONS, TEMPERATURE, TOP_P, USER,
@@ -76,17 +80,21 @@ def _decode(enc: Any, tokens: list[int], param: str) -> str:
                       "invalid_value") from None
 
 
-def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom) -> tuple[list[str], list[Output], int]:
-    """One output per prompt and `n`, and the prompt tokens, like OpenAI's indexing (prompt-major)."""
-    parts = prompts(body, model)
+def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, parts: list[tuple[str, int]],
+             scripts: list[Answer | None]) -> list[Output]:
+    """One output per prompt of `parts` and `n`, like OpenAI's indexing (prompt-major); a prompt with a
+    script answers its text."""
     enc = encoding_for_model(model.id)
     limit = body.get("max_tokens", DEFAULT_MAX_TOKENS)
     outputs = []
-    for p_index, (prompt, _) in enumerate(parts):
+    for p_index, ((prompt, _), script) in enumerate(zip(parts, scripts)):
         for c_index in range(body.get("n") or 1):
-            text = textgen.answer(prompt, rnd.child("choice", p_index, c_index))
-            outputs.append(finish(" " + text, enc, limit, stop_list(body.get("stop"))))
-    return [text for text, _ in parts], outputs, sum(count for _, count in parts)
+            if script is not None:
+                text = script.text or ""
+            else:
+                text = " " + textgen.answer(prompt, rnd.child("choice", p_index, c_index))
+            outputs.append(finish(text, enc, limit, stop_list(body.get("stop"))))
+    return outputs
 
 
 def _logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, Any]:
@@ -119,7 +127,10 @@ async def create(call: Call) -> web.StreamResponse:
         raise invalid("best_of must be greater than or equal to n.", "best_of", "invalid_value")
     completion_id = "cmpl-" + call.random("completions", without(body, _TRANSPORT_FIELDS)).token(29)
     rnd = request_random(call.settings.seed, "completions/text", without(body, _NEUTRAL_FIELDS))
-    texts, outputs, prompt_tokens = await call.compute(generate, body, model, rnd)
+    parts = await call.compute(prompts, body, model)
+    scripts = [await rules.scripted(call, Subject(rules.COMPLETIONS, body["model"], text)) for text, _ in parts]
+    outputs = await call.compute(generate, body, model, rnd, parts, scripts)
+    texts, prompt_tokens = [text for text, _ in parts], sum(count for _, count in parts)
     n = body.get("n") or 1
     echo = bool(body.get("echo"))
     top = body.get("logprobs")

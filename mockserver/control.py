@@ -8,6 +8,7 @@
 - `GET /_mock/clock`, `POST /_mock/clock/advance {"seconds": N}`: read and move the virtual clock;
   batches observe the new time at their next retrieve. With `state_dir` set, the clock's time is
   kept there and resumed at the next start.
+- `GET`, `POST`, `DELETE /_mock/rules`: the scripted answers, registered by `rules`.
 
 A module with state of its own registers a reset hook while the app is built::
 

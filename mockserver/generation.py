@@ -12,7 +12,7 @@ import tiktoken
 from . import schemagen, textgen
 from .rng import RequestRandom
 
-REFUSAL_TRIGGER = "[[refuse]]"  # in the last user message, the model refuses
+REFUSAL_TRIGGER = "[[refuse]]"  # the default `refusal_trigger`: in the last user message, the model refuses
 REFUSAL = "I'm sorry, but I can't help with that request."
 
 _ALTERNATIVES = (" the", " a", " and", " of", " to", ".", ",", " is", " in", " that", " it", " for", " on",
@@ -80,9 +80,10 @@ def logprob_entry(piece: str, rnd: RequestRandom, top: int) -> dict[str, Any]:
     return {"token": piece, "logprob": chosen, "bytes": list(piece.encode()), "top_logprobs": top_entries}
 
 
-def refuses(prompt: str) -> bool:
-    """Whether the model refuses to answer `prompt`: it contains `REFUSAL_TRIGGER`."""
-    return REFUSAL_TRIGGER in prompt
+def refuses(prompt: str, trigger: str = REFUSAL_TRIGGER) -> bool:
+    """Whether the model refuses to answer `prompt`: it contains `trigger` (the `refusal_trigger`
+    setting; empty never refuses)."""
+    return bool(trigger) and trigger in prompt
 
 
 def json_text(value: Any) -> str:

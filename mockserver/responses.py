@@ -6,9 +6,10 @@ own input; `instructions` are not carried over, as with OpenAI, and `input_items
 context. The answer is generated from the last user message as chat's is: function calls by the
 rule of `tools` (`allowed_tools` narrows the functions and sets the mode), else a message whose text
 follows `text.format` (schema-valid JSON for `json_schema`) and reports the tool results given since
-the last user message, or a refusal when the message holds `generation.REFUSAL_TRIGGER`. Reasoning
-models think for a number of tokens scaled by `reasoning.effort` and show an empty-summary
-`reasoning` item; `max_output_tokens` counts those tokens too.
+the last user message, or a refusal when the message holds the `refusal_trigger` setting; a matching
+rule (`rules`) scripts the text, function calls or refusal instead. Reasoning models think for a
+number of tokens scaled by `reasoning.effort` and show an empty-summary `reasoning` item;
+`max_output_tokens` counts those tokens too.
 
 Not emulated (accepted, echoed where OpenAI echoes them, otherwise ignored): built-in and custom
 tools (never called), reasoning summaries, `truncation`, `conversation` (any id is a 404: the mock
@@ -31,16 +32,17 @@ from proxy.wire import sse
 from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
-from . import schemagen, textgen
+from . import rules, schemagen, textgen
 from .control import on_reset
 from .dispatch import LINE_HANDLERS
 from .errors import MockError, invalid
 from .faults import FAULT, PACING, Pacing
 from .files import answer, query_int
-from .generation import REFUSAL, Output, finish, answer_text, logprob_entry, pieces_of, refuses
+from .generation import REFUSAL, REFUSAL_TRIGGER, Output, finish, answer_text, logprob_entry, pieces_of, refuses
 from .models import Catalogue, ModelInfo
 from .responses_store import RESPONSES, ResponseStore, Stored
 from .rng import RequestRandom, request_random, without
+from .rules import Answer, Subject
 from .state import SLEEP, Call, endpoint
 from .streaming import send_stream
 from .tools import Function, ToolCall, calls, select
@@ -433,8 +435,10 @@ class Draft:
         return self.reasoning + sum(o.tokens for _, o in self.calls) + (self.message.tokens if self.message else 0)
 
 
-def draft(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]], rnd: RequestRandom) -> Draft:
-    """Generate the answer within `max_output_tokens`, which reasoning tokens count against."""
+def draft(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]], rnd: RequestRandom,
+          refusal_trigger: str = REFUSAL_TRIGGER, script: Answer | None = None) -> Draft:
+    """Generate the answer (or write the `script`ed one) within `max_output_tokens`, which reasoning
+    tokens count against."""
     enc = encoding_for_model(model.id)
     limit = body.get("max_output_tokens")
     thinking = 0
@@ -444,24 +448,43 @@ def draft(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]],
     if limit is not None and thinking >= limit:
         return Draft(limit)
     room = None if limit is None else limit - thinking
+    if script is not None:
+        return _scripted(script, thinking, rnd, enc, room)
     prompt, results = _last_user_text(context), _tool_results(context)
-    if refuses(prompt):
+    if refuses(prompt, refusal_trigger):
         return Draft(thinking, message=finish(REFUSAL, enc, room, []), refusal=True)
     found, choice = functions(body)
     chosen = select(found, "none" if results and choice == "auto" else choice, prompt,
                     parallel=body.get("parallel_tool_calls") is not False)
+    made = _calling(calls(chosen, rnd, prompt), enc, room)
+    if made:
+        return Draft(thinking, made)
+    fmt = _format(body)
+    text = answer_text(fmt["type"], fmt.get("schema"), prompt, results, rnd)
+    return Draft(thinking, message=finish(text, enc, room, []))
+
+
+def _scripted(script: Answer, thinking: int, rnd: RequestRandom, enc: tiktoken.Encoding, room: int | None) -> Draft:
+    """A rule's answer as a draft, cut by the token limit like a generated one."""
+    if script.tool_calls is not None:
+        made = [ToolCall(c.id or "call_" + rnd.child("tool_call", index).token(24), c.name, c.arguments_text())
+                for index, c in enumerate(script.tool_calls)]
+        return Draft(thinking, _calling(made, enc, room))
+    if script.refusal is not None:
+        return Draft(thinking, message=finish(script.refusal_text, enc, room, []), refusal=True)
+    return Draft(thinking, message=finish(script.text or "", enc, room, []))
+
+
+def _calling(to_call: list[ToolCall], enc: tiktoken.Encoding, room: int | None) -> tuple[tuple[ToolCall, Output], ...]:
+    """The calls with their arguments' token pieces, as many as `room` leaves space for."""
     made = []
-    for call in calls(chosen, rnd, prompt):
+    for call in to_call:
         if room == 0:
             break
         arguments = finish(call.arguments, enc, room, [])
         made.append((call, arguments))
         room = None if room is None else room - arguments.tokens
-    if made:
-        return Draft(thinking, tuple(made))
-    fmt = _format(body)
-    text = answer_text(fmt["type"], fmt.get("schema"), prompt, results, rnd)
-    return Draft(thinking, message=finish(text, enc, room, []))
+    return tuple(made)
 
 
 def _usage(input_tokens: int, written: Draft) -> dict[str, Any]:
@@ -611,9 +634,8 @@ def frames(response: dict[str, Any], enc: tiktoken.Encoding, after: int = -1) ->
 
 # --- handlers -----------------------------------------------------------------------------------
 
-def _build(body: dict[str, Any], model: ModelInfo, store: ResponseStore, rnd: RequestRandom, seed: int,
-           created_at: int) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
-    """The response object and the context items it is stored with."""
+def _context(body: dict[str, Any], store: ResponseStore, rnd: RequestRandom) -> list[dict[str, Any]]:
+    """The items the response is generated from (and stored with), after OpenAI's checks."""
     previous = _previous(body, store)
     new = input_items(body, rnd.child("input"), store)
     _check_context(previous, new)
@@ -621,14 +643,25 @@ def _build(body: dict[str, Any], model: ModelInfo, store: ResponseStore, rnd: Re
     if _format(body)["type"] == "json_object" and not _mentions_json(body.get("instructions"), context):
         raise invalid("Response input messages must contain the word 'json' in some form to use 'text.format' of "
                       "type 'json_object'.", "input")
+    return context
+
+
+def subject(body: dict[str, Any], context: list[dict[str, Any]]) -> Subject:
+    """What rules match on: the last user message, the user turn, whether tool results follow it."""
+    turn = sum(1 for item in context if _is_user_message(item))
+    return Subject(rules.RESPONSES, body["model"], _last_user_text(context), turn, bool(_tool_results(context)))
+
+
+def _build(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]], rnd: RequestRandom, seed: int,
+           created_at: int, refusal_trigger: str, script: Answer | None) -> dict[str, Any]:
+    """The response object."""
     text_rnd = request_random(seed, "responses/text", without(body, _NEUTRAL_FIELDS))
-    written = draft(body, model, context, text_rnd)
+    written = draft(body, model, context, text_rnd, refusal_trigger, script)
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
     input_tokens = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
     output = _output(written, body, rnd.child("output"))
-    response = response_object(body, model, _hex_id("resp_", rnd), created_at, output,
-                               _usage(input_tokens, written), written.incomplete)
-    return response, tuple(context)
+    return response_object(body, model, _hex_id("resp_", rnd), created_at, output,
+                           _usage(input_tokens, written), written.incomplete)
 
 
 async def create(call: Call) -> web.StreamResponse:
@@ -638,9 +671,12 @@ async def create(call: Call) -> web.StreamResponse:
     validate(body, model)
     store = call.request.app[RESPONSES]
     rnd = call.random("responses", without(body, _TRANSPORT_FIELDS))
-    response, context = await call.compute(_build, body, model, store, rnd, call.settings.seed, call.clock.now())
+    context = await call.compute(_context, body, store, rnd)
+    script = await rules.scripted(call, subject(body, context))
+    response = await call.compute(_build, body, model, context, rnd, call.settings.seed, call.clock.now(),
+                                  call.settings.refusal_trigger, script)
     if response["store"]:
-        store.put(response, context)
+        store.put(response, tuple(context))
     enc = encoding_for_model(model.id)
     if body.get("stream"):
         return await call.stream(frames(response, enc))

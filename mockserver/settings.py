@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from proxy.wire.configfile import ConfigError
+
+from .generation import REFUSAL_TRIGGER
+from .rules import Rule, load_file
 
 ModerationCategory = Literal[
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
@@ -64,3 +70,20 @@ class MockSettings(BaseModel):
     batch_request_s: float = Field(1.0, ge=0, description="Realistic pace: virtual seconds per request in progress.")
     batch_expire: bool = Field(False, description="Stall every batch halfway so it expires after its 24h window.")
     state_dir: str | None = Field(None, description="Folder to keep files and batches in across restarts.")
+    refusal_trigger: str = Field(
+        REFUSAL_TRIGGER, description="A last user message containing this gets a refusal; empty: never.")
+    rules_file: str | None = Field(
+        None, description="Scripted answers: a TOML, YAML or JSON file of rules (see `mockserver.rules`).")
+    rules: list[Rule] = Field(
+        default_factory=list, description="Scripted answers in config.toml (`[[mock.rules]]`), after the file's.")
+
+    @field_validator("rules_file")
+    @classmethod
+    def _rules_load(cls, path: str | None) -> str | None:
+        """Report a bad rules file when the config is read, not when the server starts."""
+        if path is not None:
+            try:
+                load_file(path)
+            except ConfigError as exc:
+                raise PydanticCustomError("rules_file", "{problem}", {"problem": str(exc)}) from None
+        return path
