@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from urllib.parse import urlsplit
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -34,6 +32,7 @@ from .stages.meter import Meter
 from .stages.metrics import Metrics
 from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
+from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
 from .wire.jsoncodec import dumps
 from .wire.pricing import PriceTable
 from .wire.tokens import preload
@@ -81,6 +80,7 @@ CONFIG = web.AppKey("config", Config)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 AUTHENTICATE = web.AppKey("authenticate", Authenticate)
 UPSTREAM = web.AppKey("upstream", Upstream)
+UPSTREAMS = web.AppKey("upstreams", Upstreams)
 
 Sleep = Callable[[float], Awaitable[object]]
 
@@ -103,20 +103,20 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
 
 
 async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The upstream: the embedded mock on a loopback port, or the configured base_url."""
-    upstream_config = app[CONFIG].upstream
-    runner = None
-    if upstream_config.base_url == "mock":
+    """The upstreams (`[upstream]` and each `[[routes]]` entry): the embedded mock on a loopback port,
+    started once if any of them says "mock", or their base_url."""
+    config = app[CONFIG]
+    runner, mock_url = None, None
+    if uses_mock(config):
         from mockserver.app import make_app as make_mock
 
-        runner = web.AppRunner(make_mock(app[CONFIG].mock), access_log=None, shutdown_timeout=1.0)
+        runner = web.AppRunner(make_mock(config.mock), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
-        app[UPSTREAM] = Upstream("mock", f"http://127.0.0.1:{runner.addresses[0][1]}/v1", "oaigate-embedded-mock")
-    else:
-        app[UPSTREAM] = Upstream(_display_name(upstream_config.base_url), upstream_config.base_url.rstrip("/"),
-                                 os.environ.get(upstream_config.api_key_env) or None)
+        mock_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    app[UPSTREAMS] = upstreams = upstreams_from_config(config, mock_url)
+    app[UPSTREAM] = upstreams.default
     try:
         yield
     finally:
@@ -124,10 +124,26 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             await runner.cleanup()
 
 
-def _display_name(url: str) -> str:
-    """The upstream as logs, the ledger and error messages show it: no credentials, no path."""
-    parsed = urlsplit(url)
-    return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}"
+def _targets(upstreams: Upstreams, adaptive: bool) -> tuple[Target, list[tuple[str, Target]]]:
+    """One `Target` per distinct upstream; one adaptive governor per upstream URL and key (the
+    scope of a provider's own rate limit)."""
+    governors: dict[tuple[str, str | None], UpstreamGovernor] = {}
+    targets: dict[Upstream, Target] = {}
+    for upstream in upstreams.distinct:
+        governor = None
+        if adaptive:
+            governor = governors.setdefault((upstream.base_url, upstream.api_key), UpstreamGovernor())
+        targets[upstream] = Target(upstream, governor)
+    return targets[upstreams.default], [(pattern, targets[u]) for pattern, u in upstreams.routes]
+
+
+def _observe(clock: Clock) -> Callable[[Exchange, int, Mapping[str, str]], None]:
+    """Feeds each upstream answer to the governor of the upstream that gave it."""
+    def observe(ex: Exchange, status: int, headers: Mapping[str, str]) -> None:
+        if ex.target is not None and ex.target.governor is not None:
+            ex.target.governor.observe(status, headers, clock.monotonic())
+
+    return observe
 
 
 def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
@@ -142,24 +158,24 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         prices = PriceTable(config.price_overrides())
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         if config.ledger.enabled:
-            await asyncio.to_thread(book.load_ledger, config.ledger.path)
+            await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
         rate_rules_ = rate_rules(config)
-        governor = UpstreamGovernor() if limits.adaptive else None
+        default, routes = _targets(app[UPSTREAMS], limits.adaptive)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
-                              governor=governor)
+                              governor=default.governor)
         budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures(config.fixtures)
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         up = config.upstream
-        forward = Forward(session, app[UPSTREAM], max_retries=up.max_retries,
+        forward = Forward(session, default.upstream, max_retries=up.max_retries,
                           timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
                           pass_through=up.pass_through, sleep=sleep,
-                          on_attempt=None if governor is None else
-                          lambda status, headers: governor.observe(status, headers, clock.monotonic()))
+                          on_attempt=_observe(clock) if limits.adaptive else None)
         metrics = Metrics()
         app[PIPELINE] = Pipeline(
-            before=[authenticate, Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
+            before=[authenticate, Route(config.resolved_aliases(), routes, default),
+                    Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
             forward=forward,
             after=[Meter(prices), fixtures, budget, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
@@ -211,7 +227,8 @@ async def healthz(request: web.Request) -> web.Response:
     writer = request.app[PIPELINE].writer
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures}
-    body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name, "ledger": ledger}
+    body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
+            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
     return web.Response(body=dumps(body), content_type="application/json")
 
 

@@ -28,9 +28,10 @@ def _load(config: Path | None) -> Config:
 
 @cli.command("mock")
 @mock_cli.mock_options
-def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None) -> None:
+def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None,
+         rules: Path | None) -> None:
     """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
-    mock_cli.start(_load(config).mock, host, port, fixtures, seed)
+    mock_cli.start(_load(config).mock, host, port, fixtures, seed, rules)
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
@@ -68,8 +69,12 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         _fail(f"config error: {exc}")
 
     def ready(url: str) -> None:
-        click.echo(f"oaigate serving on {url}/v1 -> upstream {settings.upstream.base_url}; "
-                   f"ledger {settings.ledger.path}; Ctrl-C to stop", err=True)
+        from .stages.route import display_name
+
+        base = settings.upstream.base_url
+        routes = f" (+{len(settings.routes)} routes)" if settings.routes else ""
+        click.echo(f"oaigate serving on {url}/v1 -> upstream {base if base == 'mock' else display_name(base)}"
+                   f"{routes}; ledger {settings.ledger.path}; Ctrl-C to stop", err=True)
 
     try:
         run(app, settings.server.host, settings.server.port, ready, handler_cancellation=True)

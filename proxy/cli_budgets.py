@@ -32,7 +32,7 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
         raise click.ClickException(f"config error: {exc}") from None
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
-    book.load_ledger(str(db or settings.ledger.path))
+    book.load_ledger(str(db or settings.ledger.path), settings.resolved_aliases())
     rows = book.status()
     if fmt == "json":
         click.echo(json.dumps({"budgets": rows}, indent=2))

@@ -100,7 +100,7 @@ def list_(folder: Path | None, config: Path | None, cassette: str | None, fmt: s
 
     from .cli_ledger import print_table
 
-    table = Table(title=f"{len(records)} fixtures in {root}", box=box.SIMPLE_HEAD, title_justify="left")
+    table = Table(title=f"{len(records)} fixture{'s' * (len(records) != 1)} in {root}", box=box.SIMPLE_HEAD, title_justify="left")
     columns = ["cassette", "file", "request", "model", "status", "kind", "recorded_at"]
     if hits is not None:
         columns.append("used")
@@ -140,14 +140,16 @@ def _cell(value: Any) -> str:
 @_config_option
 @click.option("--raw", is_flag=True, help="Print the file as stored.")
 def show(fixture: str, folder: Path | None, config: Path | None, raw: bool) -> None:
-    """One fixture, by file path, file name or request key (a unique prefix is enough): the request, then
-    the response (a stream as its timed chunks)."""
+    """One fixture, by file path, file name, request key (or its prefix) or a unique part of the file
+    name: the request, then the response (a stream as its timed chunks)."""
     path = Path(fixture)
     if not path.is_file():
         _, root = _settings(config, folder)
         _folder(root, None)
-        found = [e.path for e in scan(root) if e.path.name == fixture or e.path.stem == fixture
+        entries = scan(root)
+        found = [e.path for e in entries if e.path.name == fixture or e.path.stem == fixture
                  or (e.fixture is not None and e.fixture.request.key.startswith(fixture))]
+        found = found or [e.path for e in entries if fixture in e.path.name]
         if not found:
             _fail(f"no fixture file or request key '{fixture}' in {root}")
         if len(found) > 1:

@@ -10,8 +10,9 @@ import zoneinfo
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mockserver.settings import MockSettings
 
@@ -98,6 +99,11 @@ class ScopeSelector(Section):
     key: str | None = Field(None, description='A key name, or "*" for each caller separately; unset: all keys.')
     model: str | None = Field(None, description="A model name or glob (gpt-4o*); unset: all models.")
 
+    @field_validator("model")
+    @classmethod
+    def _glob(cls, value: str | None) -> str | None:
+        return None if value is None else check_glob(value)
+
 
 class BudgetConfig(ScopeSelector):
     budget_usd: float | None = Field(None, ge=0)
@@ -131,6 +137,54 @@ class KeyConfig(LimitFields):
         return self
 
 
+def check_glob(pattern: str) -> str:
+    """A model name or fnmatch glob (`*`, `?`, `[...]`). An unclosed `[` is refused: fnmatch would
+    silently match it as a literal character, which is never what was meant."""
+    if pattern != pattern.strip():
+        raise ValueError(f"model pattern {pattern!r} has leading or trailing spaces")
+    i, n = 0, len(pattern)
+    while i < n:
+        if pattern[i] != "[":
+            i += 1
+            continue
+        j = i + 1
+        if j < n and pattern[j] == "!":
+            j += 1
+        if j < n and pattern[j] == "]":
+            j += 1
+        end = pattern.find("]", j)
+        if end == -1:
+            raise ValueError(f"invalid glob {pattern!r}: the '[' at position {i} is never closed")
+        i = end + 1
+    return pattern
+
+
+class RouteConfig(Section):
+    """One `[[routes]]` entry: requests whose model matches go to this upstream (the first match wins)."""
+
+    model: str = Field(min_length=1, description='A model name or fnmatch glob ("llama*", "gpt-4o*").')
+    base_url: str = Field(min_length=1, description='"mock" (the embedded mock) or an OpenAI-compatible base URL.')
+    api_key_env: str | None = Field(
+        None, min_length=1, description="Environment variable holding this upstream's key (default: upstream's).")
+    name: str | None = Field(None, min_length=1, max_length=100,
+                             description="How logs and the ledger's `upstream` column name it; default: scheme://host.")
+
+    @field_validator("model")
+    @classmethod
+    def _glob(cls, value: str) -> str:
+        return check_glob(value)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value == "mock":
+            return value
+        parsed = urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError('base_url must be "mock" or an http(s) URL such as http://127.0.0.1:11434/v1')
+        return value
+
+
 class PriceConfig(Section):
     input_per_mtok: Decimal = Field(ge=0, description="USD per million prompt tokens.")
     output_per_mtok: Decimal = Field(Decimal(0), ge=0, description="USD per million completion tokens.")
@@ -149,7 +203,33 @@ class Config(Section):
     budgets: list[BudgetConfig] = []
     rate_limits: list[RateLimitConfig] = []
     prices: dict[str, PriceConfig] = {}
+    routes: list[RouteConfig] = []
+    aliases: dict[str, str] = Field(default_factory=dict, description="Model aliases: the name a client sends "
+                                    "-> the model the gateway forwards (may itself be an alias).")
     mock: MockSettings = MockSettings()
+
+    @field_validator("aliases")
+    @classmethod
+    def _no_alias_cycles(cls, aliases: dict[str, str]) -> dict[str, str]:
+        for name, target in aliases.items():
+            if not name or not target:
+                raise ValueError("an alias and its target must be non-empty model names")
+            chain = [name]
+            while target in aliases:
+                if target in chain:
+                    raise ValueError("alias cycle: " + " -> ".join([*chain[chain.index(target):], target]))
+                chain.append(target)
+                target = aliases[target]
+        return aliases
+
+    def resolved_aliases(self) -> dict[str, str]:
+        """Each alias mapped to the model its chain ends at (`a = "b"`, `b = "c"` gives a -> c, b -> c)."""
+        resolved = {}
+        for name, target in self.aliases.items():
+            while target in self.aliases:
+                target = self.aliases[target]
+            resolved[name] = target
+        return resolved
 
     def price_overrides(self) -> dict[str, PriceOverride]:
         """`[prices."model"]` tables as the price table takes them."""

@@ -12,6 +12,7 @@ from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
     from .stages.estimate import Estimate
+    from .stages.route import Target
     from .wire.fixtures import Fixture
 
 from .wire.jsoncodec import JSONDecodeError, loads
@@ -37,6 +38,9 @@ class Exchange:
     json: dict[str, Any] | None = None
     model: str | None = None
     stream: bool = False
+    # route: `model` becomes the real model when the client named an alias (kept in `model_alias`)
+    model_alias: str | None = None
+    target: Target | None = None
     # authenticate
     principal: str | None = None
     client_token: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -214,8 +215,11 @@ class BudgetBook:
             reset_at=_iso(account.end) if account.end else None,
         )
 
-    def load_ledger(self, path: str) -> int:
-        """Add the current periods' spend from the ledger (once at start, off the event loop)."""
+    def load_ledger(self, path: str, aliases: Mapping[str, str] | None = None) -> int:
+        """Add the current periods' spend from the ledger (once at start, off the event loop).
+
+        `model_requested` is what the client sent; `aliases` (resolved) turns an alias back into the
+        model its budget was charged to."""
         if not self.rules:
             return 0
         earliest = min(period_bounds(r.period, self._now())[0] for r in self.rules)
@@ -233,6 +237,8 @@ class BudgetBook:
         except sqlite3.OperationalError:
             return 0  # no ledger yet
         for key_name, model, started_at, cost, tokens in rows:
+            if aliases and model in aliases:
+                model = aliases[model]
             started = datetime.fromisoformat(started_at.replace("Z", "+00:00"))
             for account in self.accounts(key_name, model):
                 if started >= account.start:

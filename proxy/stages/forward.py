@@ -32,12 +32,12 @@ HOP_BY_HOP = frozenset({
     "transfer-encoding", "upgrade", "host", "content-length",
 })
 _NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "api-key", "accept-encoding", "cookie"}
-_NOT_DOWNSTREAM = HOP_BY_HOP | {"content-encoding", "set-cookie"}
+_NOT_DOWNSTREAM = HOP_BY_HOP | {"set-cookie"}  # content-encoding stays: an upstream may compress anyway
 READ_WHOLE_LIMIT = 8 * 1024 * 1024
 
 Sleep = Callable[[float], Awaitable[object]]
 ChunkHook = Callable[[Exchange, bytes], None]
-AttemptHook = Callable[[int, Mapping[str, str]], None]
+AttemptHook = Callable[[Exchange, int, Mapping[str, str]], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +142,8 @@ def _is_usage_only(frame: bytes) -> bool:
 
 
 class Forward:
-    """Calls the upstream for an exchange and relays the answer to the client."""
+    """Calls the upstream for an exchange (`ex.target`, chosen by `route`, else the default
+    `upstream`) and relays the answer to the client."""
 
     def __init__(self, session: aiohttp.ClientSession, upstream: Upstream, *, max_retries: int,
                  timeouts: Timeouts, pass_through: bool = False, inject_stream_usage: bool = True,
@@ -153,9 +154,10 @@ class Forward:
         self.sleep, self.rand, self.on_attempt = sleep, rand, on_attempt
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
-        ex.upstream = self.upstream.name
-        url = upstream_url(self.upstream.base_url, request)
-        headers = upstream_headers(ex, self.upstream, self.pass_through)
+        upstream = ex.target.upstream if ex.target is not None else self.upstream
+        ex.upstream = upstream.name
+        url = upstream_url(upstream.base_url, request)
+        headers = upstream_headers(ex, upstream, self.pass_through)
         body = prepare_body(ex, self.inject_stream_usage)
         deadline = time.monotonic() + self.timeouts.total_s
         response = await self._send(ex, url, headers, body, deadline)
@@ -178,16 +180,16 @@ class Forward:
                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
                     )
             except TimeoutError as exc:
-                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({self.upstream.name}).")
+                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).")
                 failure.__cause__ = exc
             except aiohttp.ClientError as exc:
-                failure = UpstreamError(f"Could not reach the upstream ({self.upstream.name}): {type(exc).__name__}.")
+                failure = UpstreamError(f"Could not reach the upstream ({ex.upstream}): {type(exc).__name__}.")
                 failure.__cause__ = exc
             ex.upstream_wait_s += time.perf_counter() - sent
             if failure is None:
                 ex.ttfb_s = time.perf_counter() - ex.started
                 if self.on_attempt is not None:
-                    self.on_attempt(response.status, response.headers)
+                    self.on_attempt(ex, response.status, response.headers)
                 if not should_retry(response.status, response.headers) or not self._may_retry(ex):
                     return response
                 wait = hinted_wait(response.status, response.headers)

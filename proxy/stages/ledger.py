@@ -38,7 +38,7 @@ class Ledger(Stage):
             "key_name": ex.principal,
             "method": ex.method,
             "endpoint": ex.path,
-            "model_requested": ex.model,
+            "model_requested": ex.model_alias or ex.model,  # what the client asked for (an alias stays one)
             "model_served": ex.model_served,
             "status": ex.status if ex.status is not None else 0,
             "stream": int(ex.stream),

@@ -103,6 +103,7 @@ class Scope:
 class Permit:
     scopes: list[Scope]
     tokens: int
+    governor: UpstreamGovernor | None = None
     released: bool = False
 
 
@@ -160,7 +161,10 @@ class UpstreamGovernor:
 
 
 class RateLimiter:
-    """Admission against every matching scope; FIFO per scope; all scopes taken at once."""
+    """Admission against every matching scope; FIFO per scope; all scopes taken at once.
+
+    `governor` paces admission to the upstream; `acquire` may name another (one per upstream when
+    requests are routed to several)."""
 
     def __init__(self, rules: list[RateRule], clock: Clock, *, on_limit: str = "queue", max_wait_s: float = 30.0,
                  governor: UpstreamGovernor | None = None) -> None:
@@ -184,12 +188,16 @@ class RateLimiter:
             found.append(scope)
         return found
 
-    async def acquire(self, principal: str | None, model: str | None, tokens: int) -> Permit:
-        """Wait (or refuse) until the request fits every scope, then take from all of them."""
+    async def acquire(self, principal: str | None, model: str | None, tokens: int,
+                      governor: UpstreamGovernor | None = None) -> Permit:
+        """Wait (or refuse) until the request fits every scope and the upstream's governor (this
+        limiter's own unless one is given), then take from all of them."""
+        if governor is None:
+            governor = self.governor
         scopes = self.scopes(principal, model)
-        if not scopes and self.governor is not None and self.governor.wait(self.clock.monotonic()) == 0.0:
-            self.governor.admitted()  # the common case, nothing to wait for: no lines, no loop
-            return Permit([], tokens)
+        if not scopes and governor is not None and governor.wait(self.clock.monotonic()) == 0.0:
+            governor.admitted()  # the common case, nothing to wait for: no lines, no loop
+            return Permit([], tokens, governor)
         deadline = self.clock.monotonic() + (self.max_wait_s if self.on_limit == "queue" else 0.0)
         held: list[Scope] = []
         try:
@@ -199,8 +207,8 @@ class RateLimiter:
             while True:
                 now = self.clock.monotonic()
                 waits = [s.wait(tokens, now) for s in scopes]
-                if self.governor is not None:
-                    held_back = self.governor.wait(now)
+                if governor is not None:
+                    held_back = governor.wait(now)
                     waits.append(0.0 if held_back is None and self.on_limit == "reject" else held_back)
                 known = [w for w in waits if w is not None]
                 longest = max(known, default=0.0)
@@ -211,9 +219,9 @@ class RateLimiter:
                         if scope.tokens is not None:
                             scope.tokens.take(tokens)
                         scope.in_flight += 1
-                    if self.governor is not None:
-                        self.governor.admitted()
-                    return Permit(scopes, tokens)
+                    if governor is not None:
+                        governor.admitted()
+                    return Permit(scopes, tokens, governor)
                 remaining = deadline - now
                 if remaining <= 0 or longest > remaining:
                     raise self._refusal(scopes, waits, tokens)
@@ -246,8 +254,8 @@ class RateLimiter:
         permit.released = True
         for scope in permit.scopes:
             scope.in_flight -= 1
-        if self.governor is not None:
-            self.governor.finished()
+        if permit.governor is not None:
+            permit.governor.finished()
         self._released.set()
         self._released = asyncio.Event()
 
@@ -312,7 +320,8 @@ class RateLimit(Stage):
     async def request(self, ex: Exchange) -> None:
         tokens = ex.estimate.total if ex.estimate is not None else 0
         if self.limiter.rules or self.limiter.governor is not None:
-            self._permits[id(ex)] = await self.limiter.acquire(ex.principal, ex.model, tokens)
+            governor = ex.target.governor if ex.target is not None else None  # the routed upstream's
+            self._permits[id(ex)] = await self.limiter.acquire(ex.principal, ex.model, tokens, governor)
         if self.limiter.rules:
             ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
 

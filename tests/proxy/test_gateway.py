@@ -529,3 +529,29 @@ def test_upstream_key_never_reaches_clients_or_disk(gateway: Callable[..., Gatew
         for path in files:
             data = path.read_bytes()
             assert UPSTREAM_KEY.encode() not in data and CLIENT_KEY.encode() not in data, path
+
+
+def test_an_upstream_that_compresses_anyway_is_relayed_decodable_and_metered(
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> None:
+    """The gateway asks for identity; an upstream that gzips regardless must not reach the client as
+    undecodable bytes, and its usage still counts."""
+    import gzip
+
+    body = json.dumps({"id": "chatcmpl-gz", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": "zipped"}}],
+                       "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}}).encode()
+
+    async def compressing(request: web.Request) -> web.Response:
+        assert request.headers["Accept-Encoding"] == "identity"
+        return web.Response(body=gzip.compress(body), content_type="application/json",
+                            headers={"Content-Encoding": "gzip"})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", compressing)
+    gw = gateway(upstream(app).url + "/v1")
+    with gw.client() as client:
+        reply = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content == "zipped"
+    [row] = gw.rows(expect=1)
+    assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (11, 3, "reported")
