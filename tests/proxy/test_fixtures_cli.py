@@ -115,3 +115,15 @@ def test_commands_report_a_missing_folder(tmp_path: Path) -> None:
     for command in ("list", "verify", "prune"):
         result = run("fixtures", command, "--dir", str(tmp_path / "absent"))
         assert result.exit_code == 1 and "no fixtures folder at" in result.stderr
+
+
+def test_the_hits_file_lists_each_fixture_once_across_runs(tmp_path: Path) -> None:
+    from proxy.wire.fixtures.hits import append_hits, read_hits
+
+    root = tmp_path / "fx"
+    a, b = root / "c" / "a.json", root / "c" / "b.json"
+    append_hits(root, [a])
+    append_hits(root, [a, b])
+    append_hits(root, [b, a])
+    assert (root / HITS_FILE).read_text() == "c/a.json\nc/b.json\n"
+    assert read_hits(root) == {a, b}
