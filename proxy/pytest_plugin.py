@@ -175,6 +175,12 @@ class OaigateGateway(OaigateServer):
     fixtures: Path
     record: bool
 
+    def rewind(self, cassette: str) -> None:
+        """Replay `cassette` from the start: a test sees its recordings in order, whatever ran before."""
+        from .app import PIPELINE
+
+        self.server.app[PIPELINE].fixtures.rewind(cassette)  # type: ignore[index]
+
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until the exchanges so far are finished, so their recordings are on disk."""
         import asyncio
@@ -257,6 +263,7 @@ def oaigate_base_url(request: pytest.FixtureRequest) -> Iterator[str]:
         yield request.getfixturevalue("oaigate_mock").base_url
         return
     gateway: OaigateGateway = request.getfixturevalue("oaigate_gateway")
+    gateway.rewind(cassette_name(request.node))
     yield gateway.base_url
     gateway.settle()
 

@@ -90,6 +90,12 @@ class Fixtures(Stage):
             found = self._cassettes.setdefault(name, found)
         return found
 
+    def rewind(self, name: str) -> None:
+        """Start the cassette `name` over: its sequences replay from their first recording again."""
+        found = self._cassettes.get(name)
+        if found is not None:
+            found.rewind()
+
     @property
     def hits(self) -> set[Path]:
         return {path for c in self._cassettes.values() for path in c.hits}

@@ -543,6 +543,21 @@ def test_recordings_keep_the_order_requests_arrived_in_whatever_order_files_are_
     assert oct(next((tmp_path / "c").glob("*.json")).stat().st_mode & 0o777) == "0o644"
 
 
+def test_a_rewound_cassette_replays_its_sequences_from_the_start(tmp_path: Path) -> None:
+    cassette = Cassette(tmp_path / "c", "c", repeat="fail")
+    for text in ("one", "two"):
+        cassette.save(sample_fixture(text), MODEL)
+    key = sample_fixture().request.key
+
+    def served() -> list[Any]:
+        return [None if (f := cassette.take(key)) is None else json.loads(decode_body(f.response.body))["text"]
+                for _ in range(3)]
+
+    assert served() == ["one", "two", None]
+    cassette.rewind()
+    assert served() == ["one", "two", None]
+
+
 def test_miss_after_match_settings_changed(gateway: GatewayFactory, fdir: Path) -> None:
     gw = gateway(fixtures={"mode": "record", "dir": str(fdir)})
     assert fetch("POST", gw.url + CHAT_URL, json=CHAT).status == 200
