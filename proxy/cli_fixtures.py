@@ -100,7 +100,8 @@ def list_(folder: Path | None, config: Path | None, cassette: str | None, fmt: s
 
     from .cli_ledger import print_table
 
-    table = Table(title=f"{len(records)} fixture{'s' * (len(records) != 1)} in {root}", box=box.SIMPLE_HEAD, title_justify="left")
+    title = f"{len(records)} fixture{'s' * (len(records) != 1)} in {root}"
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     columns = ["cassette", "file", "request", "model", "status", "kind", "recorded_at"]
     if hits is not None:
         columns.append("used")

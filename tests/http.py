@@ -26,17 +26,25 @@ class Reply:
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def post(url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Reply:
-    """POST JSON (or `raw` bytes) with a bearer token unless `headers` says otherwise; never raises on 4xx/5xx."""
-    data = raw if raw is not None else json.dumps(body).encode()
-    sent = {"Content-Type": "application/json", **(AUTH if headers is None else headers)}
-    request = urllib.request.Request(url, data=data, method="POST", headers=sent)
+def call(method: str, url: str, body: Any = None, *, raw: bytes | None = None,
+         headers: dict[str, str] | None = None) -> Reply:
+    """Any method with an optional JSON body (or `raw` bytes) and `headers` (no key unless given);
+    never raises on 4xx/5xx."""
+    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    request = urllib.request.Request(url, data=data, method=method, headers=sent)
     try:
         with _OPENER.open(request, timeout=10) as response:
             return Reply(response.status, response.headers, response.read())
     except urllib.error.HTTPError as exc:
         with exc:
             return Reply(exc.code, exc.headers, exc.read())
+
+
+def post(url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[str, str] | None = None) -> Reply:
+    """POST JSON (or `raw` bytes) with a bearer token unless `headers` says otherwise; never raises on 4xx/5xx."""
+    data = raw if raw is not None else json.dumps(body).encode()
+    return call("POST", url, raw=data, headers=AUTH if headers is None else headers)
 
 
 def conforms(component: str, instance: Any) -> None:

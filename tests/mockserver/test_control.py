@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,25 +14,11 @@ from aiohttp import web
 from mockserver.app import make_app
 from mockserver.control import on_reset
 from mockserver.settings import MockSettings
-from tests.http import AUTH, Reply, conforms, error_of, post
+from tests.http import AUTH, call, conforms, error_of, post
 from tests.servers import ServerThread
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _HOOK_CALLS: list[str] = []
-
-
-def call(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> Reply:
-    """Any method with an optional JSON body; never raises on 4xx/5xx."""
-    data = None if body is None else json.dumps(body).encode()
-    sent = {"Content-Type": "application/json", **(headers or {})}
-    request = urllib.request.Request(url, data=data, method=method, headers=sent)
-    try:
-        with _OPENER.open(request, timeout=10) as response:
-            return Reply(response.status, response.headers, response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(exc.code, exc.headers, exc.read())
 
 
 def advance(server: ServerThread, seconds: float) -> int:

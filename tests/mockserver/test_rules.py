@@ -10,8 +10,6 @@ import io
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from mockserver.rules import Rule, load_file
 from mockserver.settings import MockSettings
 from proxy.wire.configfile import ConfigError
 from proxy.wire.tokens import count_text
-from tests.http import AUTH, Reply, conforms, error_of, joined_deltas, post, sse_payloads
+from tests.http import AUTH, Reply, call, conforms, error_of, joined_deltas, post, sse_payloads
 from tests.servers import ServerThread
 
 RULES_TOML = r'''
@@ -114,7 +112,6 @@ LOOKUP_TOOL = {"type": "function", "function": {"name": "lookup", "parameters": 
     "q": {"type": "string"}}}}}
 HELLO = [{"role": "user", "content": "Say hello to the team"}]
 SCRIPTED = "Hello from a rule! How can I help today?"
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --- fixtures and helpers ---------------------------------------------------------------------------
@@ -164,18 +161,6 @@ def fresh(server: ServerThread, recorder: Recorder) -> Iterator[None]:
 def client(server: ServerThread) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=server.url + "/v1", api_key="sk-test", max_retries=0) as c:
         yield c
-
-
-def call(method: str, url: str, body: Any = None, raw: bytes | None = None) -> Reply:
-    """Any method with an optional JSON body (no key: the control API needs none); never raises on 4xx/5xx."""
-    data = raw if raw is not None else None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    try:
-        with _OPENER.open(request, timeout=10) as response:
-            return Reply(response.status, response.headers, response.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return Reply(exc.code, exc.headers, exc.read())
 
 
 def reset(server: ServerThread) -> None:

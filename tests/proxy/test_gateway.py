@@ -29,7 +29,6 @@ from .conftest import (
     UPSTREAM_KEY,
     UPSTREAM_KEY_ENV,
     Gateway,
-    echo_app,
     echoed_headers,
     fetch,
 )
