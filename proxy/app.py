@@ -215,7 +215,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         response.headers["x-oaigate-overhead-ms"] = f"{ex.overhead_s * 1000:.3f}"
         return response
     except (asyncio.CancelledError, ConnectionResetError):
-        ex.error_type = "client_disconnected"
+        if not ex.stream_ended:  # a client that leaves once it has the last event did not abandon anything
+            ex.error_type = "client_disconnected"
         raise
     finally:
         ex.finished = time.perf_counter()

@@ -19,6 +19,7 @@ from ..wire.sse import SSEParser
 from ..wire.tokens import count_chat_prompt, count_text
 from . import Stage
 
+TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
 STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no usage arrives
 
 
@@ -56,6 +57,8 @@ class Meter(Stage):
         if not state.sse:
             return
         for event in state.parser.feed(data):
+            if event.data == b"[DONE]" or event.event in TERMINAL_EVENTS:
+                ex.stream_ended = True
             if state.model is None and event.data.startswith(b"{"):
                 state.model = _model_of(event.data)
             found = usage_of.from_event(event)

@@ -483,6 +483,43 @@ def test_client_leaving_mid_stream_closes_the_upstream_request(
     assert row["error_type"] == "client_disconnected" and row["attempts"] == 1
 
 
+def test_a_client_that_leaves_after_the_last_event_completed_its_request(
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> None:
+    """SDKs close the connection once they have `[DONE]`; if the upstream has not closed its side by
+    then, that is not an abandoned stream."""
+    release = asyncio.Event()
+
+    async def lingering(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(_event("all of it") + b"data: [DONE]\n\n")
+        await release.wait()  # the upstream keeps its side open until the client has gone
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", lingering)
+    server = upstream(app)
+    gw = gateway(server.url + "/v1")
+
+    async def leave_after_done() -> bytes:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(gw.url + "/chat/completions", json={**CHAT, "stream": True},
+                                          headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            received = b""
+            while not received.endswith(b"data: [DONE]\n\n"):
+                received += await response.content.readuntil(b"\n\n")
+            response.close()
+            return received
+
+    try:
+        assert b"all of it" in asyncio.run(leave_after_done())
+    finally:
+        server.call(release.set)  # now the gateway finds its client gone when it finishes the response
+    (row,) = gw.rows(expect=1)
+    assert (row["status"], row["error_type"], row["completion_tokens"]) == (200, None, 3)
+
+
 def _event(content: str) -> bytes:
     chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini",
              "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
