@@ -1,6 +1,6 @@
 """Cost of usage in integer micro-dollars, from genai-prices' maintained table plus config overrides.
 
-Money is never a float: genai-prices computes in `Decimal`, and the result is rounded half-up to
+Money is never a float: genai-prices computes in `Decimal`, and the result is rounded up to
 whole micro-dollars (1 USD = 1_000_000).
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
@@ -35,8 +35,9 @@ class PriceOverride:
 
 
 def to_micros(usd: Decimal) -> int:
-    """Whole micro-dollars, rounded half-up."""
-    return int((usd * MICROS).to_integral_value(ROUND_HALF_UP))
+    """Whole micro-dollars, rounded up: a request that cost anything never records $0, and spend is
+    never under-counted (at most 1 micro-dollar over per request)."""
+    return int((usd * MICROS).to_integral_value(ROUND_CEILING))
 
 
 class _GenaiPrice:

@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +33,10 @@ CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
 
 
 def genai_micros(model: str, prompt: int, completion: int) -> int:
-    """The cost genai-prices computes, in whole micro-dollars (half-up)."""
+    """The cost genai-prices computes, in whole micro-dollars (rounded up)."""
     price = calc_price(PriceUsage(input_tokens=prompt, output_tokens=completion), model_ref=model,
                        provider_id="openai").total_price
-    return int((price * Decimal(1_000_000)).to_integral_value(ROUND_HALF_UP))
+    return int((price * Decimal(1_000_000)).to_integral_value(ROUND_CEILING))
 
 
 def query(db: Path, sql: str) -> list[dict[str, Any]]:
@@ -92,7 +92,7 @@ def test_cost_of_a_big_request_is_exact_integer_micro_dollars(gateway: Callable[
     (row,) = gw.rows(expect=1)
     usage = completion.usage
     expected = (Decimal(usage.prompt_tokens) * Decimal("2.5") + Decimal(usage.completion_tokens) * 10) / 1_000_000
-    assert row["cost_microusd"] == int((expected * 1_000_000).to_integral_value(ROUND_HALF_UP))
+    assert row["cost_microusd"] == int((expected * 1_000_000).to_integral_value(ROUND_CEILING))
     assert isinstance(row["cost_microusd"], int)
 
 
@@ -195,7 +195,7 @@ def test_unknown_model_costs_null_and_overrides_price_it(gateway: Callable[..., 
         ("my-local-llama", 2, 2, None)
     for row in priced.rows(expect=2):
         expected = (Decimal(row["prompt_tokens"]) * Decimal("1.25") + Decimal(row["completion_tokens"]) * 5)
-        assert row["cost_microusd"] == int(expected.to_integral_value(ROUND_HALF_UP)) > 0
+        assert row["cost_microusd"] == int(expected.to_integral_value(ROUND_CEILING)) > 0
 
 
 # --- views, schema, file format ------------------------------------------------------------------

@@ -33,6 +33,9 @@ def test_embedding_model_has_input_price_only() -> None:
     assert PriceTable().cost_micros("text-embedding-3-small", Usage(1_000_000, 0)) == 20_000
 
 
-def test_rounding_is_half_up_to_whole_micros() -> None:
+def test_rounding_is_up_to_whole_micros_so_spend_is_never_under_counted() -> None:
     assert to_micros(Decimal("0.0000015")) == 2
-    assert to_micros(Decimal("0.0000014")) == 1
+    assert to_micros(Decimal("0.0000010001")) == 2
+    assert to_micros(Decimal("0.000001")) == 1
+    assert to_micros(Decimal("0.0000000001")) == 1  # five embedding tokens cost something, not $0
+    assert to_micros(Decimal(0)) == 0
