@@ -18,24 +18,28 @@ from aiohttp import web
 
 from proxy.wire.fixtures import Cassette, Fixture, MatchPolicy, request_key
 from proxy.wire.fixtures.format import decode_body
-from proxy.wire.fixtures.matching import normalized_body
+from proxy.wire.fixtures.matching import DEFAULT_IGNORED, normalized_body, redact_query
 
 log = logging.getLogger("oaigate.mock")
 
 CASSETTE_HEADER = "x-oaigate-cassette"
 FIXTURE_HEADER = "x-oaigate-fixture"
-_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection", "content-encoding"})
+_HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
 class Recorded:
-    """Every cassette under a folder, loaded once."""
+    """Every cassette under a folder, loaded once.
 
-    def __init__(self, root: Path, policy: MatchPolicy | None = None) -> None:
+    Each fixture names the body fields its recording left out of matching (the gateway's
+    `ignore_fields` and `redact_fields` then), so a request is keyed the way each one was."""
+
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.policy = policy or MatchPolicy()
         folders = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         self.cassettes = {("." if f == root else f.name): Cassette(f, f.name) for f in folders}
         self.errors = [e for c in self.cassettes.values() for e in c.errors]
+        ignored = {f.request.ignored or DEFAULT_IGNORED for c in self.cassettes.values() for _, f in c.fixtures()}
+        self.policies = [MatchPolicy(tuple(i)) for i in sorted(ignored)]
 
     def __len__(self) -> int:
         return sum(len(c) for c in self.cassettes.values())
@@ -43,12 +47,14 @@ class Recorded:
     def take(self, method: str, path: str, query: str, body: bytes, content_type: str,
              cassette: str | None) -> Fixture | None:
         """The recorded answer to this request, or None."""
-        key = request_key(method, path, query, normalized_body(body, content_type), self.policy)
+        normalized, query = normalized_body(body, content_type), redact_query(query)
+        keys = [request_key(method, path, query, normalized, policy) for policy in self.policies]
         names = [cassette] if cassette else list(self.cassettes)
         for name in names:
             found = self.cassettes.get(name)
-            if found is not None and found.has(key):
-                return found.take(key)
+            for key in keys:
+                if found is not None and found.has(key):
+                    return found.take(key)
         return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -76,6 +77,13 @@ class MockSettings(BaseModel):
         None, description="Scripted answers: a TOML, YAML or JSON file of rules (see `mockserver.rules`).")
     rules: list[Rule] = Field(
         default_factory=list, description="Scripted answers in config.toml (`[[mock.rules]]`), after the file's.")
+
+    @field_validator("fixtures")
+    @classmethod
+    def _fixtures_exist(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_dir():
+            raise PydanticCustomError("fixtures", "no such folder: {path}", {"path": path})
+        return path
 
     @field_validator("rules_file")
     @classmethod

@@ -165,7 +165,8 @@ class RouteConfig(Section):
     model: str = Field(min_length=1, description='A model name or fnmatch glob ("llama*", "gpt-4o*").')
     base_url: str = Field(min_length=1, description='"mock" (the embedded mock) or an OpenAI-compatible base URL.')
     api_key_env: str | None = Field(
-        None, min_length=1, description="Environment variable holding this upstream's key (default: upstream's).")
+        None, min_length=1, description="Environment variable holding this upstream's key (default: upstream's key on "
+                    "upstream's own host, no key elsewhere).")
     name: str | None = Field(None, min_length=1, max_length=100,
                              description="How logs and the ledger's `upstream` column name it; default: scheme://host.")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import zlib
@@ -19,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import orjson
 from aiohttp import web
@@ -37,17 +37,21 @@ from ..wire.fixtures import (
     request_key,
 )
 from ..wire.fixtures.format import decode_body, encode_body
-from ..wire.fixtures.hits import append_hits
-from ..wire.fixtures.matching import REDACTED, normalized_body, redact_body
+from ..wire.fixtures.hits import HITS_FILE, append_hits
+from ..wire.fixtures.matching import REDACTED, normalized_body, redact_body, redact_query
 from . import Stage
 from .forward import StreamUsageStripper, prepare_body
+
+log = logging.getLogger("oaigate.fixtures")
+INLINE_BODY_BYTES = 64 * 1024
+MIN_SCRUBBED = 6  # shorter redacted strings are not searched for in answers
+_STRUCTURAL = frozenset({"type", "role", "object", "status"})
 
 MODE_HEADER = "x-oaigate-fixtures"
 CASSETTE_HEADER = "x-oaigate-cassette"
 MODES = ("live", "record", "replay", "record-missing")
 KEPT_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-version", "openai-processing-ms", "retry-after",
                          "retry-after-ms", "x-should-retry")
-SECRET_QUERY = frozenset({"key", "api-key", "api_key", "apikey", "token", "access_token"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -113,8 +117,11 @@ class Fixtures(Stage):
                                  param=CASSETTE_HEADER)
         cassette = await self.cassette(name)
         content_type = ex.headers.get("Content-Type", "")
-        body = normalized_body(ex.body, content_type)
-        query = _redact_query(ex.query_string)
+        if len(ex.body) > INLINE_BODY_BYTES:  # a large upload: parse and hash it off the event loop
+            body = await asyncio.to_thread(normalized_body, ex.body, content_type)
+        else:
+            body = normalized_body(ex.body, content_type)
+        query = redact_query(ex.query_string)
         key = request_key(ex.method, ex.path, query, body, self.policy)
         if mode in ("replay", "record-missing"):
             fixture = cassette.take(key)
@@ -123,7 +130,8 @@ class Fixtures(Stage):
                 return
             if mode == "replay":
                 ex.fixture = "miss"
-                miss = cassette.miss(key, ex.method, ex.path, query, body, self.policy.ignored(ex.path))
+                miss = await asyncio.to_thread(cassette.miss, key, ex.method, ex.path, query, body,
+                                               self.policy.ignored(ex.path))
                 error = FixtureMiss(miss.explain(ex.method, ex.path), headers={"x-should-retry": "false"},
                                     request_key=key, cassette=name, closest=miss.closest)
                 error.status = self.config.miss_status
@@ -144,8 +152,16 @@ class Fixtures(Stage):
         if ex.fixture == "hit":
             ex.replayed_cost_micros, ex.cost_micros = ex.cost_micros, 0  # a replay spends nothing
         recording = self._recording.pop(id(ex), None)
-        if recording is None or ex.status is None or ex.error_type is not None:
+        if recording is None:
             return
+        if ex.status is None or ex.error_type is not None:  # nothing complete to keep
+            recording.cassette.release(recording.key, recording.number)
+            return
+        fixture = await asyncio.to_thread(self._fixture, ex, recording)  # decoding and scrubbing: off the loop
+        self._saved.add(await asyncio.to_thread(recording.cassette.save, fixture, ex.model, recording.number))
+
+    def _fixture(self, ex: Exchange, recording: _Recording) -> Fixture:
+        """The fixture of a finished exchange: the response decoded, redacted echoes scrubbed."""
         upstream_headers = ex.upstream_headers or {}
         headers = {k.lower(): v for k, v in upstream_headers.items() if k.lower() in KEPT_RESPONSE_HEADERS}
         content_type = headers.get("content-type", "")
@@ -158,21 +174,21 @@ class Fixtures(Stage):
             else:
                 chunks = decoded
         chunks = _scrub(chunks, _redacted_values(ex.json, self.policy.redact))
-        data = b"".join(c for _, c in chunks)
         if "event-stream" in content_type:
-            response = RecordedResponse(ex.status, headers, chunks=[
+            response = RecordedResponse(ex.status or 0, headers, chunks=[
                 {"t": round(t, 4), **encode_body(c, "text/plain")} for t, c in chunks])
         else:
-            response = RecordedResponse(ex.status, headers, body=encode_body(data, content_type))
-        fixture = Fixture(
-            RecordedRequest(ex.method, ex.path, _redact_query(ex.query_string), recording.body, recording.key),
+            data = b"".join(c for _, c in chunks)
+            response = RecordedResponse(ex.status or 0, headers, body=encode_body(data, content_type))
+        return Fixture(
+            RecordedRequest(ex.method, ex.path, redact_query(ex.query_string), recording.body, recording.key,
+                            self.policy.ignored(ex.path)),
             response,
             datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
             usage=None if ex.usage is None else {"prompt_tokens": ex.usage.prompt,
                                                  "completion_tokens": ex.usage.completion},
             meta={"ttfb_s": round(ex.ttfb_s, 4)} if ex.ttfb_s is not None else {},
         )
-        self._saved.add(await asyncio.to_thread(recording.cassette.save, fixture, ex.model, recording.number))
 
     async def save_hits(self) -> None:
         """Append the fixtures this gateway replayed or recorded to the hits file (see `fixtures prune`)."""
@@ -181,7 +197,10 @@ class Fixtures(Stage):
         for cassette in self._cassettes.values():
             cassette.hits.clear()
         if used:
-            await asyncio.to_thread(append_hits, self.root, used)
+            try:
+                await asyncio.to_thread(append_hits, self.root, used)
+            except OSError as exc:  # a read-only checkout: prune loses this run, nothing else does
+                log.warning("could not list the fixtures used in %s: %s", self.root / HITS_FILE, exc)
 
 
 def _decompress(chunks: list[tuple[float, bytes]], encoding: str) -> list[tuple[float, bytes]] | None:
@@ -200,15 +219,19 @@ def _decompress(chunks: list[tuple[float, bytes]], encoding: str) -> list[tuple[
 
 
 def _redacted_values(body: Any, fields: tuple[str, ...]) -> list[str]:
-    """The strings in the request's redacted fields: the answer may echo them (`/v1/responses` does)."""
+    """The strings in the request's redacted fields, which the answer may echo (`/v1/responses` does).
+
+    Structural values (`type`, `role`, `object` members) and strings under MIN_SCRUBBED characters are
+    left alone: scrubbing `"message"` or `"user"` everywhere would break the recorded answer."""
     found: set[str] = set()
 
     def walk(value: Any) -> None:
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and len(value) >= MIN_SCRUBBED:
             found.add(value)
         elif isinstance(value, dict):
-            for item in value.values():
-                walk(item)
+            for name, item in value.items():
+                if name not in _STRUCTURAL:
+                    walk(item)
         elif isinstance(value, list):
             for item in value:
                 walk(item)
@@ -229,13 +252,6 @@ def _scrub(chunks: list[tuple[float, bytes]], values: list[str]) -> list[tuple[f
                          + rb")(?!\s*:)")
     marker = orjson.dumps(REDACTED)
     return [(t, pattern.sub(marker, c)) for t, c in chunks]
-
-
-def _redact_query(query: str) -> str:
-    if not query:
-        return ""
-    pairs = parse_qsl(query, keep_blank_values=True)
-    return urlencode([(k, "[redacted]" if k.lower() in SECRET_QUERY else v) for k, v in pairs])
 
 
 async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: bool, on_chunk: Any,

@@ -13,7 +13,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -46,7 +46,7 @@ class Upstream:
 
     name: str
     base_url: str
-    api_key: str | None
+    api_key: str | None = field(default=None, repr=False)  # never in a repr, a log or a traceback
 
 
 @dataclass(frozen=True, slots=True)

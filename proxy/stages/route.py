@@ -60,16 +60,19 @@ def upstreams_from_config(config: Config, mock_url: str | None,
     `mock_url` is the embedded mock's base URL (needed when any of them says "mock"). Entries with the
     same URL, key and name share one `Upstream`. A URL with credentials in it (`http://user:pass@host`)
     authenticates with those (HTTP basic auth), and no bearer key is added to it."""
-    def build(base_url: str, key_env: str, name: str | None) -> Upstream:
+    def build(base_url: str, key_env: str | None, name: str | None) -> Upstream:
         if base_url == "mock":
             assert mock_url is not None, "the embedded mock is not running"
             return Upstream(name or "mock", mock_url, MOCK_KEY)
-        key = None if urlsplit(base_url).username is not None else environ.get(key_env) or None
+        if key_env is None:  # a route that names no key gets [upstream]'s only on [upstream]'s own host
+            same_host = display_name(base_url) == display_name(config.upstream.base_url)
+            key_env = config.upstream.api_key_env if same_host else None
+        key = None if urlsplit(base_url).username is not None or key_env is None else environ.get(key_env) or None
         return Upstream(name or display_name(base_url), base_url.rstrip("/"), key)
 
     up = config.upstream
     return Upstreams(build(up.base_url, up.api_key_env, None),
-                     tuple((r.model, build(r.base_url, r.api_key_env or up.api_key_env, r.name))
+                     tuple((r.model, build(r.base_url, r.api_key_env, r.name))
                            for r in config.routes))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,5 +45,16 @@ def validate(model: type[M], data: Any, file: str, prefix: str = "") -> M:
         key = ".".join(path).replace(".[", "[") or None
         reason = {"extra_forbidden": "unknown key"}.get(error["type"], error["msg"])
         if error["type"] != "extra_forbidden" and "input" in error and not isinstance(error["input"], dict):
-            reason += f" (got {error['input']!r})"
+            reason += f" (got {_shown(error['loc'], error['input'])})"
         raise ConfigError(file, key, reason) from None
+
+
+_SECRET_NAMES = frozenset({"key", "api_key", "key_sha256", "password", "token", "secret"})
+_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def _shown(loc: tuple[Any, ...], value: Any) -> str:
+    """A rejected value as an error may show it: never a secret, never a URL's credentials."""
+    if loc and str(loc[-1]).lower() in _SECRET_NAMES:
+        return "a value that is not shown"
+    return _USERINFO.sub("***@", repr(value))

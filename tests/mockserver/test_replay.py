@@ -127,3 +127,37 @@ def test_the_command_line_refuses_a_missing_folder(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fixtures_recorded_with_other_matching_rules_are_keyed_their_way(tmp_path: Path) -> None:
+    """The gateway recorded with `redact_fields = ["safety_identifier"]` (so it was left out of the key)
+    and a secret in the query; the mock must still find the fixture."""
+    root = tmp_path / "fixtures"
+    ignored = ("user", "metadata", "safety_identifier")
+    body = {**QUESTION, "safety_identifier": "[redacted]"}
+    normalized = normalized_body(json.dumps(body).encode(), "application/json")
+    policy = MatchPolicy(ignored)
+    key = request_key("POST", "/v1/chat/completions", "api_key=[redacted]", normalized, policy)
+    fixture = Fixture(RecordedRequest("POST", "/v1/chat/completions", "api_key=[redacted]", normalized, key, ignored),
+                      RecordedResponse(200, {"content-type": "application/json"},
+                                       body={"json": completion("Recorded with a redacted field.")}),
+                      "2026-11-23T00:00:00Z")
+    Cassette(root / "redacting", "redacting").save(fixture, "gpt-4o-mini")
+    server = ServerThread(lambda: make_app(MockSettings(fixtures=str(root)))).start()
+    try:
+        reply = post(server.url + "/v1/chat/completions?api_key=sk-live-secret",
+                     {**QUESTION, "safety_identifier": "user-4711"})
+        assert reply.headers["x-oaigate-fixture"] == "hit"
+        assert reply.json()["choices"][0]["message"]["content"] == "Recorded with a redacted field."
+    finally:
+        server.stop()
+
+
+def test_a_missing_fixtures_folder_in_config_is_a_config_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'[mock]\nfixtures = "{tmp_path / "absent"}"\n')
+    result = subprocess.run([sys.executable, "-m", "mockserver", "--config", str(config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "mock.fixtures" in result.stderr and "no such folder" in result.stderr
+    assert "Traceback" not in result.stderr

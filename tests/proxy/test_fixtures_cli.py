@@ -61,7 +61,8 @@ def test_show_finds_a_fixture_by_key_prefix_and_prints_a_stream_as_timed_chunks(
     assert "POST /v1/chat/completions" in result.stdout and '"Name three rivers."' in result.stdout
     assert "chunks:" in result.stdout and "data: [DONE]" in result.stdout
     raw = run("fixtures", "show", str(recorded / "suite" / stream["file"]), "--raw")
-    assert json.loads(raw.stdout)["request"]["key"] == stream["key"]
+    stored = json.loads(raw.stdout)["request"]
+    assert stored["key"] == stream["key"] and stored["ignored"] == ["user", "metadata"]
 
 
 def test_show_names_what_it_could_not_find(recorded: Path) -> None:

@@ -187,13 +187,16 @@ def test_each_upstream_gets_its_own_key_and_no_key_leaks(
             assert secret.encode() not in path.read_bytes(), (secret, path)
 
 
-def test_route_key_env_defaults_to_the_upstream_one(
+def test_a_route_without_a_key_env_gets_the_upstream_key_only_on_the_upstreams_own_host(
         gateway: Callable[..., Gateway], tagged: Callable[..., Tagged]) -> None:
     a, b = tagged("a"), tagged("b")
-    gw = gateway(a.url, routes=[{"model": "llama*", "base_url": b.url}])
+    gw = gateway(a.url, routes=[{"model": "llama*", "base_url": b.url},  # another origin (port): no key
+                                {"model": "gpt-x*", "base_url": a.url + "/", "name": "a-again"}])
     with gw.client() as client:
         chat(client, "llama-3-8b")
-    assert [s.authorization for s in b.seen] == [f"Bearer {UPSTREAM_KEY}"]
+        chat(client, "gpt-x1")
+    assert [s.authorization for s in b.seen] == [None]
+    assert [s.authorization for s in a.seen] == [f"Bearer {UPSTREAM_KEY}"]
 
 
 def test_requests_without_a_json_model_go_to_the_default(
