@@ -23,7 +23,8 @@ STOPWORDS = frozenset(
     too under until up very was we were what when where which while who whom why will with would
     you your yours give show explain write make describe say work works working use using used get
     like want need know help best good way ways thing things much many json answer respond reply
-    format""".split()
+    format one two three four five six seven eight nine ten few several list short brief quick
+    paragraph paragraphs sentence sentences tips ideas examples steps points""".split()
 )
 
 _OPENERS = (

@@ -47,7 +47,7 @@ def test_streamed_chat_with_usage(openai_client: openai.OpenAI) -> None:
         model="gpt-4o", messages=[{"role": "user", "content": "Give me three tips for sourdough bread."}],
         stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert "tips" in text.lower()
+    assert "sourdough" in text.lower()
     assert chunks[-1].choices == [] and chunks[-1].usage is not None
 
 
