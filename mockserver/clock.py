@@ -18,6 +18,10 @@ class VirtualClock:
         """The current virtual time, whole seconds."""
         return int(self._now)
 
+    def rewind(self, start: int) -> None:
+        """Back to `start`, as when the server began (for `/_mock/reset`)."""
+        self._now = float(start)
+
     def advance(self, seconds: float) -> None:
         """Move the clock forward."""
         if seconds < 0:

@@ -124,6 +124,7 @@ async def reset(request: web.Request) -> web.Response:
     app[FAULTS].reset()
     for hook in app.get(RESET_HOOKS, []):
         hook()
+    app[CLOCK].rewind(app[SETTINGS].clock_start)  # a reset mock answers as a freshly started one
     return _reply({"reset": True, "now": app[CLOCK].now()})
 
 

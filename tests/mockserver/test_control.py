@@ -173,3 +173,11 @@ def test_clock_advance_rejects_bad_bodies(server: ServerThread, raw: bytes, para
 def test_control_api_needs_no_key_and_ignores_faults(server: ServerThread) -> None:
     assert call("GET", server.url + "/_mock/journal", headers={"x-mock-fault": "500"}).status == 200
     assert call("GET", server.url + "/_mock/nothing").status == 404
+
+
+def test_reset_sets_the_clock_back_so_answers_repeat(server: ServerThread) -> None:
+    first = post(server.url + "/v1/chat/completions", CHAT).json()
+    advance(server, 3600)
+    assert post(server.url + "/v1/chat/completions", CHAT).json()["created"] == first["created"] + 3600
+    assert call("POST", server.url + "/_mock/reset").json()["now"] == MockSettings().clock_start
+    assert post(server.url + "/v1/chat/completions", CHAT).json() == first
