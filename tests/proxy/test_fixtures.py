@@ -477,7 +477,7 @@ def sample_fixture(text: str = "hello") -> Fixture:
                    "2025-01-01T00:00:00Z")
 
 
-@pytest.mark.parametrize("fails", ["fsync", "replace", "write"])
+@pytest.mark.parametrize("fails", ["fsync", "replace", "link", "write"])
 def test_crash_mid_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str) -> None:
     cassette = Cassette(tmp_path / "c", "c")
     first = cassette.save(sample_fixture("original " * 1000), MODEL)
@@ -504,10 +504,12 @@ def test_crash_mid_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pyt
         monkeypatch.setattr(store.os, "fdopen", fdopen)
     else:
         monkeypatch.setattr(store.os, fails, boom)
-    with pytest.raises(OSError):
-        cassette.save(sample_fixture("second"), MODEL)  # a repeat: `<stem>.2.json`
-    with pytest.raises(OSError):
-        store.write_atomic(first, sample_fixture("clobber").dumps())  # over the existing file
+    if fails != "replace":  # a new file's last step is a link (it never clobbers), a rewrite's a rename
+        with pytest.raises(OSError):
+            cassette.save(sample_fixture("second"), MODEL)  # a repeat: `<stem>.2.json`
+    if fails != "link":
+        with pytest.raises(OSError):
+            store.write_atomic(first, sample_fixture("clobber").dumps())  # over the existing file
     monkeypatch.undo()
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == [first.name], "no temp or partial file left"
     assert first.read_bytes() == before
@@ -529,6 +531,21 @@ def test_save_never_overwrites_a_repeat(tmp_path: Path) -> None:
     key = sample_fixture().request.key
     assert [json.loads(decode_body(reloaded.take(key).response.body))["text"] for _ in range(4)] == [
         "one", "three", "four", "four"]
+
+
+def test_two_processes_recording_into_one_cassette_never_overwrite_each_other(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pytest-xdist worker has its own gateway and so its own Cassette over the same folder; both may
+    pick the same free name at the same moment (here: the second one's look finds nothing)."""
+    worker_a, worker_b = Cassette(tmp_path / "c", "c"), Cassette(tmp_path / "c", "c")
+    saved = [worker_a.save(sample_fixture("from a"), MODEL)]
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    saved.append(worker_b.save(sample_fixture("from b"), MODEL))
+    monkeypatch.undo()
+    assert saved[0] != saved[1] and saved[1].name.endswith(".2.json")
+    key = sample_fixture().request.key
+    later = Cassette(tmp_path / "c", "c")
+    assert [json.loads(decode_body(later.take(key).response.body))["text"] for _ in range(2)] == ["from a", "from b"]
 
 
 def test_recordings_keep_the_order_requests_arrived_in_whatever_order_files_are_written(tmp_path: Path) -> None:
@@ -572,14 +589,14 @@ def test_miss_after_match_settings_changed(gateway: GatewayFactory, fdir: Path) 
 def test_failed_write_in_gateway_leaves_nothing(gateway: GatewayFactory, fdir: Path,
                                                 monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture) -> None:
-    real_replace = os.replace
+    real_link = os.link
 
-    def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+    def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
         if str(dst).startswith(str(fdir)):
             raise OSError(5, "Input/output error")
-        real_replace(src, dst, *args, **kwargs)
+        real_link(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(store.os, "replace", replace)
+    monkeypatch.setattr(store.os, "link", link)
     gw = gateway(fixtures={"mode": "record", "dir": str(fdir)})
     reply = fetch("POST", gw.url + CHAT_URL, json=CHAT)
     assert reply.status == 200, "the client is answered whatever happens to the file"
