@@ -16,14 +16,14 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.wire.fixtures import Cassette, Fixture, MatchPolicy, request_key
+from proxy.wire.fixtures import (
+    CASSETTE_HEADER, FIXTURE_HEADER, Cassette, Fixture, MatchPolicy, cassette_folders, request_key,
+)
 from proxy.wire.fixtures.format import decode_body
 from proxy.wire.fixtures.matching import DEFAULT_IGNORED, normalized_body, redact_query
 
 log = logging.getLogger("oaigate.mock")
 
-CASSETTE_HEADER = "x-oaigate-cassette"
-FIXTURE_HEADER = "x-oaigate-fixture"
 _HOP_BY_HOP = frozenset({"content-length", "transfer-encoding", "connection"})
 
 
@@ -35,7 +35,7 @@ class Recorded:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        folders = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = cassette_folders(root)
         self.cassettes = {("." if f == root else f.name): Cassette(f, f.name) for f in folders}
         self.errors = [e for c in self.cassettes.values() for e in c.errors]
         ignored = {f.request.ignored or DEFAULT_IGNORED for c in self.cassettes.values() for _, f in c.fixtures()}

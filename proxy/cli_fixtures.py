@@ -16,7 +16,7 @@ import click
 
 from .config import ConfigError, FixturesConfig, load_config
 from .stages.fixtures import match_policy
-from .wire.fixtures import Fixture, request_key
+from .wire.fixtures import Fixture, cassette_folders, request_key
 from .wire.fixtures.hits import HITS_FILE, clear_hits, read_hits
 
 
@@ -48,7 +48,7 @@ def scan(root: Path, cassette: str | None = None) -> list[Entry]:
     if cassette is not None:
         folders = [root / cassette]
     else:
-        folders = [root] + sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = cassette_folders(root)
     entries = []
     for folder in folders:
         name = "." if folder == root else folder.name

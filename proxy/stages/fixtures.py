@@ -29,6 +29,9 @@ from ..config import FixturesConfig
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange
 from ..wire.fixtures import (
+    CASSETTE_HEADER,
+    FIXTURE_HEADER,
+    MODE_HEADER,
     Cassette,
     Fixture,
     MatchPolicy,
@@ -47,8 +50,6 @@ INLINE_BODY_BYTES = 64 * 1024
 MIN_SCRUBBED = 6  # shorter redacted strings are not searched for in answers
 _STRUCTURAL = frozenset({"type", "role", "object", "status"})
 
-MODE_HEADER = "x-oaigate-fixtures"
-CASSETTE_HEADER = "x-oaigate-cassette"
 MODES = ("live", "record", "replay", "record-missing")
 KEPT_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-version", "openai-processing-ms", "retry-after",
                          "retry-after-ms", "x-should-retry")
@@ -261,7 +262,7 @@ async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: 
     ex.status = recorded.status
     ex.upstream_headers = CIMultiDict(recorded.headers)
     ex.upstream_request_id = recorded.headers.get("x-request-id")
-    headers = {**recorded.headers, **ex.response_headers, "x-oaigate-fixture": "hit"}
+    headers = {**recorded.headers, **ex.response_headers, FIXTURE_HEADER: "hit"}
     if recorded.chunks is None:
         body = decode_body(recorded.body or {"text": ""})
         ex.response_body = body
