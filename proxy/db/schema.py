@@ -39,7 +39,7 @@ _V1_COLUMNS: dict[str, type] = {
     "request_body": str,
     "response_body": str,
 }
-COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int}
+COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int, "object_id": str}
 
 _SPEND = """
 SELECT {group} AS {name}, COUNT(*) AS requests,
@@ -70,7 +70,14 @@ def _v2(db: sqlite_utils.Database) -> None:
     db["requests"].add_column("replayed_cost_microusd", int)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2]
+def _v3(db: sqlite_utils.Database) -> None:
+    """The id of the object a request created (file, batch, response, stored completion...): who owns
+    it, and what a chained request builds on."""
+    db["requests"].add_column("object_id", str)
+    db["requests"].create_index(["object_id"])
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -57,6 +57,7 @@ class Ledger(Stage):
             "fixture": ex.fixture,
             "error_type": ex.error_type,
             "upstream_request_id": ex.upstream_request_id,
+            "object_id": ex.object_id,
             "request_body": _body(ex.body) if self.log_bodies else None,
             "response_body": _body(ex.response_body) if self.log_bodies else None,
         })

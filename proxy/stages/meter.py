@@ -20,17 +20,23 @@ from ..wire.tokens import count_chat_prompt, count_text
 from . import Stage
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+# POST paths whose answer is a new object with its own `id` (who owns it; what a chained request builds on)
+CREATING_PATHS = frozenset({
+    "/v1/files", "/v1/batches", "/v1/responses", "/v1/chat/completions", "/v1/uploads",
+    "/v1/fine_tuning/jobs", "/v1/conversations", "/v1/vector_stores", "/v1/assistants", "/v1/threads",
+})
 STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no usage arrives
 
 
 class _StreamState:
-    __slots__ = ("sse", "parser", "usage", "model", "raw", "overflow")
+    __slots__ = ("sse", "parser", "usage", "model", "object_id", "raw", "overflow")
 
     def __init__(self, sse: bool) -> None:
         self.sse = sse
         self.parser = SSEParser()
         self.usage: usage_of.Usage | None = None
         self.model: str | None = None
+        self.object_id: str | None = None
         self.raw: list[bytes] = []
         self.overflow = 0
 
@@ -60,7 +66,7 @@ class Meter(Stage):
             if event.data == b"[DONE]" or event.event in TERMINAL_EVENTS:
                 ex.stream_ended = True
             if state.model is None and event.data.startswith(b"{"):
-                state.model = _model_of(event.data)
+                state.model, state.object_id = _model_and_id_of(event.data)
             found = usage_of.from_event(event)
             if found is not None:
                 state.usage = found
@@ -75,6 +81,8 @@ class Meter(Stage):
             whole, state = b"".join(state.raw), None  # a JSON answer relayed without a length: read it whole
         if state is not None:
             ex.model_served = state.model
+            if ex.method == "POST" and ex.path in CREATING_PATHS:
+                ex.object_id = state.object_id
             ex.usage = state.usage
             if ex.usage is not None:
                 ex.usage_source = "reported"
@@ -88,6 +96,9 @@ class Meter(Stage):
             found, body = usage_of.from_json_bytes(whole)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 ex.model_served = body["model"]
+            if isinstance(body, dict) and ex.method == "POST" and ex.path in CREATING_PATHS \
+                    and isinstance(body.get("id"), str):
+                ex.object_id = body["id"]
             if found is not None:
                 ex.usage, ex.usage_source = found, "reported"
             elif _is_generation(ex):
@@ -105,17 +116,17 @@ def _decompress(data: bytes) -> bytes:
         return b""
 
 
-def _model_of(data: bytes) -> str | None:
+def _model_and_id_of(data: bytes) -> tuple[str | None, str | None]:
+    """The model and object id a stream's first event names (a chunk's own, or its `response`'s)."""
     try:
         payload = loads(data)
     except JSONDecodeError:
-        return None
-    if isinstance(payload, dict):
-        model = payload.get("model")
-        if model is None and isinstance(payload.get("response"), dict):
-            model = payload["response"].get("model")
-        return model if isinstance(model, str) else None
-    return None
+        return None, None
+    if not isinstance(payload, dict):
+        return None, None
+    holder = payload["response"] if isinstance(payload.get("response"), dict) else payload
+    model, object_id = holder.get("model"), holder.get("id")
+    return (model if isinstance(model, str) else None, object_id if isinstance(object_id, str) else None)
 
 
 def _is_generation(ex: Exchange) -> bool:

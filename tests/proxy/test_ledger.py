@@ -405,3 +405,21 @@ def test_2000_requests_at_concurrency_50_leave_exactly_2000_rows(gateway: Callab
     assert gw.healthz()["ledger"]["dropped"] == 0
     gw.stop()
     assert len(read_rows(gw.db)) == total  # and nothing more after the shutdown flush
+
+
+def test_a_creating_request_records_the_object_it_made(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()
+    with gw.client() as client:
+        response = client.responses.create(model="gpt-4o-mini", input="Say hi.")
+        streamed = None
+        with client.responses.stream(model="gpt-4o-mini", input="Say hi again.") as stream:
+            for event in stream:
+                if event.type == "response.created":
+                    streamed = event.response.id
+        upload = client.files.create(file=("a.jsonl", b'{"a": 1}\n'), purpose="batch")
+        client.responses.retrieve(response.id)
+    rows = {(r["method"], r["endpoint"], r["stream"]): r["object_id"] for r in gw.rows(expect=4)}
+    assert rows[("POST", "/v1/responses", 0)] == response.id
+    assert rows[("POST", "/v1/responses", 1)] == streamed is not None
+    assert rows[("POST", "/v1/files", 0)] == upload.id
+    assert rows[("GET", f"/v1/responses/{response.id}", 0)] is None  # a read creates nothing
