@@ -128,6 +128,8 @@ class KeyConfig(LimitFields):
     key: str | None = Field(None, min_length=1, description="The key itself (prefer key_env or key_sha256).")
     key_env: str | None = Field(None, min_length=1, description="Environment variable holding the key.")
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 hex of the key.")
+    admin: bool = Field(False, description="An operator's key: sees every key's objects and rows, may override "
+                        "fixture modes per request.")
 
     @model_validator(mode="after")
     def _one_source(self) -> KeyConfig:

@@ -43,6 +43,7 @@ class Exchange:
     target: Target | None = None
     # authenticate
     principal: str | None = None
+    admin: bool = False  # a `[[keys]]` entry with `admin = true`
     client_token: str | None = None
     # estimate (worst-case tokens, for budgets and rate limits); headers stages add to the answer
     estimate: Estimate | None = None

@@ -31,6 +31,7 @@ class Authenticate(Stage):
 
     def __init__(self, keys: list[KeyConfig], config_file: str = "config.toml") -> None:
         self._keys: list[tuple[bytes, str]] = []
+        self._admins = {key.name for key in keys if key.admin}
         for key in keys:
             if key.key_sha256 is not None:
                 digest = bytes.fromhex(key.key_sha256)
@@ -64,3 +65,4 @@ class Authenticate(Stage):
             raise AuthenticationError("Incorrect API key provided. The key is not one of the keys in the "
                                       "gateway's configuration.")
         ex.principal = name
+        ex.admin = name in self._admins
