@@ -10,7 +10,7 @@ from typing import NoReturn
 
 from mockserver import cli as mock_cli
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, check_base_url, lacks_api_version, load_config
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,7 +56,11 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
     settings = _load(config)
     settings.server.host = host or settings.server.host
     settings.server.port = settings.server.port if port is None else port
-    settings.upstream.base_url = upstream or settings.upstream.base_url
+    if upstream is not None:
+        try:
+            settings.upstream.base_url = check_base_url(upstream)
+        except ValueError as exc:
+            _fail(f"--upstream: {exc}")
     settings.fixtures.mode = mode or settings.fixtures.mode  # type: ignore[assignment]
     settings.fixtures.dir = str(fixtures) if fixtures else settings.fixtures.dir
     settings.ledger.path = str(db) if db else settings.ledger.path
@@ -67,6 +71,8 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         app = make_app(settings, config_file=str(config or "config.toml"))
     except ConfigError as exc:
         _fail(f"config error: {exc}")
+    for warning in _upstream_warnings(settings, str(config or "config.toml")):
+        click.echo(f"oaigate: warning: {warning}", err=True)
 
     def ready(url: str) -> None:
         from .stages.route import display_name
@@ -82,6 +88,30 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         click.echo(f"oaigate: cannot listen on {settings.server.host}:{settings.server.port}: "
                    f"{exc.strerror or exc}", err=True)
         sys.exit(1)
+
+
+def _upstream_warnings(settings: Config, config_file: str) -> list[str]:
+    """What is probably wrong with the upstreams, said once at start; an unset key with
+    `upstream.require_key` is an error."""
+    import os
+
+    from .stages.route import display_name
+
+    warnings = []
+    up = settings.upstream
+    urls = [up.base_url] + [r.base_url for r in settings.routes]
+    for url in urls:
+        if url != "mock" and lacks_api_version(url):
+            warnings.append(f"upstream {display_name(url)} has no API version in its path ({url}): requests go to "
+                            f"{url.rstrip('/')}/chat/completions; OpenAI-compatible servers usually want "
+                            f"{url.rstrip('/')}/v1")
+    if up.base_url != "mock" and not os.environ.get(up.api_key_env) and not up.pass_through:
+        if up.require_key:
+            _fail(f"config error: {config_file}: upstream.require_key: the environment variable {up.api_key_env} "
+                  f"(upstream.api_key_env) is not set")
+        warnings.append(f"the environment variable {up.api_key_env} (upstream.api_key_env) is not set: requests go "
+                        f"to {display_name(up.base_url)} without a key (set upstream.require_key = true to refuse)")
+    return warnings
 
 
 def _fail(message: str) -> NoReturn:

@@ -16,10 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from mockserver.settings import MockSettings
 
-from .wire.configfile import ConfigError, read_toml, validate
+from .wire.configfile import ConfigError, read_toml, resolve_paths, validate
 from .wire.pricing import PriceOverride
 
 DEFAULT_PATH = Path("config.toml")
+# (section, key) of every file or folder a config file names: relative ones resolve against its folder
+PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"))
+MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_file"))
 
 Period = Literal["day", "week", "month", "total"]
 
@@ -34,14 +37,48 @@ class ServerConfig(Section):
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
 
 
+def check_base_url(value: str) -> str:
+    """`"mock"` or an http(s) URL with a host; a mistake gets a hint ("did you mean mock?", a missing
+    scheme)."""
+    if value == "mock":
+        return value
+    if value.strip().lower() in ("mock", "mok", "moc", "mocks", "mock:", "embedded"):
+        raise ValueError(f'{value!r} is not an upstream: did you mean "mock" (the embedded mock server)?')
+    parsed = urlsplit(value)
+    if not parsed.scheme or "://" not in value:
+        if "." in value.split("/")[0] or value.startswith(("localhost", "127.")):
+            raise ValueError(f"{value!r} has no scheme: did you mean https://{value}?")
+        raise ValueError(f'{value!r} is not "mock" or an http(s) URL such as https://api.openai.com/v1')
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"{value!r}: the upstream must be an http(s) URL such as https://api.openai.com/v1")
+    if not parsed.hostname:
+        raise ValueError(f"{value!r} names no host: use a URL such as http://127.0.0.1:8000/v1")
+    return value
+
+
+def lacks_api_version(base_url: str) -> bool:
+    """True for a URL whose path names no API version (`/v1`, `/v1beta`, `/openai/v1`...): requests would
+    go to `HOST/chat/completions`, which OpenAI-compatible servers do not serve."""
+    if base_url == "mock":
+        return False
+    return not any(part[:1] == "v" and part[1:2].isdigit() for part in urlsplit(base_url).path.split("/"))
+
+
 class UpstreamConfig(Section):
     base_url: str = Field("mock", description='"mock" (the embedded mock server) or a URL ending in /v1.')
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the upstream key.")
+    require_key: bool = Field(False, description="Refuse to start when a real upstream's key variable is unset "
+                              "(default: a warning).")
     max_retries: int = Field(2, ge=0, le=10, description="Retries after the first attempt.")
     timeout_s: float = Field(600.0, gt=0, description="Overall deadline for one request, retries included.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Deadline for opening a connection.")
     first_byte_timeout_s: float = Field(120.0, gt=0, description="Deadline for the upstream's response headers.")
     pass_through: bool = Field(False, description="Forward the client's own bearer token upstream.")
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return check_base_url(value)
 
 
 class LedgerConfig(Section):
@@ -180,12 +217,7 @@ class RouteConfig(Section):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value == "mock":
-            return value
-        parsed = urlsplit(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError('base_url must be "mock" or an http(s) URL such as http://127.0.0.1:11434/v1')
-        return value
+        return check_base_url(value)
 
 
 class PriceConfig(Section):
@@ -246,7 +278,10 @@ def load_config(path: Path | None = None) -> Config:
         if not DEFAULT_PATH.is_file():
             return Config()
         path = DEFAULT_PATH
-    return validate(Config, read_toml(path), str(path))
+    data = read_toml(path)
+    base = path.parent.absolute()
+    resolve_paths(data, base, PATH_KEYS + MOCK_PATH_KEYS)
+    return validate(Config, data, str(path))
 
 
 __all__ = ["Config", "ConfigError", "load_config"]

@@ -35,18 +35,46 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 
 def validate(model: type[M], data: Any, file: str, prefix: str = "") -> M:
-    """Validate `data` as `model`; the first problem becomes a `ConfigError` with a dotted key."""
+    """Validate `data` as `model`; its problems become one `ConfigError` listing every one of them
+    (its `key` and `reason` are the first's)."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        path = [prefix] if prefix else []
-        path += [f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]]
-        key = ".".join(path).replace(".[", "[") or None
-        reason = {"extra_forbidden": "unknown key"}.get(error["type"], error["msg"])
-        if error["type"] != "extra_forbidden" and "input" in error and not isinstance(error["input"], dict):
-            reason += f" (got {_shown(error['loc'], error['input'])})"
-        raise ConfigError(file, key, reason) from None
+        problems = [_problem(error, prefix) for error in exc.errors()]
+        key, reason = problems[0]
+        error = ConfigError(file, key, reason)
+        if len(problems) > 1:
+            lines = [f"{file}: {len(problems)} problems:"]
+            lines += [f"  {k}: {r}" if k else f"  {r}" for k, r in problems]
+            error.args = ("\n".join(lines),)
+        raise error from None
+
+
+def _problem(error: Any, prefix: str) -> tuple[str | None, str]:
+    """One validation error as (dotted key, reason)."""
+    path = [prefix] if prefix else []
+    path += [f"[{p}]" if isinstance(p, int) else str(p) for p in error["loc"]]
+    key = ".".join(path).replace(".[", "[") or None
+    reason = {"extra_forbidden": "unknown key"}.get(error["type"], error["msg"])
+    if reason.startswith("Value error, "):
+        reason = reason[len("Value error, "):]
+    if error["type"] != "extra_forbidden" and "input" in error and not isinstance(error["input"], dict):
+        reason += f" (got {_shown(error['loc'], error['input'])})"
+    return key, reason
+
+
+def resolve_paths(data: Any, base: Path, keys: tuple[tuple[str, str], ...]) -> Any:
+    """`data` with each relative path at (section, key) made relative to `base` (the config file's
+    folder), so a config file means the same files whatever folder the command runs in."""
+    if not isinstance(data, dict):
+        return data
+    for section, key in keys:
+        table = data.get(section)
+        if isinstance(table, dict) and isinstance(table.get(key), str):
+            value = Path(table[key]).expanduser()
+            if not value.is_absolute():
+                table[key] = str(base / value)
+    return data
 
 
 _SECRET_NAMES = frozenset({"key", "api_key", "key_sha256", "password", "token", "secret"})

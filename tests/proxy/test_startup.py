@@ -1,0 +1,93 @@
+"""Mistakes caught when `oaigate serve` starts: bad upstream URLs, an unset upstream key, every config
+error at once, and paths in a config file resolved against its folder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from proxy.config import ConfigError, load_config
+
+from .test_serve_cli import READY, Serve, _config, serve  # noqa: F401  (serve is a fixture)
+
+KEY_ENV = "OAIGATE_TEST_SURELY_UNSET_KEY"
+
+
+def _refused(process: Serve) -> str:
+    assert process.proc.wait(60) == 2
+    process.stop()
+    err = "".join(process.stderr)
+    assert "Traceback" not in err and READY not in err, err
+    return err
+
+
+@pytest.mark.parametrize(("upstream", "hint"), [
+    ("mok", 'did you mean "mock"'),
+    ("MOCK", 'did you mean "mock"'),
+    ("api.openai.com/v1", "https://api.openai.com/v1"),
+    ("ftp://example.com/v1", "http(s)"),
+    ("http:///v1", "host"),
+])
+def test_a_bad_upstream_flag_is_refused_with_a_hint(serve: Callable[..., Serve], tmp_path: Path, upstream: str,
+                                                    hint: str) -> None:
+    err = _refused(serve("--port", "0", "--db", str(tmp_path / "x.db"), "--upstream", upstream))
+    assert "--upstream" in err and hint in err, err
+
+
+def test_a_bad_upstream_base_url_in_the_config_is_refused(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    config = _config(tmp_path, '[upstream]\nbase_url = "api.openai.com/v1"\n')
+    err = _refused(serve("--port", "0", "--config", str(config)))
+    assert "upstream.base_url" in err and "https://api.openai.com/v1" in err, err
+    assert not (tmp_path / "oaigate.db").exists()
+
+
+def test_a_real_upstream_without_its_key_warns_at_start(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    config = _config(tmp_path, f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{KEY_ENV}"\n')
+    process = serve("--port", "0", "--config", str(config))
+    process.ready_url()
+    assert process.stop() == 0
+    err = "".join(process.stderr)
+    assert KEY_ENV in err and "not set" in err, err
+
+
+def test_require_key_makes_an_unset_key_an_error(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    config = _config(tmp_path, f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{KEY_ENV}"\n'
+                               'require_key = true\n')
+    err = _refused(serve("--port", "0", "--config", str(config)))
+    assert KEY_ENV in err and "require_key" in err, err
+
+
+def test_an_upstream_url_without_the_api_version_warns(serve: Callable[..., Serve], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
+    process = serve("--port", "0", "--db", str(tmp_path / "x.db"), "--upstream", "http://127.0.0.1:9")
+    process.ready_url()
+    assert process.stop() == 0
+    err = "".join(process.stderr)
+    assert "/v1" in err and "127.0.0.1:9" in err, err
+
+
+def test_every_config_error_is_reported_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[server]\nport = 70000\n[upstream]\nmax_retries = "lots"\nbse_url = "mock"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = str(caught.value)
+    for key in ("server.port", "upstream.max_retries", "upstream.bse_url"):
+        assert key in message, message
+    assert caught.value.key == "server.port"  # the first one, for code that reads one
+
+
+def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "team"
+    folder.mkdir()
+    path = folder / "oaigate.toml"
+    path.write_text('[ledger]\npath = "spend.db"\n[fixtures]\ndir = "recorded"\n')
+    config = load_config(path)
+    assert Path(config.ledger.path) == folder / "spend.db"
+    assert Path(config.fixtures.dir) == folder / "recorded"
+    absolute = tmp_path / "elsewhere.db"
+    path.write_text(f'[ledger]\npath = "{absolute}"\n')
+    assert Path(load_config(path).ledger.path) == absolute
