@@ -21,6 +21,7 @@ from .errors import GatewayError
 from .exchange import Exchange
 from .stages import Stage
 from .clock import Clock
+from .stages.accesslog import AccessLog
 from .stages.auth import Authenticate
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
@@ -54,6 +55,7 @@ class Pipeline:
     budgets: BudgetBook
     fixtures: Fixtures
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    drained: int = 0  # exchanges still finishing when the server stopped (the shutdown line says so)
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         for stage in self.after:
@@ -72,6 +74,7 @@ class Pipeline:
                 log.exception("stage %s failed to finish exchange %s", type(stage).__name__, ex.id)
 
     async def drain(self) -> None:
+        self.drained += len(self.tasks)
         while self.tasks:
             await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
@@ -178,7 +181,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                     Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
             forward=forward,
             after=[Meter(prices), fixtures, budget, ratelimit, metrics]
-            + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
+            + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []) + [AccessLog()],
             metrics=metrics,
             writer=writer,
             budgets=book,

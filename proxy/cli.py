@@ -11,6 +11,7 @@ from typing import NoReturn
 from mockserver import cli as mock_cli
 
 from .config import Config, ConfigError, check_base_url, lacks_api_version, load_config
+from .logs import LEVELS, configure
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,12 +48,17 @@ _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
               help="Fixtures: live (none), record, replay (offline, misses are errors) or record-missing.")
 @click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path), help="Fixtures folder.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite ledger file.")
+@click.option("--log-level", type=click.Choice(LEVELS), default="warning", show_default=True,
+              help="info adds an access log line per request (never a key or a body).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="json: one JSON object per line, for log collectors.")
 def serve(config: Path | None, host: str | None, port: int | None, upstream: str | None, mode: str | None,
-          fixtures: Path | None, db: Path | None) -> None:
+          fixtures: Path | None, db: Path | None, log_level: str, log_format: str) -> None:
     """Run the gateway: point any OpenAI SDK's base_url at http://HOST:PORT/v1."""
-    from .app import make_app
+    from .app import PIPELINE, make_app
     from .wire.serving import run
 
+    configure(log_level, log_format)
     settings = _load(config)
     settings.server.host = host or settings.server.host
     settings.server.port = settings.server.port if port is None else port
@@ -81,6 +87,8 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         routes = f" (+{len(settings.routes)} routes)" if settings.routes else ""
         click.echo(f"oaigate serving on {url}/v1 -> upstream {base if base == 'mock' else display_name(base)}"
                    f"{routes}; ledger {settings.ledger.path}; Ctrl-C to stop", err=True)
+        for line in _summary(settings):
+            click.echo(f"  {line}", err=True)
 
     try:
         run(app, settings.server.host, settings.server.port, ready, handler_cancellation=True)
@@ -88,6 +96,32 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         click.echo(f"oaigate: cannot listen on {settings.server.host}:{settings.server.port}: "
                    f"{exc.strerror or exc}", err=True)
         sys.exit(1)
+    if PIPELINE in app:
+        pipeline = app[PIPELINE]
+        rows = f", {pipeline.writer.written} ledger rows written" if pipeline.writer is not None else ""
+        lost = f", {pipeline.writer.dropped} dropped" if pipeline.writer is not None and pipeline.writer.dropped else ""
+        click.echo(f"oaigate stopped: drained {pipeline.drained} request(s) in flight{rows}{lost}", err=True)
+
+
+def _summary(settings: Config) -> list[str]:
+    """What this gateway will do, said once at start (no secrets: key names and counts only)."""
+    from .stages.route import display_name
+
+    up = settings.upstream
+    upstreams = ["mock (embedded)" if up.base_url == "mock" else display_name(up.base_url)]
+    upstreams += [f"{r.model} -> {r.name or ('mock' if r.base_url == 'mock' else display_name(r.base_url))}"
+                  for r in settings.routes]
+    fx = settings.fixtures
+    fixtures = fx.mode if fx.mode == "live" else f"{fx.mode}, cassette {fx.cassette!r} in {fx.dir}"
+    ledger = settings.ledger.path if settings.ledger.enabled else "off"
+    limits = settings.limits
+    budgets = (int(limits.budget_usd is not None or limits.budget_tokens is not None) + len(settings.budgets)
+               + sum(k.budget_usd is not None or k.budget_tokens is not None for k in settings.keys))
+    rates = (int(any(getattr(limits, n) is not None for n in ("rpm", "tpm", "concurrent"))) + len(settings.rate_limits)
+             + sum(any(getattr(k, n) is not None for n in ("rpm", "tpm", "concurrent")) for k in settings.keys))
+    keys = f"{len(settings.keys)} key(s)" if settings.keys else "any bearer token (no [[keys]])"
+    return [f"upstreams: {'; '.join(upstreams)}", f"fixtures: {fixtures}", f"ledger: {ledger}",
+            f"clients: {keys}; budgets: {budgets}; rate limits: {rates}; state: in-process"]
 
 
 def _upstream_warnings(settings: Config, config_file: str) -> list[str]:

@@ -91,3 +91,39 @@ def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Pa
     absolute = tmp_path / "elsewhere.db"
     path.write_text(f'[ledger]\npath = "{absolute}"\n')
     assert Path(load_config(path).ledger.path) == absolute
+
+
+def test_start_summary_access_log_and_shutdown_line(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    import json
+
+    from .conftest import UPSTREAM_KEY_ENV, fetch
+
+    config = _config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+                               '[limits]\nbudget_usd = 5\nrpm = 100\n')
+    process = serve("--port", "0", "--config", str(config), "--log-level", "info", "--log-format", "json")
+    url = process.ready_url()
+    reply = fetch("POST", f"{url}/chat/completions", key="sk-secret-client-key-123",
+                  json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5})
+    assert reply.status == 200
+    assert process.stop() == 0
+    err = "".join(process.stderr)
+    for part in ("upstreams: mock (embedded)", "fixtures: live", "budgets: 1; rate limits: 1"):
+        assert part in err, err
+    access = [json.loads(line) for line in process.stderr if line.startswith("{") and '"oaigate.access"' in line]
+    assert len(access) == 1, err
+    assert access[0]["path"] == "/v1/chat/completions" and access[0]["status"] == 200
+    assert access[0]["key"].startswith("anon-") and access[0]["cost_microusd"] > 0
+    assert "sk-secret-client-key-123" not in err and '"content"' not in err
+    assert "oaigate stopped: drained 0 request(s) in flight, 1 ledger rows written" in err, err
+
+
+def test_the_access_log_is_off_by_default(serve: Callable[..., Serve], tmp_path: Path) -> None:
+    from .conftest import UPSTREAM_KEY_ENV, fetch
+
+    config = _config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n')
+    process = serve("--port", "0", "--config", str(config))
+    url = process.ready_url()
+    assert fetch("GET", f"{url}/models").status == 200
+    assert process.stop() == 0
+    err = "".join(process.stderr)
+    assert "GET /v1/models" not in err and "oaigate stopped" in err, err
