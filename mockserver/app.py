@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.wire import SIMULATED_HEADER
 from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
 from proxy.wire.tokens import preload
 
@@ -87,6 +88,11 @@ async def api_middleware(request: web.Request, handler: Any) -> web.StreamRespon
     return response
 
 
+async def mark_simulated(request: web.Request, response: web.StreamResponse) -> None:
+    """Every answer says it is simulated, so a gateway in front never reports it as real spend."""
+    response.headers[SIMULATED_HEADER] = "true"
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: 200 with a small JSON body once the server accepts requests."""
     return web.json_response({"status": "ok", "service": "oaigate-mock", "seed": request.app[SETTINGS].seed})
@@ -119,6 +125,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
                                        settings.rate_limit_per_s or settings.rate_limit_requests / 60)
         app.on_response_prepare.append(add_rate_headers)
     app.on_startup.append(_load_tokenizers)
+    app.on_response_prepare.append(mark_simulated)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", models_api.list_models)
     app.router.add_get("/v1/models/{model:.+}", models_api.retrieve_model)

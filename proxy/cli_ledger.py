@@ -39,7 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _TIME_HELP = "YYYY-MM-DD (UTC), an ISO-8601 timestamp, or a span back from now such as 7d, 24h, 30m."
 _FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
-           "cost_microusd", "cost_usd", "unpriced_requests", "estimated_requests")
+           "cost_microusd", "cost_usd", "unpriced_requests", "estimated_requests", "simulated_microusd",
+           "simulated_usd")
 
 
 def _ledger_options(func: F) -> F:
@@ -93,8 +94,9 @@ def _clock(now: str | None) -> datetime | None:
 @_now_option
 @click.option("--since", help=f"Only requests started at or after this. {_TIME_HELP}")
 @click.option("--until", help=f"Only requests started before this (a bare date includes that day). {_TIME_HELP}")
-@click.option("--by", "by", type=click.Choice(["day", "model", "key", "endpoint"]),
-              help="Break the spend down by UTC day, model served, client key or endpoint. Default: totals only.")
+@click.option("--by", "by", type=click.Choice(["day", "model", "key", "endpoint", "upstream"]),
+              help="Break the spend down by UTC day, model served, client key, endpoint or upstream. Default: "
+                   "totals only.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
               help="table: aligned, for people; json: one object with rows and total; csv: a header, then a line "
                    "per group (the total alone without --by).")
@@ -104,6 +106,7 @@ def spend(db: Path | None, config: Path | None, now: str | None, since: str | No
 
     Costs are exact sums of integer micro-dollars. A request whose model has no price is never
     counted as $0: it is reported as unpriced, and a group with no priced request shows no cost.
+    What oaigate's mock or a replayed fixture answered is priced too but shown apart, as simulated.
     """
     clock = _clock(now)
     start = _when(since, "--since", clock) if since else None
@@ -159,6 +162,8 @@ def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: 
         columns.append(("unpriced", lambda r: f"{r.unpriced_requests:,}"))
     if total.estimated_requests:
         columns.append(("estimated", lambda r: f"{r.estimated_requests:,}"))
+    if total.simulated_microusd:
+        columns.append(("simulated\n(USD)", lambda r: _usd(r.simulated_microusd)))
 
     since, until = window
     span = f"{since or 'the start'} to {until or 'now'}" if since or until else "all time"
@@ -204,6 +209,9 @@ def _caption(total: SpendRow) -> str | None:
     if total.estimated_requests:
         notes.append(f"estimated: {_requests(total.estimated_requests)} with no usage reported; "
                      "tokens and cost estimated locally.")
+    if total.simulated_microusd:
+        notes.append("simulated: answered by oaigate's mock or a replayed fixture, priced as the real API "
+                     "would have charged; not spent, and not in the cost column.")
     return "\n".join(notes) or None
 
 

@@ -43,16 +43,17 @@ def check_base_url(value: str) -> str:
     if value == "mock":
         return value
     if value.strip().lower() in ("mock", "mok", "moc", "mocks", "mock:", "embedded"):
-        raise ValueError(f'{value!r} is not an upstream: did you mean "mock" (the embedded mock server)?')
+        raise ValueError('not an upstream: did you mean "mock" (the embedded mock server)?')
     parsed = urlsplit(value)
     if not parsed.scheme or "://" not in value:
         if "." in value.split("/")[0] or value.startswith(("localhost", "127.")):
-            raise ValueError(f"{value!r} has no scheme: did you mean https://{value}?")
-        raise ValueError(f'{value!r} is not "mock" or an http(s) URL such as https://api.openai.com/v1')
+            shown = value.rsplit("@", 1)[-1]  # never echo credentials
+            raise ValueError(f"the URL has no scheme: did you mean https://{shown}?")
+        raise ValueError('not "mock" or an http(s) URL such as https://api.openai.com/v1')
     if parsed.scheme not in ("http", "https"):
-        raise ValueError(f"{value!r}: the upstream must be an http(s) URL such as https://api.openai.com/v1")
+        raise ValueError("the upstream must be an http(s) URL such as https://api.openai.com/v1")
     if not parsed.hostname:
-        raise ValueError(f"{value!r} names no host: use a URL such as http://127.0.0.1:8000/v1")
+        raise ValueError("the URL names no host: use one such as http://127.0.0.1:8000/v1")
     return value
 
 

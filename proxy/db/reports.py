@@ -14,13 +14,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-GroupBy = Literal["day", "model", "key", "endpoint"]
+GroupBy = Literal["day", "model", "key", "endpoint", "upstream"]
 
 GROUPS: dict[GroupBy, str] = {
     "day": "substr(started_at, 1, 10)",
     "model": "COALESCE(model_served, model_requested)",
     "key": "key_name",
     "endpoint": "endpoint",
+    "upstream": "upstream",
 }
 
 _SUCCESS = "status BETWEEN 200 AND 399"
@@ -33,12 +34,14 @@ SELECT {{group}} AS grp,
        COALESCE(SUM(completion_tokens), 0),
        COALESCE(SUM(cached_tokens), 0),
        COALESCE(SUM(reasoning_tokens), 0),
-       SUM(cost_microusd),
+       SUM(CASE WHEN {{simulated}} THEN 0 ELSE cost_microusd END),
        COALESCE(SUM(cost_microusd IS NULL AND {_SUCCESS} AND {_METERED}), 0),
-       COALESCE(SUM(usage_source = 'estimated'), 0)
+       COALESCE(SUM(usage_source = 'estimated'), 0),
+       COALESCE(SUM(CASE WHEN {{simulated}} THEN COALESCE(replayed_cost_microusd, cost_microusd) END), 0)
 FROM requests {{where}} {{tail}}
 """
-_COSTLIEST_FIRST = "ORDER BY SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, grp IS NULL, grp"
+_COSTLIEST_FIRST = ("ORDER BY SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, grp IS NULL, "
+                    "grp")
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -70,15 +73,20 @@ class SpendRow:
     cost_microusd: int | None
     unpriced_requests: int
     estimated_requests: int
+    simulated_microusd: int = 0  # what oaigate's mock or replayed fixtures answered: priced, never real spend
 
     @property
     def cost_usd(self) -> str | None:
         """The cost as a decimal string of dollars, or None when unknown."""
         return format_usd(self.cost_microusd)
 
+    @property
+    def simulated_usd(self) -> str:
+        return format_usd(self.simulated_microusd) or "0.000000"
+
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict, with the cost both in micro-dollars and as a USD string."""
-        return asdict(self) | {"cost_usd": self.cost_usd}
+        """A JSON-ready dict, with the costs both in micro-dollars and as USD strings."""
+        return asdict(self) | {"cost_usd": self.cost_usd, "simulated_usd": self.simulated_usd}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,22 +167,29 @@ def _where(since: datetime | None, until: datetime | None) -> tuple[str, list[st
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+def _simulated(conn: sqlite3.Connection) -> str:
+    """The SQL that says a row is simulated; a ledger older than the `simulated` column has none."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    return "simulated" if "simulated" in columns else "0"
+
+
 def spend_total(conn: sqlite3.Connection, since: datetime | None = None, until: datetime | None = None) -> SpendRow:
     """Totals over the requests started in [since, until)."""
     where, params = _where(since, until)
-    row = conn.execute(_SELECT.format(group="NULL", where=where, tail=""), params).fetchone()
+    row = conn.execute(_SELECT.format(group="NULL", where=where, tail="", simulated=_simulated(conn)),
+                       params).fetchone()
     return _spend_row(row)
 
 
 def spend_by(conn: sqlite3.Connection, by: GroupBy, since: datetime | None = None,
              until: datetime | None = None) -> list[SpendRow]:
-    """One row per day, model, key or endpoint over [since, until).
+    """One row per day, model, key, endpoint or upstream over [since, until).
 
     Days are UTC and come in date order; the other groupings come costliest first.
     """
     where, params = _where(since, until)
     order = "ORDER BY grp" if by == "day" else _COSTLIEST_FIRST
-    sql = _SELECT.format(group=GROUPS[by], where=where, tail=f"GROUP BY grp {order}")
+    sql = _SELECT.format(group=GROUPS[by], where=where, tail=f"GROUP BY grp {order}", simulated=_simulated(conn))
     return [_spend_row(row) for row in conn.execute(sql, params)]
 
 

@@ -39,29 +39,34 @@ _V1_COLUMNS: dict[str, type] = {
     "request_body": str,
     "response_body": str,
 }
-COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int, "object_id": str}
+COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int, "object_id": str, "simulated": int}
 
 _SPEND = """
 SELECT {group} AS {name}, COUNT(*) AS requests,
        SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
-       SUM(cost_microusd) AS cost_microusd, ROUND(SUM(cost_microusd) / 1e6, 6) AS cost_usd,
+       SUM(CASE WHEN simulated THEN 0 ELSE cost_microusd END) AS cost_microusd,
+       ROUND(SUM(CASE WHEN simulated THEN 0 ELSE cost_microusd END) / 1e6, 6) AS cost_usd,
+       SUM(CASE WHEN simulated THEN COALESCE(replayed_cost_microusd, cost_microusd) END) AS simulated_microusd,
        SUM(cost_microusd IS NULL AND prompt_tokens IS NOT NULL AND status BETWEEN 200 AND 399)
            AS unpriced_requests,
        SUM(usage_source = 'estimated') AS estimated_requests
 FROM requests GROUP BY 1 ORDER BY 1
 """
-VIEWS = {
-    "spend_by_day": _SPEND.format(group="substr(started_at, 1, 10)", name="day"),
-    "spend_by_model": _SPEND.format(group="COALESCE(model_served, model_requested)", name="model"),
-    "spend_by_key": _SPEND.format(group="key_name", name="key_name"),
-}
+_GROUPS = {"spend_by_day": ("substr(started_at, 1, 10)", "day"),
+           "spend_by_model": ("COALESCE(model_served, model_requested)", "model"),
+           "spend_by_key": ("key_name", "key_name")}
+VIEWS = {view: _SPEND.format(group=group, name=name) for view, (group, name) in _GROUPS.items()}
+_V1_VIEWS = {view: sql.replace("CASE WHEN simulated THEN 0 ELSE cost_microusd END", "cost_microusd")
+             .replace("SUM(CASE WHEN simulated THEN COALESCE(replayed_cost_microusd, cost_microusd) END) AS "
+                      "simulated_microusd,", "")
+             for view, sql in VIEWS.items()}
 
 
 def _v1(db: sqlite_utils.Database) -> None:
     db["requests"].create(_V1_COLUMNS, pk="id", not_null={"started_at", "endpoint", "status"})
     db["requests"].create_index(["started_at"])
     db["requests"].create_index(["key_name", "started_at"])
-    for name, sql in VIEWS.items():
+    for name, sql in _V1_VIEWS.items():
         db.create_view(name, sql, replace=True)
 
 
@@ -77,7 +82,15 @@ def _v3(db: sqlite_utils.Database) -> None:
     db["requests"].create_index(["object_id"])
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3]
+def _v4(db: sqlite_utils.Database) -> None:
+    """Rows answered by oaigate's mock or a replayed fixture are `simulated`: the views count their cost
+    apart (`simulated_microusd`), never as real spend."""
+    db["requests"].add_column("simulated", int, not_null_default=0)
+    for name, sql in VIEWS.items():
+        db.create_view(name, sql, replace=True)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 
 from ..db.writer import LedgerWriter
 from ..exchange import Exchange
+from ..wire import SIMULATED_HEADER
 from . import Stage
 
 BODY_LIMIT = 64 * 1024
@@ -58,6 +59,8 @@ class Ledger(Stage):
             "error_type": ex.error_type,
             "upstream_request_id": ex.upstream_request_id,
             "object_id": ex.object_id,
+            "simulated": int(ex.fixture == "hit" or (ex.upstream_headers is not None
+                                                     and SIMULATED_HEADER in ex.upstream_headers)),
             "request_body": _body(ex.body) if self.log_bodies else None,
             "response_body": _body(ex.response_body) if self.log_bodies else None,
         })

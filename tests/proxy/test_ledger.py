@@ -191,8 +191,9 @@ def test_unknown_model_costs_null_and_overrides_price_it(gateway: Callable[..., 
     assert [r["cost_microusd"] for r in rows] == [None, None]
     assert all(r["prompt_tokens"] > 0 and r["usage_source"] == "reported" for r in rows)
     (spend,) = query(plain.db, "SELECT * FROM spend_by_model")
-    assert (spend["model"], spend["requests"], spend["unpriced_requests"], spend["cost_microusd"]) == \
-        ("my-local-llama", 2, 2, None)
+    assert (spend["model"], spend["requests"], spend["unpriced_requests"], spend["simulated_microusd"]) == \
+        ("my-local-llama", 2, 2, None)  # unknown, never $0
+    assert spend["cost_microusd"] == 0  # the mock answered: nothing was really spent
     for row in priced.rows(expect=2):
         expected = (Decimal(row["prompt_tokens"]) * Decimal("1.25") + Decimal(row["completion_tokens"]) * 5)
         assert row["cost_microusd"] == int(expected.to_integral_value(ROUND_CEILING)) > 0
@@ -221,8 +222,12 @@ def test_spend_views_sum_the_rows(gateway: Callable[..., Gateway]) -> None:
         return {k: tuple(v) for k, v in out.items()}
 
     def view(name: str, column: str) -> dict[Any, tuple[int, int, int, int]]:
-        return {r[column]: (r["requests"], r["prompt_tokens"] or 0, r["completion_tokens"] or 0, r["cost_microusd"] or 0)
-                for r in query(gw.db, f"SELECT * FROM {name}")}
+        found = query(gw.db, f"SELECT * FROM {name}")
+        assert all(not r["cost_microusd"] for r in found)  # all answered by the mock: simulated, none real
+        return {r[column]: (r["requests"], r["prompt_tokens"] or 0, r["completion_tokens"] or 0,
+                            r["simulated_microusd"] or 0) for r in found}
+
+    assert {r["simulated"] for r in rows} == {1}
 
     by_key = view("spend_by_key", "key_name")
     assert by_key == sums("key_name") and len(by_key) == 2
@@ -231,8 +236,8 @@ def test_spend_views_sum_the_rows(gateway: Callable[..., Gateway]) -> None:
     assert by_model["gpt-4o-mini"][0] == 3 and by_model["gpt-4o"][0] == 1
     (day,) = query(gw.db, "SELECT * FROM spend_by_day")
     assert day["day"] == rows[0]["started_at"][:10]
-    assert day["requests"] == 5 and day["cost_microusd"] == sum(r["cost_microusd"] or 0 for r in rows) > 0
-    assert day["cost_usd"] == round(day["cost_microusd"] / 1e6, 6)
+    assert day["requests"] == 5 and day["simulated_microusd"] == sum(r["cost_microusd"] or 0 for r in rows) > 0
+    assert day["cost_microusd"] == day["cost_usd"] == 0
 
 
 def test_schema_version_wal_and_plain_sqlite(gateway: Callable[..., Gateway]) -> None:
@@ -423,3 +428,38 @@ def test_a_creating_request_records_the_object_it_made(gateway: Callable[..., Ga
     assert rows[("POST", "/v1/responses", 1)] == streamed is not None
     assert rows[("POST", "/v1/files", 0)] == upload.id
     assert rows[("GET", f"/v1/responses/{response.id}", 0)] is None  # a read creates nothing
+
+
+def test_mock_traffic_is_simulated_spend_apart_from_real(gateway: Callable[..., Gateway],
+                                                          upstream: Callable[[web.Application], ServerThread],
+                                                          tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from proxy.cli import cli
+
+    async def real(request: web.Request) -> web.Response:  # an OpenAI-compatible upstream that is not the mock
+        return web.json_response({"id": "chatcmpl-real", "object": "chat.completion", "created": 1,
+                                  "model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop",
+                                  "message": {"role": "assistant", "content": "hi"}}],
+                                  "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}})
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", real)
+    db = tmp_path / "shared.db"
+    for gw in (gateway(db=db), gateway(upstream(app).url + "/v1", db=db)):
+        fetch("POST", gw.url + "/chat/completions", json=CHAT)
+        gw.rows(expect=1)
+        gw.stop()
+    rows = {r["upstream"]: r for r in query(db, "SELECT * FROM requests")}
+    mock_row = rows.pop("mock")
+    (real_row,) = rows.values()
+    assert (mock_row["simulated"], real_row["simulated"]) == (1, 0)
+    result = CliRunner().invoke(cli, ["spend", "--db", str(db), "--by", "upstream", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["total"]["cost_microusd"] == real_row["cost_microusd"] > 0
+    assert report["total"]["simulated_microusd"] == mock_row["cost_microusd"] > 0
+    by_upstream = {r["upstream"]: r for r in report["rows"]}
+    assert by_upstream["mock"]["cost_microusd"] == 0 and by_upstream["mock"]["requests"] == 1
+    table = CliRunner().invoke(cli, ["spend", "--db", str(db)]).output
+    assert "simulated" in table and f"${real_row['cost_microusd'] / 1e6:.6f}" in table

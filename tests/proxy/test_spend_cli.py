@@ -74,7 +74,8 @@ def test_csv(ledger: Path, by: str | None) -> None:
     assert result.exit_code == 0, result.output
     lines = list(csv.reader(io.StringIO(result.stdout)))
     header, body = lines[0], lines[1:]
-    assert header == ([by] if by else []) + list(_NUMBERS[:7]) + ["cost_usd"] + list(_NUMBERS[7:])
+    assert header == ([by] if by else []) + list(_NUMBERS[:7]) + ["cost_usd"] + list(_NUMBERS[7:]) + [
+        "simulated_microusd", "simulated_usd"]
 
     def parsed(line: list[str]) -> tuple[int | None, ...]:
         record = dict(zip(header, line, strict=True))
