@@ -175,7 +175,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                           timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
                           pass_through=up.pass_through, sleep=sleep,
                           on_attempt=_observe(clock) if limits.adaptive else None)
-        metrics = Metrics()
+        metrics = Metrics(book.status if book.rules else None)
         app[PIPELINE] = Pipeline(
             before=[authenticate, Route(config.resolved_aliases(), routes, default),
                     Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],

@@ -352,9 +352,13 @@ def test_healthz_and_metrics(gateway: Callable[..., Gateway]) -> None:
         client.chat.completions.create(**CHAT)
     gw.rows(expect=2)
     text = fetch("GET", gw.root + "/metrics", key=None).body.decode()
-    assert 'oaigate_requests_total{endpoint="/v1/chat/completions",status="200"} 2.0' in text
-    assert re.search(r'oaigate_tokens_total\{kind="completion"\} [1-9]', text)
-    assert re.search(r"oaigate_cost_usd_total [0-9.e-]+", text) and "oaigate_cost_usd_total 0.0" not in text
+    key = gw.rows()[0]["key_name"]
+    assert ('oaigate_requests_total{endpoint="/v1/chat/completions",key="%s",model="gpt-4o-mini",status="200"} 2.0'
+            % key) in text
+    assert re.search(r'oaigate_tokens_total\{key="anon-[0-9a-f]+",kind="completion",model="gpt-4o-mini"\} [1-9]',
+                     text)
+    assert re.search(r'oaigate_cost_usd_total\{key="anon-[0-9a-f]+",model="gpt-4o-mini"\} [0-9.e-]+', text)
+    assert "oaigate_cost_usd_total 0.0" not in text
     assert gw.healthz()["ledger"]["written"] == 2
 
 
