@@ -274,6 +274,18 @@ def info(db: Path | None, config: Path | None, fmt: str) -> None:
         click.echo(f"{label:<15} {value}")
 
 
+@ledger.command("metadata")
+def metadata() -> None:
+    """Print Datasette metadata for the ledger: table descriptions and canned queries.
+
+    \b
+    oaigate ledger metadata > metadata.yml && datasette oaigate.db -m metadata.yml
+    """
+    from importlib.resources import files
+
+    click.echo(files("proxy.db").joinpath("metadata.yml").read_text(encoding="utf-8"), nl=False)
+
+
 def _bytes(size: int) -> str:
     if size < 1024:
         return f"{size} B"

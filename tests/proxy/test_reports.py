@@ -310,3 +310,31 @@ def test_prune_refuses_a_missing_or_foreign_file(tmp_path: Path) -> None:
     sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
     with pytest.raises(LedgerError, match="not an oaigate ledger"):
         prune(other, NOW)
+
+
+def test_datasette_metadata_queries_run_on_a_real_ledger(tmp_path: Path) -> None:
+    import sqlite3
+
+    import yaml
+    from click.testing import CliRunner
+
+    from proxy.cli import cli
+    from proxy.db.schema import COLUMNS, connect
+
+    result = CliRunner().invoke(cli, ["ledger", "metadata"])
+    assert result.exit_code == 0, result.output
+    metadata = yaml.safe_load(result.output)
+    queries = metadata["databases"]["oaigate"]["queries"]
+    assert len(queries) >= 5
+    db = tmp_path / "oaigate.db"
+    conn = connect(str(db))
+    row = dict.fromkeys(COLUMNS) | {"id": "gw_1", "started_at": "2026-01-01T00:00:00.000Z", "endpoint": "/v1/x",
+                                    "status": 200, "cost_microusd": 5, "prompt_tokens": 1, "simulated": 0}
+    conn.execute(f"INSERT INTO requests ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})", list(row.values()))
+    conn.close()
+    readonly = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    for name, query in queries.items():
+        assert query["title"], name
+        readonly.execute(query["sql"]).fetchall()  # every canned query runs on this schema
+    (top,) = readonly.execute(queries["costliest_requests"]["sql"]).fetchall()
+    assert top[0] == "gw_1"
