@@ -246,7 +246,13 @@ def test_file_ids_inside_a_body_are_checked(sdk: Callable[[str], openai.OpenAI],
         assert reply.status == 404, reply.body
         error = json.loads(reply.body)["error"]
         assert error["message"] == f"No such File object: {alice_file}" and error["param"] == "file_id"
-    assert [row["attempts"] for row in gw.rows(expect=3)[-2:]] == [0, 0]  # nothing reached the upstream
+    reply = fetch("POST", gw.url + "/responses", key=BOB, json={"model": "gpt-4o-mini", "input": "Hi",
+                                                                 "conversation": {"id": "conv_never_seen"}})
+    assert reply.status == 404
+    assert json.loads(reply.body)["error"] == {"message": "Conversation with id 'conv_never_seen' not found.",
+                                               "type": "invalid_request_error", "param": "conversation",
+                                               "code": None}
+    assert [row["attempts"] for row in gw.rows(expect=4)[-3:]] == [0, 0, 0]  # nothing reached the upstream
 
 
 # --- a list answer the gateway cannot filter -------------------------------------------------------
@@ -316,3 +322,84 @@ def test_budgets_show_a_key_only_its_own(gateway: Callable[..., Gateway], mock: 
     assert {("global", "100.000000"), ("key:alice", "1.000000"), ("key:bob", "2.000000"),
             ("key:bob model:gpt-4o*", "0.250000"), ("key:alice", "0.500000")} <= set(everything)
     assert fetch("GET", gw.root + "/oaigate/budgets", key=None).status == 401
+
+
+# --- uploads and fine-tuning (the mock has neither: a small upstream that keeps what it is sent) ----
+
+def _objects_app() -> web.Application:
+    """Uploads, files and fine-tuning jobs, as OpenAI shapes them, numbered in order of creation."""
+    made: dict[str, dict[str, Any]] = {}
+
+    def new(prefix: str, **fields: Any) -> dict[str, Any]:
+        object_id = f"{prefix}{len(made) + 1}"
+        made[object_id] = {"id": object_id, **fields}
+        return made[object_id]
+
+    async def create_upload(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(new("upload_", object="upload", status="pending", filename=body["filename"],
+                                     bytes=body["bytes"], purpose=body["purpose"], created_at=1, expires_at=2))
+
+    async def complete_upload(request: web.Request) -> web.Response:
+        upload = made[request.match_info["id"]]
+        upload["status"] = "completed"
+        upload["file"] = new("file-up", object="file", bytes=upload["bytes"], created_at=1,
+                             filename=upload["filename"], purpose=upload["purpose"], status="processed")
+        return web.json_response(upload)
+
+    async def get_object(request: web.Request) -> web.Response:
+        found = made.get(request.match_info["id"])
+        return web.json_response(found) if found else web.json_response({"error": {
+            "message": "not found", "type": "invalid_request_error", "param": None, "code": None}}, status=404)
+
+    async def create_job(request: web.Request) -> web.Response:
+        body = await request.json()
+        result = new("file-result", object="file", bytes=1, created_at=1, filename="step_metrics.csv",
+                     purpose="fine-tune-results", status="processed")
+        job = new("ftjob-", object="fine_tuning.job", model=body["model"], training_file=body["training_file"],
+                  status="queued", created_at=1, result_files=[], hyperparameters={}, organization_id="org-1",
+                  seed=0, validation_file=None, error=None, fine_tuned_model=None, finished_at=None,
+                  trained_tokens=None)
+        job["_result"] = result["id"]
+        return web.json_response({k: v for k, v in job.items() if k != "_result"})
+
+    async def get_job(request: web.Request) -> web.Response:
+        job = made[request.match_info["id"]]
+        job.update(status="succeeded", result_files=[job["_result"]])
+        return web.json_response({k: v for k, v in job.items() if k != "_result"})
+
+    app = web.Application()
+    app.router.add_post("/v1/uploads", create_upload)
+    app.router.add_post("/v1/uploads/{id}/complete", complete_upload)
+    app.router.add_get("/v1/files/{id}", get_object)
+    app.router.add_post("/v1/fine_tuning/jobs", create_job)
+    app.router.add_get("/v1/fine_tuning/jobs/{id}", get_job)
+    return app
+
+
+def test_uploads_and_fine_tuning_jobs_are_owned(gateway: Callable[..., Gateway], tmp_path: Path,
+                                                upstream: Callable[[web.Application], ServerThread]) -> None:
+    base = upstream(_objects_app()).url + "/v1"
+    db = tmp_path / "objects.db"
+    gw = gateway(base, keys=KEYS, db=db)
+    with gw.client(key=ALICE) as alice, gw.client(key=BOB) as bob:
+        upload = alice.uploads.create(bytes=10, filename="train.jsonl", mime_type="text/jsonl", purpose="fine-tune")
+        _not_found(lambda: bob.uploads.complete(upload.id, part_ids=[]), f"No such Upload object: {upload.id}",
+                   "upload_id")
+        file_id = alice.uploads.complete(upload.id, part_ids=[]).file.id
+        assert alice.files.retrieve(file_id).id == file_id  # the file the upload made is alice's
+        _not_found(lambda: bob.files.retrieve(file_id), f"No such File object: {file_id}", "id")
+        _not_found(lambda: bob.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=file_id),
+                   f"No such File object: {file_id}", "training_file")
+        job = alice.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=file_id)
+        _not_found(lambda: bob.fine_tuning.jobs.retrieve(job.id), f"Could not find fine tune: {job.id}",
+                   "fine_tune_id", "fine_tune_not_found")
+        (result,) = alice.fine_tuning.jobs.retrieve(job.id).result_files
+        assert alice.files.retrieve(result).id == result  # the job's result file is alice's too
+        _not_found(lambda: bob.files.retrieve(result), f"No such File object: {result}", "id")
+    gw.rows(expect=11)
+    gw.stop()
+    again = gateway(base, keys=KEYS, db=db)  # the uploaded file stays alice's after a restart
+    with again.client(key=ALICE) as alice, again.client(key=BOB) as bob:
+        assert alice.files.retrieve(file_id).id == file_id
+        _not_found(lambda: bob.files.retrieve(file_id), f"No such File object: {file_id}", "id")
