@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
-from ..errors import GatewayError, NotFound, UpstreamError
+from ..errors import GatewayError, InvalidRequest, NotFound, UpstreamError
 from ..exchange import Exchange
 from ..wire.jsoncodec import JSONDecodeError, dumps, loads
 from ..wire.sse import SSEParser
@@ -89,7 +89,7 @@ REFERENCES: dict[str, Kind] = {
 }
 # A body that matches neither cannot hold a reference (a key can only be spelled out or \u-escaped)
 _REFERENCE_HINT = re.compile(rb'"(?:file_ids?|input_file_id|training_file|validation_file|previous_response_id|'
-                             rb'vector_store_ids?|assistant_id|conversation)"')
+                             rb'vector_store_ids?|assistant_id|conversation)"\s*:')
 
 
 @dataclass(slots=True, eq=False)
@@ -205,7 +205,7 @@ class Owners(Stage):
             if kind is not None and rest:
                 if not self.visible(ex, rest[0]):
                     raise kind.missing(rest[0])
-            if ex.json is not None and ex.method in ("POST", "PUT", "PATCH"):
+            if ex.method in ("POST", "PUT", "PATCH") and ex.body:
                 self._check_body(ex)
         if kind is None:
             return
@@ -234,13 +234,24 @@ class Owners(Stage):
             raise NotFound(f"Invalid URL ({ex.method} {path})")
 
     def _check_body(self, ex: Exchange) -> None:
-        """Every object the JSON body refers to must be the caller's."""
-        if _REFERENCE_HINT.search(ex.body) is None and b"\\u" not in ex.body:
-            return
+        """Every object the JSON body refers to must be the caller's.
+
+        What is checked is what goes upstream: a body whose references were spelled in a way parsers may
+        read differently (a repeated member, a \\u-escaped name) is sent re-serialized, as checked. A
+        body that names a reference but is not a JSON object the gateway can read is refused."""
         body = ex.json
-        assert body is not None
-        if ex.path == "/v1/responses":
-            conversation = body.get("conversation")
+        if body is None and ex.headers.get("Content-Type", "").startswith("multipart/"):
+            return  # form fields and file bytes (never scanned: up to 512 MB): no references in them
+        hinted = len(_REFERENCE_HINT.findall(ex.body))
+        if not hinted and b"\\u" not in ex.body:
+            return
+        if body is None:
+            raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API expects a "
+                                 "JSON payload, but what was sent was not valid JSON.")
+        seen = 0
+        if ex.path == "/v1/responses" and "conversation" in body:
+            seen += 1
+            conversation = body["conversation"]
             if isinstance(conversation, dict):
                 conversation = conversation.get("id")
             if isinstance(conversation, str) and not self.visible(ex, conversation):
@@ -254,11 +265,14 @@ class Owners(Stage):
             for name, value in node.items():
                 kind = REFERENCES.get(name)
                 if kind is not None:
+                    seen += 1
                     for object_id in (value if isinstance(value, list) else [value]):
                         if isinstance(object_id, str) and not self.visible(ex, object_id):
                             raise kind.missing(object_id, kind.param if kind is PREVIOUS_RESPONSE else name)
                 elif name != "annotations" and isinstance(value, (dict, list)):
                     stack.append(value)
+        if seen != hinted or (seen and b"\\u" in ex.body):
+            ex.body = dumps(body)
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         watch = self._watch.get(id(ex))

@@ -7,6 +7,7 @@ a request body refers to. Each test runs its own mock upstream, so no other test
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,6 +254,27 @@ def test_file_ids_inside_a_body_are_checked(sdk: Callable[[str], openai.OpenAI],
                                                "type": "invalid_request_error", "param": "conversation",
                                                "code": None}
     assert [row["attempts"] for row in gw.rows(expect=4)[-3:]] == [0, 0, 0]  # nothing reached the upstream
+
+
+def test_what_is_checked_is_what_goes_upstream(gateway: Callable[..., Gateway], mock: str, echo: str) -> None:
+    """A repeated member or an escaped name could be read one way here and another way upstream (a
+    parser keeping the first of two members): what goes upstream is what was checked."""
+    gw = gateway(mock, keys=KEYS, routes=[{"model": "echo", "base_url": echo}])  # "echo": what arrived
+    with gw.client(key=ALICE) as alice, gw.client(key=BOB) as bob:
+        alices = alice.responses.create(model="gpt-4o-mini", input="Name a colour.").id
+        bobs = bob.responses.create(model="gpt-4o-mini", input="Name a number.").id
+    start = '{"model": "echo", "input": "And another?", '
+    for body in (start + f'"previous_response_id": "{alices}", "previous_response_id": "{bobs}"}}',
+                 start + f'"previous_response_id": "{alices}", "previous_resp\\u006fnse_id": "{bobs}"}}'):
+        reply = fetch("POST", gw.url + "/responses", key=BOB, data=body.encode(),
+                      headers={"Content-Type": "application/json"})
+        assert reply.status == 200, reply.body
+        sent = base64.b64decode(json.loads(reply.body)["body_b64"])
+        first_wins = json.loads(sent, object_pairs_hook=lambda pairs: dict(reversed(pairs)))
+        assert first_wins["previous_response_id"] == bobs and alices.encode() not in sent
+    reply = fetch("POST", gw.url + "/responses", key=BOB, headers={"Content-Type": "application/json"},
+                  data=f'\ufeff{start}"previous_response_id": "{alices}"}}'.encode())
+    assert reply.status == 400 and alices.encode() not in reply.body
 
 
 # --- a list answer the gateway cannot filter -------------------------------------------------------
