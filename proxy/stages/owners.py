@@ -79,6 +79,8 @@ COLLECTIONS: dict[str, Kind] = {
     "vector_stores": VECTOR_STORE, "assistants": ASSISTANT, "threads": THREAD,
 }
 _TWO_SEGMENTS = frozenset({"chat", "fine_tuning"})
+# operations where an id would be: `/v1/threads/runs` (a new thread and its run), `/v1/responses/compact`...
+_OPERATIONS = {"threads": frozenset({"runs"}), "responses": frozenset({"input_tokens", "compact"})}
 LIST_PATHS = frozenset("/v1/" + c for c in COLLECTIONS)  # GET on a collection lists it
 
 # Body members naming an object (anywhere in the JSON, except under `annotations`: citations only describe)
@@ -100,6 +102,7 @@ class _Watch:
     derive: bool = False  # an answer that may name files the upstream made for an owned object
     must_filter: bool = False  # a list for a non-admin key: only whole bodies can be filtered
     upload_complete: bool = False
+    new_thread: bool = False  # `POST /v1/threads/runs`: the run's thread is new, and the caller's
     sse: SSEParser | None = None
     raw: list[bytes] = field(default_factory=list)
     size: int = 0
@@ -200,6 +203,9 @@ class Owners(Stage):
         collection = "/".join(segments[:split])
         rest = segments[split:]
         kind = COLLECTIONS.get(collection)
+        operation = bool(rest) and rest[0] in _OPERATIONS.get(collection, ())
+        if operation:
+            rest = []
         if not ex.admin:
             self._check_form(ex, path, collection, kind)
             if kind is not None and rest:
@@ -210,7 +216,9 @@ class Owners(Stage):
         if kind is None:
             return
         watch = _Watch()
-        if not rest:
+        if operation:
+            watch.register = watch.new_thread = ex.method == "POST" and path == "/v1/threads/runs"
+        elif not rest:
             if ex.method == "POST" and path in CREATING_PATHS:
                 store = ex.json.get("store") if ex.json is not None else None
                 watch.register = (store is True if collection == "chat/completions"
@@ -245,7 +253,7 @@ class Owners(Stage):
         hinted = len(_REFERENCE_HINT.findall(ex.body))
         if not hinted and b"\\u" not in ex.body:
             return
-        if body is None:
+        if body is None:  # what the upstream might still read (a BOM, a top-level array...) is not let through
             raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API expects a "
                                  "JSON payload, but what was sent was not valid JSON.")
         seen = 0
@@ -332,6 +340,8 @@ class Owners(Stage):
             return
         if watch.register and isinstance(payload.get("id"), str):
             self.register(payload["id"], ex.principal)
+            if watch.new_thread and isinstance(payload.get("thread_id"), str):
+                self.register(payload["thread_id"], ex.principal)
         if not watch.derive:
             return
         data = payload.get("data")

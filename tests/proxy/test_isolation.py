@@ -231,6 +231,15 @@ def test_odd_paths_do_not_get_around_ownership(sdk: Callable[[str], openai.OpenA
     assert set(json.loads(reply.body)["error"]) == {"message", "type", "param", "code"}
 
 
+def test_operations_in_a_collection_are_not_mistaken_for_ids(gateway: Callable[..., Gateway], echo: str) -> None:
+    routed = gateway(echo, keys=KEYS)  # the echo upstream answers any path
+    for path in ("/responses/input_tokens", "/responses/compact", "/threads/runs"):
+        reply = fetch("POST", routed.url + path, key=BOB, json={"model": "gpt-4o-mini", "input": "hi"})
+        assert reply.status == 200 and json.loads(reply.body)["path"] == "/v1" + path
+    reply = fetch("POST", routed.url + "/responses/not_an_operation", key=BOB, json={})
+    assert reply.status == 404
+
+
 # --- ids inside request bodies ---------------------------------------------------------------------
 
 def test_file_ids_inside_a_body_are_checked(sdk: Callable[[str], openai.OpenAI], gw: Gateway) -> None:
