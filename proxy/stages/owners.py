@@ -92,6 +92,7 @@ REFERENCES: dict[str, Kind] = {
 # A body that matches neither cannot hold a reference (a key can only be spelled out or \u-escaped)
 _REFERENCE_HINT = re.compile(rb'"(?:file_ids?|input_file_id|training_file|validation_file|previous_response_id|'
                              rb'vector_store_ids?|assistant_id|conversation)"\s*:')
+_ESCAPE = re.compile(rb"\\u")
 
 
 @dataclass(slots=True, eq=False)
@@ -251,7 +252,8 @@ class Owners(Stage):
         if body is None and ex.headers.get("Content-Type", "").startswith("multipart/"):
             return  # form fields and file bytes (never scanned: up to 512 MB): no references in them
         hinted = len(_REFERENCE_HINT.findall(ex.body))
-        if not hinted and b"\\u" not in ex.body:
+        escaped = b"\\" in ex.body and _ESCAPE.search(ex.body) is not None
+        if not hinted and not escaped:
             return
         if body is None:  # what the upstream might still read (a BOM, a top-level array...) is not let through
             raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API expects a "
@@ -279,7 +281,7 @@ class Owners(Stage):
                             raise kind.missing(object_id, kind.param if kind is PREVIOUS_RESPONSE else name)
                 elif name != "annotations" and isinstance(value, (dict, list)):
                     stack.append(value)
-        if seen != hinted or (seen and b"\\u" in ex.body):
+        if seen != hinted or (seen and escaped):
             ex.body = dumps(body)
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
@@ -293,7 +295,10 @@ class Owners(Stage):
             if body is not None:
                 self._read(ex, watch, body)
             return
-        if watch.must_filter:
+        if watch.must_filter:  # cut before its first byte goes: fail closed
+            ex.error_type = "unfilterable_list"
+            log.warning("a list answer came without a length: it cannot be filtered for key %s and is cut",
+                        ex.principal)
             raise Unfilterable("a list answer without a length cannot be filtered for this key")
         if "event-stream" in headers.get("Content-Type", ""):
             if watch.sse is None:

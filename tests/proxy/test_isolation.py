@@ -311,6 +311,7 @@ def test_a_list_without_a_length_is_never_relayed_unfiltered(gateway: Callable[.
     else:
         assert reply.status >= 500 and b"file-of-somebody-else" not in reply.body
     assert b"file-of-somebody-else" in fetch("GET", gw.url + "/files", key=ROOT).body
+    assert [row["error_type"] for row in gw.rows(expect=2)] == ["unfilterable_list", None]
 
 
 # --- /metrics, /healthz, /oaigate/budgets ----------------------------------------------------------
