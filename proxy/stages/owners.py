@@ -259,7 +259,7 @@ class Owners(Stage):
             raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API expects a "
                                  "JSON payload, but what was sent was not valid JSON.")
         seen = 0
-        if ex.path == "/v1/responses" and "conversation" in body:
+        if ex.path.startswith("/v1/responses") and "conversation" in body:  # also input_tokens, compact
             seen += 1
             conversation = body["conversation"]
             if isinstance(conversation, dict):
