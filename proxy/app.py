@@ -31,6 +31,7 @@ from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger
 from .stages.meter import Meter
 from .stages.metrics import Metrics
+from .stages.owners import OWNERS, Owners, filter_lists
 from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
@@ -95,8 +96,12 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
     app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
+    app[OWNERS] = owners = Owners(config, authenticate)  # with [[keys]]: who created what; lists filtered
+    if owners.enabled:
+        app.middlewares.append(filter_lists)
     app.cleanup_ctx.append(_upstream_ctx)
     app.cleanup_ctx.append(_pipeline_ctx(authenticate, sleep, clock or Clock()))
+    app.cleanup_ctx.append(owners.ctx)  # after the pipeline's: the ledger writer has migrated the schema
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/oaigate/budgets", budgets)
@@ -177,10 +182,10 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                           on_attempt=_observe(clock) if limits.adaptive else None)
         metrics = Metrics(book.status if book.rules else None)
         app[PIPELINE] = Pipeline(
-            before=[authenticate, Route(config.resolved_aliases(), routes, default),
+            before=[authenticate, Route(config.resolved_aliases(), routes, default), *app[OWNERS].stages,
                     Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), fixtures, budget, ratelimit, metrics]
+            after=[Meter(prices), *app[OWNERS].stages, fixtures, budget, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []) + [AccessLog()],
             metrics=metrics,
             writer=writer,
@@ -226,8 +231,21 @@ async def handle(request: web.Request) -> web.StreamResponse:
         pipeline.schedule_finish(ex)
 
 
+async def _caller(request: web.Request) -> Exchange:
+    """The calling key (`principal`, `admin`); raises the 401 `GatewayError` for no or a wrong key."""
+    ex = Exchange(request.method, request.path, request.query_string, request.headers, b"")
+    await request.app[AUTHENTICATE].request(ex)
+    return ex
+
+
 async def healthz(request: web.Request) -> web.Response:
-    """200 once serving; reports the ledger writer's backlog and dropped rows."""
+    """200 once serving; reports the ledger writer's backlog and dropped rows. With [[keys]], only a
+    caller with a valid key sees more than the status."""
+    if request.app[CONFIG].keys:
+        try:
+            await _caller(request)
+        except GatewayError:
+            return web.Response(body=dumps({"status": "ok"}), content_type="application/json")
     writer = request.app[PIPELINE].writer
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures}
@@ -237,17 +255,29 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def budgets(request: web.Request) -> web.Response:
-    """The calling key's budgets: limit, spent, reserved, remaining, when it resets."""
-    ex = Exchange(request.method, request.path, request.query_string, request.headers, b"")
+    """The calling key's budgets: limit, spent, reserved, remaining, when it resets. With [[keys]], a
+    key sees the budgets that name it (its own, and its share of a `key = "*"` one); an admin sees all."""
     try:
-        await request.app[AUTHENTICATE].request(ex)
+        ex = await _caller(request)
     except GatewayError as exc:
         return exc.response()
-    body = {"key": ex.principal, "budgets": request.app[PIPELINE].budgets.status(ex.principal)}
+    book = request.app[PIPELINE].budgets
+    if not request.app[CONFIG].keys:
+        found = book.status(ex.principal)
+    else:
+        found = book.status(None) if ex.admin else book.status(ex.principal, own_only=True)
+    body = {"key": ex.principal, "budgets": found}
     return web.Response(body=dumps(body), content_type="application/json")
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text. With [[keys]], a valid key is needed unless `server.metrics_public`."""
+    config = request.app[CONFIG]
+    if config.keys and not config.server.metrics_public:
+        try:
+            await _caller(request)
+        except GatewayError as exc:
+            return exc.response()
     return web.Response(body=request.app[PIPELINE].metrics.render(),
                         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

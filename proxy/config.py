@@ -35,6 +35,8 @@ class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(4141, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
+    metrics_public: bool = Field(False, description="With [[keys]], serve /metrics to callers without a key "
+                                 "(for a scraper); /metrics always answers anyone when there are no [[keys]].")
 
 
 def check_base_url(value: str) -> str:
@@ -74,7 +76,25 @@ class UpstreamConfig(Section):
     timeout_s: float = Field(600.0, gt=0, description="Overall deadline for one request, retries included.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Deadline for opening a connection.")
     first_byte_timeout_s: float = Field(120.0, gt=0, description="Deadline for the upstream's response headers.")
-    pass_through: bool = Field(False, description="Forward the client's own bearer token upstream.")
+    pass_through: bool = Field(False, description="Forward the client's own bearer token (and its OpenAI-Organization "
+                               "and OpenAI-Project headers) upstream.")
+    organization: str | None = Field(None, min_length=1, description="OpenAI-Organization header sent with the "
+                                     "upstream key (clients cannot set it, except with pass_through).")
+    project: str | None = Field(None, min_length=1, description="OpenAI-Project header sent with the upstream key "
+                                "(clients cannot set it, except with pass_through).")
+    forward_headers: list[str] = Field(default_factory=list, description="Client headers forwarded upstream besides "
+                                       "the built-in list: names or globs (x-trace-id, x-team-*).")
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _forwardable(cls, names: list[str]) -> list[str]:
+        from .stages.forward import never_forwarded
+
+        for name in names:
+            if never_forwarded(name):
+                raise ValueError(f"forward_headers: {name!r} would forward credentials, the upstream "
+                                 "identity or connection headers; the gateway never forwards those")
+        return [name.lower() for name in names]
 
     @field_validator("base_url")
     @classmethod

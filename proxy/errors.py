@@ -3,6 +3,7 @@
     GatewayError                 any error the gateway answers itself
     ├── AuthenticationError      401 missing or unknown key
     ├── InvalidRequest           400 malformed input the gateway must read (JSON it needs to parse)
+    ├── NotFound                 404 an object this key may not see (another key's, or unknown): `owners`
     └── UpstreamError            502 the upstream could not be reached or broke the connection
         └── UpstreamTimeout      504 the upstream did not answer in time
 
@@ -47,6 +48,12 @@ class InvalidRequest(GatewayError):
     status, type, code = 400, INVALID_REQUEST, None
 
 
+class NotFound(GatewayError):
+    """OpenAI's answer for an object that is not there; the gateway's for one that is not the caller's."""
+
+    status, type, code = 404, INVALID_REQUEST, None
+
+
 class UpstreamError(GatewayError):
     status, type, code = 502, SERVER_ERROR, "upstream_error"
 
@@ -55,5 +62,5 @@ class UpstreamTimeout(UpstreamError):
     status, code = 504, "upstream_timeout"
 
 
-__all__ = ["AuthenticationError", "ConfigError", "GatewayError", "InvalidRequest", "UpstreamError",
+__all__ = ["AuthenticationError", "ConfigError", "GatewayError", "InvalidRequest", "NotFound", "UpstreamError",
            "UpstreamTimeout"]

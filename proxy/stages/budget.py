@@ -246,16 +246,17 @@ class BudgetBook:
                     account.spent_tokens += tokens or 0
         return len(rows)
 
-    def status(self, principal: str | None = None) -> list[dict[str, Any]]:
-        """The caller's budgets (every rule that can apply to `principal`); without one, every budget:
-        each fixed scope, and each caller a per-caller (`key = "*"`) budget has seen."""
+    def status(self, principal: str | None = None, own_only: bool = False) -> list[dict[str, Any]]:
+        """The caller's budgets (every rule that can apply to `principal`; with `own_only`, only those
+        naming it: its key, or `key = "*"`); without one, every budget: each fixed scope, and each caller
+        a per-caller (`key = "*"`) budget has seen."""
         if principal is None:
             for index, rule in enumerate(self.rules):
                 if rule.key != "*":
                     self._live(index, rule.scope(rule.key))
             return [self._live(i, scope).status() for (i, scope) in list(self._accounts)]
         return [self._live(index, rule.scope(principal)).status() for index, rule in enumerate(self.rules)
-                if rule.key in (None, "*", principal)]
+                if rule.key in (("*", principal) if own_only else (None, "*", principal))]
 
 
 class Budget(Stage):

@@ -8,6 +8,8 @@ arrives. A response is never retried once a byte of it has reached the client.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import functools
 import logging
 import random
 import re
@@ -47,6 +49,9 @@ class Upstream:
     name: str
     base_url: str
     api_key: str | None = field(default=None, repr=False)  # never in a repr, a log or a traceback
+    organization: str | None = None  # OpenAI-Organization / OpenAI-Project sent with `api_key`
+    project: str | None = None
+    forward_headers: tuple[str, ...] = ()  # client headers forwarded besides FORWARDED_HEADERS (names, globs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +66,49 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip())
 
 
+# Client headers that go upstream (names or globs, lower case): what the OpenAI SDKs send, and the mock's
+# test headers. Anything else stays at the gateway unless `[upstream] forward_headers` adds it.
+FORWARDED_HEADERS = (
+    "content-type", "content-encoding", "accept", "user-agent", "openai-beta", "idempotency-key",
+    "x-client-request-id", "x-stainless-*", "x-mock-*",
+)
+_IDENTITY = frozenset({"openai-organization", "openai-project"})  # whose org/project the upstream key bills
+_NEVER = _NOT_UPSTREAM | _IDENTITY | {"set-cookie", "x-api-key", "forwarded"}
+
+
+def never_forwarded(pattern: str) -> bool:
+    """True when a `forward_headers` entry could match a credential, the upstream identity, a
+    hop-by-hop header or one of the gateway's own `x-oaigate-*` headers."""
+    pattern = pattern.strip().lower()
+    return not pattern or any(fnmatch.fnmatchcase(name, pattern)
+                              for name in (*_NEVER, "x-oaigate-fixtures", "x-oaigate-cache"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _forwarded(name: str, extra: tuple[str, ...]) -> bool:
+    """Whether the client header `name` (lower case) goes upstream; cached, so a dict lookup per header."""
+    if name in _NEVER or name.startswith("x-oaigate-"):
+        return False
+    return any(p == name or fnmatch.fnmatchcase(name, p) for p in (*FORWARDED_HEADERS, *extra))
+
+
 def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CIMultiDict[str]:
-    """The client's headers minus hop-by-hop and credentials, plus the upstream credential."""
-    drop = _NOT_UPSTREAM | _connection_tokens(ex.headers) if "Connection" in ex.headers else _NOT_UPSTREAM
-    headers = CIMultiDict((k, v) for k, v in ex.headers.items() if k.lower() not in drop
-                          and not k.lower().startswith("x-oaigate-"))
+    """The client's headers that are on the forwarded list, plus the upstream credential and identity.
+
+    The organization and project come from config (`upstream.organization`, `project`); a client's
+    `OpenAI-Organization` / `OpenAI-Project` are forwarded only with `pass_through`, where the client's
+    own token pays (the configured ones then apply when the client sends none)."""
+    drop = _connection_tokens(ex.headers) if "Connection" in ex.headers else frozenset()
+    extra = upstream.forward_headers
+    headers = CIMultiDict((k, v) for k, v in ex.headers.items()
+                          if _forwarded(k.lower(), extra) and k.lower() not in drop)
     token = ex.client_token if pass_through else upstream.api_key
     if token:
         headers["Authorization"] = f"Bearer {token}"
+    for name, configured in (("OpenAI-Organization", upstream.organization), ("OpenAI-Project", upstream.project)):
+        value = ex.headers.get(name) if pass_through else None
+        if value or configured:
+            headers[name] = value or configured  # type: ignore[assignment]
     headers["Accept-Encoding"] = "identity"
     return headers
 

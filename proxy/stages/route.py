@@ -61,16 +61,21 @@ def upstreams_from_config(config: Config, mock_url: str | None,
     same URL, key and name share one `Upstream`. A URL with credentials in it (`http://user:pass@host`)
     authenticates with those (HTTP basic auth), and no bearer key is added to it."""
     def build(base_url: str, key_env: str | None, name: str | None) -> Upstream:
+        # [upstream]'s organization and project go wherever [upstream]'s own key goes, nowhere else
+        same_host = base_url == up.base_url or display_name(base_url) == display_name(up.base_url)
+        ours = same_host and key_env in (None, up.api_key_env)
+        identity = dict(organization=up.organization, project=up.project) if ours else {}
         if base_url == "mock":
             assert mock_url is not None, "the embedded mock is not running"
-            return Upstream(name or "mock", mock_url, MOCK_KEY)
+            return Upstream(name or "mock", mock_url, MOCK_KEY, **identity, forward_headers=forwarded)
         if key_env is None:  # a route that names no key gets [upstream]'s only on [upstream]'s own host
-            same_host = display_name(base_url) == display_name(config.upstream.base_url)
             key_env = config.upstream.api_key_env if same_host else None
         key = None if urlsplit(base_url).username is not None or key_env is None else environ.get(key_env) or None
-        return Upstream(name or display_name(base_url), base_url.rstrip("/"), key)
+        return Upstream(name or display_name(base_url), base_url.rstrip("/"), key, **identity,
+                        forward_headers=forwarded)
 
     up = config.upstream
+    forwarded = tuple(up.forward_headers)
     return Upstreams(build(up.base_url, up.api_key_env, None),
                      tuple((r.model, build(r.base_url, r.api_key_env, r.name))
                            for r in config.routes))

@@ -105,10 +105,11 @@ def test_missing_key_is_a_401(keyed: tuple[Gateway, list[str]], headers: dict[st
     assert reached == []
 
 
-def test_health_and_metrics_need_no_key(keyed: tuple[Gateway, list[str]]) -> None:
-    gw, _ = keyed
+def test_health_needs_no_key_and_metrics_need_one(keyed: tuple[Gateway, list[str]]) -> None:
+    gw, _ = keyed  # the details: tests/proxy/test_isolation.py
     assert fetch("GET", gw.root + "/healthz", key=None).status == 200
-    assert fetch("GET", gw.root + "/metrics", key=None).status == 200
+    assert fetch("GET", gw.root + "/metrics", key=None).status == 401
+    assert fetch("GET", gw.root + "/metrics", key=ALICE).status == 200
 
 
 def test_without_keys_any_token_is_attributed_by_a_short_hash(gateway: Callable[..., Gateway]) -> None:
