@@ -21,6 +21,18 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Schema checks that could not run are said out loud, not passed in silence."""
+    from .http import UNCHECKED
+    from .openapi import SPEC_PATH
+
+    if UNCHECKED:
+        terminalreporter.write_sep("=", "OpenAPI schema checks NOT run", yellow=True, bold=True)
+        terminalreporter.write_line(f"{len(UNCHECKED)} response(s) were not checked against OpenAI's OpenAPI "
+                                    f"description: it is not at {SPEC_PATH} (set OAIGATE_OPENAPI_SPEC). Under "
+                                    "CI=true this is a failure.")
+
+
 @pytest.fixture(scope="session")
 def mock_server() -> Iterator[ServerThread]:
     """One mock for the session (default settings, seed 0); tests must not depend on its history."""

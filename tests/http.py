@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -47,10 +48,16 @@ def post(url: str, body: Any = None, *, raw: bytes | None = None, headers: dict[
     return call("POST", url, raw=data, headers=AUTH if headers is None else headers)
 
 
+UNCHECKED: list[str] = []  # components not checked for want of the description: the session summary says so
+
+
 def conforms(component: str, instance: Any) -> None:
-    """Validate against the OpenAPI component when the description is available."""
-    if spec_available():
-        validate(component, instance)
+    """Validate against the OpenAPI component. Without the description: a failure under CI (`CI=true`),
+    elsewhere a note counted in the session's summary, never a silent pass."""
+    if spec_available() or os.environ.get("CI") == "true":
+        validate(component, instance)  # under CI a missing description fails here
+        return
+    UNCHECKED.append(component)
 
 
 def sse_payloads(raw: bytes) -> list[Any]:

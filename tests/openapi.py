@@ -95,7 +95,7 @@ def spec_available() -> bool:
 
 
 requires_spec = pytest.mark.skipif(
-    not spec_available(),
+    not spec_available() and os.environ.get("CI") != "true",  # under CI a missing description fails the test
     reason=f"OpenAI's OpenAPI description not found at {SPEC_PATH}; schema checks skipped",
 )
 
