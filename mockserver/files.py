@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .clock import VirtualClock
 from .control import on_reset
-from .errors import MockError, invalid
+from .errors import MockError, invalid, readable
 from .faults import PACING, Pacing
 from .rng import RequestRandom
 from .settings import MockSettings
@@ -218,7 +219,7 @@ async def _read_form(request: web.Request, limit: int) -> tuple[dict[str, str], 
                 data = await _read_part(part, limit)
                 if data is None:
                     raise _too_large(f"more than {limit}", limit)
-                upload = (part.filename, data)
+                upload = (readable(part.filename), data)
             elif name in ("purpose", "expires_after[anchor]", "expires_after[seconds]"):
                 data = await _read_part(part, _FIELD_BYTES)
                 if data is None:
@@ -226,7 +227,7 @@ async def _read_form(request: web.Request, limit: int) -> tuple[dict[str, str], 
                 fields[name] = data.decode("utf-8", "replace")
             else:
                 raise invalid(f"Unrecognized request argument supplied: {name}")
-    except ValueError:
+    except (ValueError, HttpProcessingError):  # malformed framing, a part header line too long or broken
         raise invalid("Could not parse the multipart/form-data body of your request.") from None
     return fields, upload
 
