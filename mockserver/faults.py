@@ -94,7 +94,7 @@ def parse_fault(value: str) -> Fault:
         raise _bad(FAULT_HEADER, f"unknown kind '{_short(kind)}', expected one of {', '.join(KINDS)}")
     unknown = set(params) - {"times", "id", "retry_after_ms"}
     if unknown:
-        raise _bad(FAULT_HEADER, f"unknown parameter '{_short(sorted(unknown)[0])}'")
+        raise _bad(FAULT_HEADER, f"unknown parameter '{_short(min(unknown))}'")
     retry = _int(params, "retry_after_ms", FAULT_HEADER, MAX_RETRY_AFTER_MS)
     fault_id = params.get("id")
     if fault_id is not None and len(fault_id) > MAX_ID_CHARS:
@@ -107,7 +107,7 @@ def parse_pacing(value: str) -> Pacing:
     _, params = _params(";" + value, LATENCY_HEADER)
     unknown = set(params) - {"ttft_ms", "chunk_ms"}
     if unknown:
-        raise _bad(LATENCY_HEADER, f"unknown parameter '{_short(sorted(unknown)[0])}'")
+        raise _bad(LATENCY_HEADER, f"unknown parameter '{_short(min(unknown))}'")
     ttft = _int(params, "ttft_ms", LATENCY_HEADER, MAX_PACING_MS) or 0
     chunk = _int(params, "chunk_ms", LATENCY_HEADER, MAX_PACING_MS) or 0
     return Pacing(ttft / 1000, chunk / 1000)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import BodyPartReader, web
-from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 
 from .clock import VirtualClock
 from .control import on_reset

@@ -32,11 +32,6 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import FixturesConfig
-
-if TYPE_CHECKING:
-    from prometheus_client import CollectorRegistry
-
-    from ..config import Config
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange
 from ..wire.fixtures import (
@@ -56,6 +51,11 @@ from ..wire.fixtures.hits import HITS_FILE, append_hits
 from ..wire.fixtures.matching import REDACTED, normalized_body, redact_body, redact_query
 from . import Stage
 from .forward import StreamUsageStripper, prepare_body
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ..config import Config
 
 log = logging.getLogger("oaigate.fixtures")
 INLINE_BODY_BYTES = 64 * 1024

@@ -34,7 +34,7 @@ OAIGATE_MOCK = [sys.executable, "-c", "from proxy.cli import main; main()", "moc
 def run_cli(args: list[str], cwd: Path, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     """Run a command line to its end (a refused bind exits at once; one that listens would time out)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    return subprocess.run(args, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
 
 
