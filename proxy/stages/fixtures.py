@@ -114,6 +114,7 @@ class Fixtures(Stage):
         self.not_recorded: dict[str, int] = {}  # reason -> recordings not kept
         self._counter: Any = None
         self._warned = False
+        self._buffered = 0  # bytes held by recordings in flight: together they never outgrow the quota
         self._cassettes: dict[str, Cassette] = {}
         self._recording: dict[int, _Recording] = {}
         self._saved: set[Path] = set()
@@ -208,10 +209,12 @@ class Fixtures(Stage):
     def chunk(self, ex: Exchange, data: bytes) -> None:
         recording = self._recording.get(id(ex))
         if recording is not None and not recording.over_quota:
-            recording.size += len(data)
-            if recording.size > self.quota.remaining:  # it cannot fit: stop holding its bytes
-                recording.over_quota, recording.chunks = True, []
+            if self._buffered + len(data) > self.quota.remaining:  # it cannot fit: stop holding its bytes
+                self._buffered -= recording.size
+                recording.over_quota, recording.chunks, recording.size = True, [], 0
                 return
+            recording.size += len(data)
+            self._buffered += len(data)
             now = time.perf_counter()
             if recording.started is None:
                 recording.started = now
@@ -223,6 +226,7 @@ class Fixtures(Stage):
         recording = self._recording.pop(id(ex), None)
         if recording is None:
             return
+        self._buffered -= recording.size
         if ex.status is None or ex.error_type is not None:  # nothing complete to keep
             self._not_kept(ex, recording, "incomplete")
             return
