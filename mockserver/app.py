@@ -7,6 +7,7 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.wire import SIMULATED_HEADER
 from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
@@ -17,7 +18,7 @@ from . import (
     batches, chat, completions, control, dispatch, embeddings, files, moderations, models_api, replay, responses,
     rules, stored,
 )
-from .errors import MockError
+from .errors import MockError, readable
 from .faults import (
     FAULT, FAULT_HEADER, LATENCY_HEADER, PACING, FaultCounter, error_for, parse_fault, parse_pacing,
 )
@@ -46,6 +47,9 @@ async def errors_middleware(request: web.Request, handler: Any) -> web.StreamRes
         return await handler(request)
     except MockError as exc:
         return exc.response()
+    except HttpProcessingError as exc:  # a body the client framed wrongly (multipart parts, chunks)
+        reason = readable(str(exc.message or "malformed"))[:200]
+        return error_response(400, f"Could not parse the body of your request: {reason}.", INVALID_REQUEST)
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"Request body too large: {exc.text or 'limit exceeded'}.",
                               INVALID_REQUEST, code="request_too_large")

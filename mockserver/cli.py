@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -41,6 +42,9 @@ def mock_options(func: F) -> F:
         click.option("--seed", type=int, help="Mixed into every generated answer. Default 0."),
         click.option("--rules", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Scripted answers: a TOML, YAML or JSON file of rules (replaces the config's rules_file)."),
+        click.option("--allow-remote", "allow_remote", is_flag=True, default=None,
+                     help="Allow a --host beyond loopback. The /_mock control API has no authentication: anyone "
+                          "who can reach the port can reset the mock or script its answers."),
     )):
         func = decorator(func)
     return func
@@ -49,25 +53,51 @@ def mock_options(func: F) -> F:
 @click.command("mock")
 @mock_options
 def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None,
-         rules: Path | None) -> None:
+         rules: Path | None, allow_remote: bool | None) -> None:
     """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
     try:
         settings = load_settings(config)
     except ConfigError as exc:
         click.echo(f"oaigate: config error: {exc}", err=True)
         sys.exit(2)
-    start(settings, host, port, fixtures, seed, rules)
+    start(settings, host, port, fixtures, seed, rules, allow_remote)
+
+
+def is_loopback(host: str) -> bool:
+    """`localhost` or a loopback address (127.0.0.0/8, ::1). Other names are not resolved: not loopback."""
+    host = host.strip().removeprefix("[").removesuffix("]")
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, allow_remote: bool) -> None:
+    """Refuse (exit 2, before anything listens) a bind beyond loopback unless it was allowed; warn if it was."""
+    if is_loopback(host):
+        return
+    if not allow_remote:
+        click.echo(f"oaigate: refusing to bind the mock to {host}: its /_mock control API has no authentication, "
+                   "so anyone who can reach it could reset the mock, script its answers or read its journal. "
+                   "Bind 127.0.0.1, or pass --allow-remote (config: [mock] allow_remote = true) if you mean it.",
+                   err=True)
+        sys.exit(2)
+    click.echo(f"oaigate: warning: the mock listens on {host} (--allow-remote); its /_mock control API has no "
+               "authentication.", err=True)
 
 
 def start(settings: MockSettings, host: str | None, port: int | None, fixtures: Path | None,
-          seed: int | None, rules: Path | None = None) -> None:
+          seed: int | None, rules: Path | None = None, allow_remote: bool | None = None) -> None:
     """Apply the command-line overrides to `settings` and serve until SIGINT/SIGTERM."""
     from .app import make_app
 
     given = {"host": host, "port": port, "seed": seed, "fixtures": None if fixtures is None else str(fixtures),
-             "rules_file": None if rules is None else str(rules)}
+             "rules_file": None if rules is None else str(rules), "allow_remote": allow_remote}
     overrides = {k: v for k, v in given.items() if v is not None}
     settings = settings.model_copy(update=overrides)
+    check_bind(settings.host, settings.allow_remote)
 
     def ready(url: str) -> None:
         recorded = f", fixtures from {settings.fixtures} first" if settings.fixtures else ""

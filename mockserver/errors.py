@@ -22,6 +22,7 @@ class MockError(Exception):
         code: str | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        message, param = readable(message), None if param is None else readable(param)
         super().__init__(message)
         self.status, self.message, self.type = status, message, type
         self.param, self.code, self.headers = param, code, headers
@@ -29,6 +30,21 @@ class MockError(Exception):
     def response(self) -> web.Response:
         """The envelope response."""
         return error_response(self.status, self.message, self.type, self.param, self.code, self.headers)
+
+
+def readable(text: str) -> str:
+    """`text` as valid UTF-8: what a client sent in bytes that are not UTF-8 (decoded with surrogates)
+    becomes U+FFFD, so echoing it in an answer can never fail."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape" if _escaped(text) else "replace").decode("utf-8", "replace")
+    return text
+
+
+def _escaped(text: str) -> bool:
+    """Every surrogate in `text` is a byte kept by `surrogateescape` (U+DC80..U+DCFF)."""
+    return all(not 0xD800 <= ord(c) <= 0xDFFF or 0xDC80 <= ord(c) <= 0xDCFF for c in text)
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> MockError:

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import BadContentDispositionHeader, BadContentDispositionParam
 
 from .clock import VirtualClock
 from .control import on_reset
-from .errors import MockError, invalid
+from .errors import MockError, invalid, readable
 from .faults import PACING, Pacing
 from .rng import RequestRandom
 from .settings import MockSettings
@@ -210,15 +212,15 @@ async def _read_form(request: web.Request, limit: int) -> tuple[dict[str, str], 
         while (part := await reader.next()) is not None:
             if not isinstance(part, BodyPartReader):
                 raise invalid("Invalid multipart/form-data body: nested multipart parts are not supported.")
-            name = part.name or ""
+            name, filename = part.name or "", part.filename
             if name == "file":
-                if part.filename is None:
+                if filename is None:
                     raise invalid("Invalid 'file': expected a file upload, but got a text field.", "file",
                                   "invalid_type")
                 data = await _read_part(part, limit)
                 if data is None:
                     raise _too_large(f"more than {limit}", limit)
-                upload = (part.filename, data)
+                upload = (readable(filename), data)
             elif name in ("purpose", "expires_after[anchor]", "expires_after[seconds]"):
                 data = await _read_part(part, _FIELD_BYTES)
                 if data is None:
@@ -226,7 +228,10 @@ async def _read_form(request: web.Request, limit: int) -> tuple[dict[str, str], 
                 fields[name] = data.decode("utf-8", "replace")
             else:
                 raise invalid(f"Unrecognized request argument supplied: {name}")
-    except ValueError:
+    # Malformed framing (ValueError), a part header line too long or broken (HttpProcessingError), a bad
+    # `_charset_` part (RuntimeError); aiohttp only warns about a bad Content-Disposition, which raises where
+    # warnings are errors.
+    except (ValueError, HttpProcessingError, RuntimeError, BadContentDispositionHeader, BadContentDispositionParam):
         raise invalid("Could not parse the multipart/form-data body of your request.") from None
     return fields, upload
 

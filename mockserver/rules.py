@@ -55,7 +55,7 @@ from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR
 from proxy.wire.jsoncodec import JSONDecodeError, dumps, loads
 
 from .errors import MockError, invalid
-from .faults import LATENCY_HEADER, Fault, Pacing, error_for
+from .faults import LATENCY_HEADER, MAX_PACING_MS, MAX_RETRY_AFTER_MS, Fault, Pacing, error_for
 from .generation import REFUSAL
 
 if TYPE_CHECKING:
@@ -139,7 +139,8 @@ class ScriptedError(BaseModel):
                              "`invalid_request_error`.")
     code: str | None = Field(None, description="Default: `rate_limit_exceeded` for 429, else null.")
     param: str | None = None
-    retry_after_ms: int | None = Field(None, ge=0, description="429 only: the `retry-after*` headers (default 1000).")
+    retry_after_ms: int | None = Field(None, ge=0, le=MAX_RETRY_AFTER_MS,
+                                       description="429 only: the `retry-after*` headers (default 1000).")
 
     @model_validator(mode="after")
     def _retry_after_needs_429(self) -> ScriptedError:
@@ -176,8 +177,8 @@ class ScriptedPacing(BaseModel):
 
     model_config = _STRICT
 
-    ttft_ms: int = Field(0, ge=0, description="Milliseconds before the first byte.")
-    chunk_ms: int = Field(0, ge=0, description="Milliseconds between stream chunks.")
+    ttft_ms: int = Field(0, ge=0, le=MAX_PACING_MS, description="Milliseconds before the first byte.")
+    chunk_ms: int = Field(0, ge=0, le=MAX_PACING_MS, description="Milliseconds between stream chunks.")
 
 
 _KINDS = ("text", "tool_calls", "refusal", "error")

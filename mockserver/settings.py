@@ -27,6 +27,8 @@ class MockSettings(BaseModel):
 
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(4142, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
+    allow_remote: bool = Field(
+        False, description="Allow a host beyond loopback (the /_mock control API has no authentication).")
     seed: int = Field(0, description="Mixed into every generated response; change it to get other answers.")
     clock_start: int = Field(
         1_735_689_600,

@@ -171,7 +171,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         default, routes = _targets(app[UPSTREAMS], limits.adaptive)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=default.governor)
-        budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures(config.fixtures)
+        budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures.for_config(config)
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
         connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
@@ -181,6 +181,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                           pass_through=up.pass_through, sleep=sleep,
                           on_attempt=_observe(clock) if limits.adaptive else None)
         metrics = Metrics(book.status if book.rules else None)
+        fixtures.register(metrics.registry)
         app[PIPELINE] = Pipeline(
             before=[authenticate, Route(config.resolved_aliases(), routes, default), *app[OWNERS].stages,
                     Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],

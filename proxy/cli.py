@@ -30,9 +30,9 @@ def _load(config: Path | None) -> Config:
 @cli.command("mock")
 @mock_cli.mock_options
 def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None,
-         rules: Path | None) -> None:
+         rules: Path | None, allow_remote: bool | None) -> None:
     """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
-    mock_cli.start(_load(config).mock, host, port, fixtures, seed, rules)
+    mock_cli.start(_load(config).mock, host, port, fixtures, seed, rules, allow_remote)
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")

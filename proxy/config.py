@@ -122,6 +122,12 @@ class FixturesConfig(Section):
     repeat: Literal["last", "fail"] = Field("last", description="After the recorded answers of a request run out.")
     miss_status: int = Field(404, ge=400, le=599, description="Status of a replay miss.")
     pace: bool = Field(False, description="Replay streams with their recorded timing (else full speed).")
+    allow_client_override: bool | None = Field(
+        None, description="Honour a request's x-oaigate-fixtures / x-oaigate-cassette headers (admin keys always "
+        'may). Unset: only when every upstream is "mock" (the development setup).')
+    record_errors: bool = Field(False, description="Record answers whose status is not 2xx too.")
+    max_bytes: int = Field(1024 ** 3, ge=0, description="Quota of the fixtures folder; past it recording stops "
+                           "(requests are still answered).")
 
 
 class LimitFields(Section):

@@ -229,7 +229,7 @@ def oaigate_gateway(request: pytest.FixtureRequest) -> Iterator[OaigateGateway]:
     config = Config.model_validate({
         "upstream": {"base_url": upstream, "api_key_env": API_KEY_ENV},
         "ledger": {"enabled": False},
-        "fixtures": {"mode": "live", "dir": str(settings.fixtures)},
+        "fixtures": {"mode": "live", "dir": str(settings.fixtures), "allow_client_override": True},  # per test
     })
     server = BackgroundServer(lambda: make_app(config), name="oaigate-gateway").start()
     try:

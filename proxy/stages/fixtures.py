@@ -6,6 +6,12 @@ naming the request's key, the cassette and the closest recording with what diffe
 `record-missing` replays hits and records misses. The cassette is `[fixtures] cassette` or the
 request's `x-oaigate-cassette`. Recording never delays the client: chunks are relayed first and
 copied on the side; the file is written after the response, off the event loop.
+
+Who may change what the operator configured: a request's headers may ask for another mode or cassette
+only where `[fixtures] allow_client_override` says so (unset: only when every upstream is the embedded
+mock, the development setup) or with an admin key; anyone else gets a 403 naming the switch. Only 2xx
+answers are recorded unless `record_errors`, and never past the folder's quota (`max_bytes`): then one
+warning, a counter (`oaigate_fixtures_not_recorded_total{reason}`), and the request is answered as usual.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -35,6 +41,7 @@ from ..wire.fixtures import (
     Cassette,
     Fixture,
     MatchPolicy,
+    Quota,
     RecordedRequest,
     RecordedResponse,
     request_key,
@@ -44,6 +51,11 @@ from ..wire.fixtures.hits import HITS_FILE, append_hits
 from ..wire.fixtures.matching import REDACTED, normalized_body, redact_body, redact_query
 from . import Stage
 from .forward import StreamUsageStripper, prepare_body
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from ..config import Config
 
 log = logging.getLogger("oaigate.fixtures")
 INLINE_BODY_BYTES = 64 * 1024
@@ -60,6 +72,15 @@ class FixtureMiss(GatewayError):
     type, code = "invalid_request_error", "fixture_not_found"
 
 
+class OverrideRefused(GatewayError):
+    """A request asked for another fixtures mode or cassette where the config does not allow it."""
+
+    status, type, code = 403, "permission_error", "fixtures_override_not_allowed"
+
+
+NOT_RECORDED = "not_recorded"  # the ledger's `fixture` for a recording that was not kept
+
+
 @dataclass(slots=True)
 class _Recording:
     cassette: Cassette
@@ -68,6 +89,8 @@ class _Recording:
     number: int  # place among the recordings of `key`, taken when the request arrived
     chunks: list[tuple[float, bytes]] = field(default_factory=list)
     started: float | None = None
+    size: int = 0
+    over_quota: bool = False  # set when the quota cannot hold it: its chunks are no longer kept
 
 
 def match_policy(config: FixturesConfig) -> MatchPolicy:
@@ -77,15 +100,39 @@ def match_policy(config: FixturesConfig) -> MatchPolicy:
 
 
 class Fixtures(Stage):
-    """Decides record / replay per request; `ex.replay` carries a hit to the app."""
+    """Decides record / replay per request; `ex.replay` carries a hit to the app.
 
-    def __init__(self, config: FixturesConfig) -> None:
+    `development`: every upstream is the embedded mock, where clients may override fixture modes
+    unless `[fixtures] allow_client_override` says otherwise."""
+
+    def __init__(self, config: FixturesConfig, *, development: bool = False) -> None:
         self.config = config
         self.root = Path(config.dir)
         self.policy = match_policy(config)
+        self.allow_override = development if config.allow_client_override is None else config.allow_client_override
+        self.quota = Quota(self.root, config.max_bytes)
+        self.not_recorded: dict[str, int] = {}  # reason -> recordings not kept
+        self._counter: Any = None
+        self._warned = False
+        self._buffered = 0  # bytes held by recordings in flight: together they never outgrow the quota
         self._cassettes: dict[str, Cassette] = {}
         self._recording: dict[int, _Recording] = {}
         self._saved: set[Path] = set()
+
+    @classmethod
+    def for_config(cls, config: Config) -> Fixtures:
+        """The stage for a gateway's whole config: which upstreams it has decides the override default."""
+        development = config.upstream.base_url == "mock" and all(r.base_url == "mock" for r in config.routes)
+        return cls(config.fixtures, development=development)
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """Count the recordings not kept, by reason, on the gateway's /metrics."""
+        from prometheus_client import Counter
+
+        self._counter = Counter("oaigate_fixtures_not_recorded", "Recordings not kept, by reason (over_quota, "
+                                "error_status, incomplete).", ["reason"], registry=registry)
+        for reason in ("over_quota", "error_status", "incomplete"):
+            self._counter.labels(reason)
 
     async def cassette(self, name: str) -> Cassette:
         """The cassette `name`, loaded once (off the event loop)."""
@@ -105,7 +152,22 @@ class Fixtures(Stage):
     def hits(self) -> set[Path]:
         return {path for c in self._cassettes.values() for path in c.hits}
 
+    def _check_override(self, ex: Exchange) -> None:
+        """A header asking for something other than the config is an override: allowed or a 403."""
+        if self.allow_override or ex.admin:
+            return
+        for header, configured in ((MODE_HEADER, self.config.mode), (CASSETTE_HEADER, self.config.cassette)):
+            asked = ex.headers.get(header)
+            if asked is not None and asked != configured:
+                shown = asked if len(asked) <= 60 else asked[:57] + "..."
+                raise OverrideRefused(
+                    f"The {header} header asks for '{shown}', but this gateway is configured with '{configured}' "
+                    "and does not let requests change it. Per-request fixture overrides need "
+                    "[fixtures] allow_client_override = true in the gateway's config, or a key with admin = true.",
+                    param=header)
+
     async def request(self, ex: Exchange) -> None:
+        self._check_override(ex)
         mode = ex.headers.get(MODE_HEADER, self.config.mode)
         if mode not in MODES:
             raise InvalidRequest(f"Invalid {MODE_HEADER} header: '{mode}'. Use one of {', '.join(MODES)}.",
@@ -113,7 +175,7 @@ class Fixtures(Stage):
         if mode == "live":
             return
         name = ex.headers.get(CASSETTE_HEADER, self.config.cassette)
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise InvalidRequest(f"Invalid {CASSETTE_HEADER} header: use letters, digits, '.', '_' and '-'.",
                                  param=CASSETTE_HEADER)
         cassette = await self.cassette(name)
@@ -138,12 +200,21 @@ class Fixtures(Stage):
                 error.status = self.config.miss_status
                 raise error
         ex.fixture = "recorded"
+        if self.quota.full:  # nothing more fits: relay as usual, keep nothing
+            self._recording[id(ex)] = _Recording(cassette, key, {}, 0, over_quota=True)
+            return
         self._recording[id(ex)] = _Recording(cassette, key, redact_body(body, self.policy.redact),
                                              cassette.reserve(key))
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         recording = self._recording.get(id(ex))
-        if recording is not None:
+        if recording is not None and not recording.over_quota:
+            if self._buffered + len(data) > self.quota.remaining:  # it cannot fit: stop holding its bytes
+                self._buffered -= recording.size
+                recording.over_quota, recording.chunks, recording.size = True, [], 0
+                return
+            recording.size += len(data)
+            self._buffered += len(data)
             now = time.perf_counter()
             if recording.started is None:
                 recording.started = now
@@ -155,11 +226,48 @@ class Fixtures(Stage):
         recording = self._recording.pop(id(ex), None)
         if recording is None:
             return
+        self._buffered -= recording.size
         if ex.status is None or ex.error_type is not None:  # nothing complete to keep
-            recording.cassette.release(recording.key, recording.number)
+            self._not_kept(ex, recording, "incomplete")
+            return
+        if not 200 <= ex.status < 300 and not self.config.record_errors:
+            self._not_kept(ex, recording, "error_status")
+            return
+        if recording.over_quota:
+            self._not_kept(ex, recording, "over_quota")
             return
         fixture = await asyncio.to_thread(self._fixture, ex, recording)  # decoding and scrubbing: off the loop
-        self._saved.add(await asyncio.to_thread(recording.cassette.save, fixture, ex.model, recording.number))
+        saved = await asyncio.to_thread(self._save, recording, fixture, ex.model)
+        if saved is None:
+            self._not_kept(ex, recording, "over_quota")
+        else:
+            self._saved.add(saved)
+
+    def _save(self, recording: _Recording, fixture: Fixture, model: str | None) -> Path | None:
+        """Write the fixture if the quota has room for it (None if not); runs off the event loop."""
+        text = fixture.dumps()
+        size = len(text.encode("utf-8"))
+        if not self.quota.take(size):
+            return None
+        try:
+            return recording.cassette.save(fixture, model, recording.number, text=text)
+        except BaseException:
+            self.quota.give_back(size)
+            raise
+
+    def _not_kept(self, ex: Exchange, recording: _Recording, reason: str) -> None:
+        """A recording dropped: its place in the sequence given back, counted, and marked in the ledger."""
+        if recording.number:
+            recording.cassette.release(recording.key, recording.number)
+        ex.fixture = NOT_RECORDED
+        self.not_recorded[reason] = self.not_recorded.get(reason, 0) + 1
+        if self._counter is not None:
+            self._counter.labels(reason).inc()
+        if reason == "over_quota" and not self._warned:
+            self._warned = True
+            log.warning("fixtures folder %s is at its quota ([fixtures] max_bytes = %d): recording stopped, "
+                        "requests are answered as usual (counted in oaigate_fixtures_not_recorded_total)",
+                        self.root, self.config.max_bytes)
 
     def _fixture(self, ex: Exchange, recording: _Recording) -> Fixture:
         """The fixture of a finished exchange: the response decoded, redacted echoes scrubbed."""

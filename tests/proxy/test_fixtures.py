@@ -77,9 +77,10 @@ def recorder(gateway: GatewayFactory, base_url: str, fdir: Path, **fixtures: Any
 
 
 def replayer(gateway: GatewayFactory, dead_url: str, fdir: Path, **fixtures: Any) -> Gateway:
-    """A gateway in replay mode whose upstream is gone: every answer must come from a file."""
+    """A gateway in replay mode whose upstream is gone: every answer must come from a file. Requests
+    may ask for `live` (see `assert_upstream_dead`)."""
     return gateway(dead_url, upstream={"max_retries": 0, "connect_timeout_s": 2.0},
-                   fixtures={"mode": "replay", "dir": str(fdir), **fixtures})
+                   fixtures={"mode": "replay", "dir": str(fdir), "allow_client_override": True, **fixtures})
 
 
 def stop_upstream(recording: Gateway, upstream: ServerThread) -> str:
@@ -706,7 +707,7 @@ def test_record_missing_replays_hits_and_records_misses(gateway: GatewayFactory,
 
 def test_per_request_mode_and_cassette(gateway: GatewayFactory, upstream: UpstreamFactory, fdir: Path) -> None:
     app, calls = counter_app()
-    gw = gateway(upstream(app).url + "/v1", fixtures={"dir": str(fdir)})  # mode live by default
+    gw = gateway(upstream(app).url + "/v1", fixtures={"dir": str(fdir), "allow_client_override": True})  # live
     assert fetch("POST", gw.url + CHAT_URL, json=CHAT).headers.get("x-oaigate-fixture") is None
     gw.settle()
     assert fixture_files(fdir) == [] and len(calls) == 1
@@ -849,3 +850,185 @@ def test_compressed_answers_are_stored_decoded(gateway: GatewayFactory, upstream
             "one", "two", "three"]
     odd = fetch("POST", gw2.url + CHAT_URL, json={**CHAT, "user": "br", "max_tokens": 1})
     assert (odd.body, odd.headers["Content-Encoding"]) == (unknown, "br")
+
+
+# --- 12. what a client may change, what is kept, and how much ---------------------------------------
+
+ADMIN_KEY, DEV_KEY = "sk-admin-0b1c5e", "sk-dev-9f8e2a"
+KEYS = [{"name": "ops", "key": ADMIN_KEY, "admin": True}, {"name": "dev", "key": DEV_KEY}]
+SWITCH = "allow_client_override"
+
+
+def tree_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder.exists() else 0
+
+
+def assert_refused(reply: Any, header: str) -> None:
+    """A 403 in OpenAI's envelope, naming the header and the config switch that would allow it."""
+    assert reply.status == 403, reply.body
+    body = json.loads(reply.body)
+    assert list(body) == ["error"] and {"message", "type", "param", "code"} <= set(body["error"])
+    error = body["error"]
+    assert error["type"] == "permission_error" and error["param"] == header, error
+    assert f"[fixtures] {SWITCH}" in error["message"] and header in error["message"], error["message"]
+
+
+def test_clients_cannot_make_a_live_gateway_record(gateway: GatewayFactory, upstream: UpstreamFactory,
+                                                   fdir: Path) -> None:
+    """The reported storm: `x-oaigate-fixtures: record` on a gateway configured `live` (a real upstream,
+    not the embedded mock) is refused before anything is forwarded or written."""
+    app, calls = counter_app()
+    gw = gateway(upstream(app).url + "/v1", fixtures={"dir": str(fdir)})
+    big = {**CHAT, "messages": [{"role": "user", "content": "x" * 200_000}]}
+    for headers, header in (({MODE: "record"}, MODE), ({MODE: "record-missing"}, MODE), ({MODE: "replay"}, MODE),
+                            ({MODE: "record", CASSETTE: "theirs"}, MODE), ({CASSETTE: "theirs"}, CASSETTE)):
+        for _ in range(5):
+            assert_refused(fetch("POST", gw.url + CHAT_URL, json=big, headers=headers), header)
+    with gw.client(default_headers={MODE: "record"}) as client, pytest.raises(openai.PermissionDeniedError):
+        client.chat.completions.create(**CHAT)
+    gw.settle()
+    assert tree_bytes(fdir) == 0 and calls == [], "nothing forwarded, nothing written"
+    # naming what the operator configured is no override
+    same = fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={MODE: "live", CASSETTE: "default"})
+    assert same.status == 200 and len(calls) == 1
+    rows = gw.rows(expect=27)
+    assert [r["status"] for r in rows].count(403) == 26 and all(r["fixture"] is None for r in rows)
+
+
+def test_a_replay_gateway_keeps_its_cassette(gateway: GatewayFactory, upstream: UpstreamFactory, fdir: Path) -> None:
+    """Nor can a client point a replaying gateway at another cassette, or send it live."""
+    app, calls = counter_app()
+    gw = gateway(upstream(app).url + "/v1", fixtures={"dir": str(fdir), "mode": "replay", "cassette": "ci"})
+    assert_refused(fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={CASSETTE: "other"}), CASSETTE)
+    assert_refused(fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={MODE: "live"}), MODE)
+    assert fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={CASSETTE: "ci"}).status == 404  # a miss, as configured
+    assert calls == []
+
+
+def test_who_may_override(gateway: GatewayFactory, upstream: UpstreamFactory, fdir: Path) -> None:
+    app, calls = counter_app()
+    real = upstream(app).url + "/v1"
+    keyed = gateway(real, keys=KEYS, fixtures={"dir": str(fdir / "keyed")})
+    assert_refused(fetch("POST", keyed.url + CHAT_URL, json=CHAT, key=DEV_KEY, headers={MODE: "record"}), MODE)
+    with keyed.client(key=ADMIN_KEY, default_headers={MODE: "record", CASSETTE: "ops"}) as client:
+        assert client.chat.completions.create(**CHAT).choices[0].message.content == "answer 1"
+    keyed.settle()
+    assert [p.parent.name for p in fixture_files(fdir / "keyed")] == ["ops"], "an admin key may override"
+
+    opened = gateway(real, fixtures={"dir": str(fdir / "opened"), SWITCH: True})
+    with opened.client(default_headers={MODE: "record"}) as client:
+        client.chat.completions.create(**CHAT)
+    opened.settle()
+    assert len(fixture_files(fdir / "opened")) == 1, "the operator allowed it"
+
+    # the embedded mock is a development setup: allowed unless the config says otherwise
+    dev = gateway(fixtures={"dir": str(fdir / "dev")})
+    assert fetch("POST", dev.url + CHAT_URL, json=CHAT, headers={MODE: "record"}).status == 200
+    dev.settle()
+    assert len(fixture_files(fdir / "dev")) == 1
+    closed = gateway(fixtures={"dir": str(fdir / "closed"), SWITCH: False})
+    assert_refused(fetch("POST", closed.url + CHAT_URL, json=CHAT, headers={MODE: "record"}), MODE)
+    routed = gateway(routes=[{"model": "gpt-4o*", "base_url": real}], fixtures={"dir": str(fdir / "routed")})
+    assert_refused(fetch("POST", routed.url + CHAT_URL, json=CHAT, headers={MODE: "record"}), MODE)
+    assert not (fdir / "closed").exists() and not (fdir / "routed").exists()
+    assert len(calls) == 2
+
+
+def test_error_answers_are_not_recorded_unless_asked(gateway: GatewayFactory, fdir: Path) -> None:
+    """One client's 503 never becomes what another client replays (`record_errors = false`)."""
+    gw = gateway(upstream={"max_retries": 0}, fixtures={"dir": str(fdir), "mode": "record-missing"})
+    failed = fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={"x-mock-fault": "503"})
+    invalid = fetch("POST", gw.url + CHAT_URL, json={**CHAT, "max_tokens": -1})
+    assert (failed.status, invalid.status) == (503, 400)
+    gw.settle()
+    assert fixture_files(fdir) == []
+    good = fetch("POST", gw.url + CHAT_URL, json=CHAT)
+    assert good.status == 200 and "x-oaigate-fixture" not in good.headers
+    gw.settle()
+    again = fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={"x-mock-fault": "503"})
+    assert again.status == 200 and again.headers["x-oaigate-fixture"] == "hit" and again.body == good.body
+    assert [r["fixture"] for r in gw.rows(expect=4)] == ["not_recorded", "not_recorded", "recorded", "hit"]
+
+    kept = gateway(upstream={"max_retries": 0}, fixtures={"dir": str(fdir / "errors"), "mode": "record-missing",
+                                                          "record_errors": True})
+    assert fetch("POST", kept.url + CHAT_URL, json=CHAT, headers={"x-mock-fault": "503"}).status == 503
+    kept.settle()
+    (file,) = fixture_files(fdir / "errors")
+    assert load(file)["response"]["status"] == 503
+    replayed = fetch("POST", kept.url + CHAT_URL, json=CHAT)
+    assert replayed.status == 503 and replayed.headers["x-oaigate-fixture"] == "hit"
+
+
+def metric(gw: Gateway, name: str) -> float:
+    """A sample's value on the gateway's /metrics (0 when absent)."""
+    text = fetch("GET", gw.root + "/metrics", key=None).body.decode()
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")]
+    return values[0] if values else 0.0
+
+
+def test_recording_stops_at_the_quota(gateway: GatewayFactory, fdir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Past `[fixtures] max_bytes` (what the folder already holds counts) nothing more is written, one
+    warning says so, a counter counts the rest, and every request is still answered."""
+    (fdir / "older").mkdir(parents=True)
+    (fdir / "older" / "kept.json").write_text("{}" + " " * 3000)
+    quota = 3002 + 6000
+    gw = gateway(fixtures={"dir": str(fdir), "mode": "record", "max_bytes": quota})
+    over = 'oaigate_fixtures_not_recorded_total{reason="over_quota"}'
+    caplog.set_level("WARNING", logger="oaigate.fixtures")
+    total = 20
+    for n in range(total):
+        body = {**CHAT, "messages": [{"role": "user", "content": f"question {n} " + "y" * 400}]}
+        reply = fetch("POST", gw.url + CHAT_URL, json=body)
+        assert reply.status == 200 and json.loads(reply.body)["choices"][0]["message"]["content"]
+        gw.settle()
+    with gw.client() as client:  # a stream past the quota is relayed whole
+        chunks = list(client.chat.completions.create(**STREAM))
+        assert chunks and chunks[-1].choices[0].finish_reason is not None
+    gw.settle()
+    recorded = len(fixture_files(fdir)) - 1
+    assert 1 <= recorded < total and tree_bytes(fdir) <= quota, (recorded, tree_bytes(fdir))
+    assert metric(gw, over) == total + 1 - recorded
+    warnings = [r for r in caplog.records if r.name == "oaigate.fixtures" and "max_bytes" in r.getMessage()]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    fixtures = [r["fixture"] for r in gw.rows(expect=total + 1)]
+    assert fixtures.count("recorded") == recorded and fixtures.count("not_recorded") == total + 1 - recorded
+
+    none = gateway(fixtures={"dir": str(fdir / "none"), "mode": "record", "max_bytes": 0})
+    assert fetch("POST", none.url + CHAT_URL, json=CHAT).status == 200
+    none.settle()
+    assert tree_bytes(fdir / "none") == 0
+
+
+NASTY_NAMES = ["..", ".", "../x", "../../etc", "a/../../b", "/etc/passwd", "a/b", "..\\x", "%2e%2e", "a..",
+               "~", "~root", "-", "x" * 101, "", " ", "a b", "a:b", "a%2Fb", "CON", "a\tb", ".git"]
+
+
+def test_cassette_names_never_escape_the_fixtures_folder(gateway: GatewayFactory, tmp_path: Path) -> None:
+    """Property: whatever a client names, the cassette is a folder directly inside the fixtures folder,
+    or the request is a 400 naming the header; nothing is written anywhere else."""
+    fdir = tmp_path / "inside" / "fixtures"
+    gw = gateway(fixtures={"dir": str(fdir), "mode": "record"})
+    accepted: set[str] = set()
+    printable = st.characters(min_codepoint=0x21, max_codepoint=0x7E)
+
+    @settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+    @given(name=st.sampled_from(NASTY_NAMES) | st.text(printable, max_size=12)
+           | st.builds("".join, st.lists(st.sampled_from(["..", "/", "\\", ".", "a", "%2f"]), max_size=6)))
+    def check(name: str) -> None:
+        reply = fetch("POST", gw.url + CHAT_URL, json=CHAT, headers={CASSETTE: name})
+        assert reply.status in (200, 400), reply.body
+        if reply.status == 400:
+            assert error_of(reply)["param"] == CASSETTE
+        else:
+            accepted.add(name.strip())
+
+    check()
+    gw.settle()
+    assert accepted, "some names are fine"
+    for name in accepted:
+        assert (fdir / name).resolve().parent == fdir.resolve(), name
+    outside = [p for p in tmp_path.rglob("*") if p.is_file() and fdir not in p.parents
+               and not p.name.startswith("ledger-")]
+    assert outside == []
+    assert {p.parent for p in fdir.rglob("*.json")} <= {fdir / name for name in accepted}
