@@ -32,6 +32,12 @@ class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(4141, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
+    header_timeout_s: float = Field(30.0, gt=0, description="A request's line and headers must arrive within this "
+                                    "(slowloris); idle keep-alive connections are not affected.")
+    max_connections: int = Field(1024, gt=0, description="Client connections open at once; past it, new ones get a "
+                                 "503 and are closed until one ends.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, how long requests in flight may "
+                                    "finish (in total) before they are cut.")
 
 
 class UpstreamConfig(Section):
@@ -42,6 +48,8 @@ class UpstreamConfig(Section):
     connect_timeout_s: float = Field(10.0, gt=0, description="Deadline for opening a connection.")
     first_byte_timeout_s: float = Field(120.0, gt=0, description="Deadline for the upstream's response headers.")
     pass_through: bool = Field(False, description="Forward the client's own bearer token upstream.")
+    pool_size: int = Field(256, gt=0, description="Connections to the upstreams at once; past it, requests wait for one "
+                           "(within their timeout_s).")
 
 
 class LedgerConfig(Section):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import re
 import time
@@ -141,6 +142,43 @@ def _is_usage_only(frame: bytes) -> bool:
     return _EMPTY_CHOICES.search(frame) is not None and _USAGE_OBJECT.search(frame) is not None
 
 
+NO_SDK_RETRY = {"x-should-retry": "false"}  # the gateway has retried already: an SDK must not retry on top
+
+
+class FirstByteClock:
+    """One attempt's timeout: the request's deadline while it waits for a pooled connection, then, from
+    when its headers and each body chunk are sent, `first_byte_s` (never past the deadline)."""
+
+    __slots__ = ("first_byte_s", "deadline", "timeout", "sent")
+
+    def __init__(self, first_byte_s: float, deadline: float) -> None:
+        self.first_byte_s, self.deadline = first_byte_s, deadline
+        self.timeout: asyncio.Timeout | None = None
+        self.sent = False
+
+    def on_sent(self) -> None:
+        self.sent = True
+        if self.timeout is not None and not self.timeout.expired():
+            loop_now = asyncio.get_running_loop().time()
+            left = self.deadline - time.monotonic()
+            self.timeout.reschedule(loop_now + min(self.first_byte_s, max(left, 0.0)))
+
+
+async def _on_sent(session: object, ctx: object, params: object) -> None:
+    clock = getattr(ctx, "trace_request_ctx", None)
+    if isinstance(clock, FirstByteClock):
+        clock.on_sent()
+
+
+def first_byte_trace() -> aiohttp.TraceConfig:
+    """The session's trace that starts each attempt's first-byte clock when the request is sent."""
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_sent)
+    trace.on_request_chunk_sent.append(_on_sent)
+    trace.oaigate_first_byte = True  # type: ignore[attr-defined]
+    return trace
+
+
 class Forward:
     """Calls the upstream for an exchange (`ex.target`, chosen by `route`, else the default
     `upstream`) and relays the answer to the client."""
@@ -152,6 +190,7 @@ class Forward:
         self.session, self.upstream, self.max_retries = session, upstream, max_retries
         self.timeouts, self.pass_through, self.inject_stream_usage = timeouts, pass_through, inject_stream_usage
         self.sleep, self.rand, self.on_attempt = sleep, rand, on_attempt
+        self.traced = any(getattr(t, "oaigate_first_byte", False) for t in session.trace_configs)
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
         upstream = ex.target.upstream if ex.target is not None else self.upstream
@@ -159,7 +198,9 @@ class Forward:
         url = upstream_url(upstream.base_url, request)
         headers = upstream_headers(ex, upstream, self.pass_through)
         body = prepare_body(ex, self.inject_stream_usage)
-        deadline = time.monotonic() + self.timeouts.total_s
+        if ex.deadline == math.inf:  # an exchange that skipped the deadline stage
+            ex.deadline = time.monotonic() + self.timeouts.total_s
+        deadline = ex.deadline
         response = await self._send(ex, url, headers, body, deadline)
         try:
             return await self._relay(request, ex, response, on_chunk, deadline)
@@ -168,22 +209,36 @@ class Forward:
 
     async def _send(self, ex: Exchange, url: URL, headers: CIMultiDict[str], body: bytes,
                     deadline: float) -> aiohttp.ClientResponse:
-        """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry."""
+        """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry.
+
+        Waiting for a pooled connection is queueing, bounded only by the deadline; the first-byte
+        clock starts once the request is on the wire (`first_byte_trace`)."""
         while True:
             ex.attempts += 1
             sent = time.perf_counter()
             failure: Exception | None = None
+            clock = FirstByteClock(self.timeouts.first_byte_s, deadline) if self.traced else None
             try:
-                async with asyncio.timeout(min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))):
+                left = max(deadline - time.monotonic(), 0)
+                async with asyncio.timeout(left if clock is not None else min(self.timeouts.first_byte_s, left)) as cm:
+                    if clock is not None:
+                        clock.timeout = cm
                     response = await self.session.request(
                         ex.method, url, data=body or None, headers=headers, allow_redirects=False,
                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+                        trace_request_ctx=clock,
                     )
             except TimeoutError as exc:
-                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).")
+                if clock is not None and not clock.sent:
+                    failure = UpstreamTimeout(f"No connection to the upstream ({ex.upstream}) became free before the "
+                                              "request's deadline.", code="deadline_exceeded", headers=NO_SDK_RETRY)
+                else:
+                    failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).",
+                                              headers=NO_SDK_RETRY)
                 failure.__cause__ = exc
             except aiohttp.ClientError as exc:
-                failure = UpstreamError(f"Could not reach the upstream ({ex.upstream}): {type(exc).__name__}.")
+                failure = UpstreamError(f"Could not reach the upstream ({ex.upstream}): {type(exc).__name__}.",
+                                        headers=NO_SDK_RETRY)
                 failure.__cause__ = exc
             ex.upstream_wait_s += time.perf_counter() - sent
             if failure is None:
@@ -270,4 +325,4 @@ def _overhead_ms(ex: Exchange) -> str:
     return f"{ex.overhead_s * 1000:.3f}"
 
 
-__all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream"]
+__all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream", "first_byte_trace"]
