@@ -36,6 +36,7 @@ from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
 from .wire.jsoncodec import dumps
 from .wire.pricing import PriceTable
+from .wire.serving import cut_by_shutdown
 from .wire.tokens import preload
 
 log = logging.getLogger("oaigate")
@@ -222,7 +223,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         if not ex.stream_ended:  # a client that leaves once it has the last event did not abandon anything
-            ex.error_type = "client_disconnected"
+            # cut because the server stopped and its grace ran out: not the client's doing
+            ex.error_type = "shutdown" if cut_by_shutdown(request) else "client_disconnected"
         raise
     finally:
         ex.finished = time.perf_counter()
