@@ -218,8 +218,11 @@ class Forward:
             sent = time.perf_counter()
             failure: Exception | None = None
             clock = FirstByteClock(self.timeouts.first_byte_s, deadline) if self.traced else None
+            left = deadline - time.monotonic()
+            if left <= 0:  # spent waiting in line (rate limits) or between attempts
+                raise UpstreamTimeout(f"The request's deadline passed before it could be sent to the upstream "
+                                      f"({ex.upstream}).", code="deadline_exceeded", headers=NO_SDK_RETRY)
             try:
-                left = max(deadline - time.monotonic(), 0)
                 async with asyncio.timeout(left if clock is not None else min(self.timeouts.first_byte_s, left)) as cm:
                     if clock is not None:
                         clock.timeout = cm

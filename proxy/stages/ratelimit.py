@@ -168,7 +168,8 @@ class UpstreamGovernor:
                 state.window = min(ttl, MAX_HINT_S)
                 state.remaining_until = now + state.window
                 state.limit = _count(headers.get("x-ratelimit-limit-requests"))
-                state.refilled = False
+            else:  # this answer carries no count: the last one no longer describes the upstream
+                state.remaining = None
         changed, self.changed = self.changed, asyncio.Event()
         changed.set()
 
@@ -222,22 +223,21 @@ class _Evidence:
     remaining_until: float = 0.0
     limit: int | None = None  # x-ratelimit-limit-requests: what the window holds once it resets
     window: float = 0.0  # how long the last count was valid
-    refilled: bool = False
     in_flight: int = 0
 
     def live(self, now: float) -> bool:
-        return now < self.blocked_until or now < self.remaining_until + self.window
+        return now < self.blocked_until or self.remaining is not None
 
     def count(self, now: float) -> int | None:
-        """The remaining count now. When it expires, the window has reset: it holds `limit` (less the
-        requests still in flight) for one more window; after that nothing is known."""
+        """The remaining count now. Each time a window's reset passes with no fresh count, the window
+        holds `limit` again, less the requests still in flight (not answered yet: they will be counted);
+        with no known limit, nothing is known any more."""
         if self.remaining is not None and now >= self.remaining_until:
-            if self.limit is not None and not self.refilled and now < self.remaining_until + self.window:
-                self.remaining = self.limit - self.in_flight
-                self.remaining_until += self.window
-                self.refilled = True
-            else:
+            if self.limit is None or self.limit <= 0 or self.window <= 0:
                 self.remaining = None
+            else:
+                self.remaining = self.limit - self.in_flight
+                self.remaining_until += ((now - self.remaining_until) // self.window + 1) * self.window
         return self.remaining
 
 

@@ -186,16 +186,29 @@ def play(governor: UpstreamGovernor, sequence: list[tuple], now: float = 0.0) ->
 
 
 @settings(max_examples=300, deadline=None)
-@given(events, st.lists(st.tuples(st.sampled_from([200, 500]), models), min_size=1, max_size=5), models)
-def test_governor_holds_nothing_once_the_evidence_has_expired(sequence: list[tuple], later: list[tuple],
+@given(events, st.lists(st.sampled_from([200, 500, 503]), min_size=1, max_size=5), models)
+def test_governor_holds_nothing_once_the_evidence_has_expired(sequence: list[tuple], later: list[int],
                                                                model: str | None) -> None:
     """Whatever the upstream said, once its evidence has expired and the answers since carry no
     remaining count, admission is not held: the gateway never latches into one at a time."""
     governor = UpstreamGovernor()
     now = play(governor, sequence) + EXPIRED_S
-    for status, answered in later:
-        governor.observe(status, {}, now, answered)
+    for status in later:
+        governor.observe(status, {}, now, model)
     for _ in range(3):  # several requests at once: none of them waits for another
+        assert governor.wait(now, model) == 0.0
+        governor.admitted(now, model)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, models)
+def test_governor_holds_nothing_once_every_request_is_answered_and_the_evidence_expired(
+        sequence: list[tuple], model: str | None) -> None:
+    governor = UpstreamGovernor()
+    governor.observe(200, {}, 0.0, "warm-up")  # past the first answer (the start's one-at-a-time probe)
+    now = play(governor, [*sequence, *[("finish", m) for m in ("gpt-4o", "gpt-4o-mini", None) for _ in sequence]])
+    now += EXPIRED_S
+    for _ in range(3):
         assert governor.wait(now, model) == 0.0
         governor.admitted(now, model)
 
