@@ -214,14 +214,14 @@ class Forward:
         Waiting for a pooled connection is queueing, bounded only by the deadline; the first-byte
         clock starts once the request is on the wire (`first_byte_trace`)."""
         while True:
-            ex.attempts += 1
-            sent = time.perf_counter()
-            failure: Exception | None = None
-            clock = FirstByteClock(self.timeouts.first_byte_s, deadline) if self.traced else None
             left = deadline - time.monotonic()
             if left <= 0:  # spent waiting in line (rate limits) or between attempts
                 raise UpstreamTimeout(f"The request's deadline passed before it could be sent to the upstream "
                                       f"({ex.upstream}).", code="deadline_exceeded", headers=NO_SDK_RETRY)
+            ex.attempts += 1
+            sent = time.perf_counter()
+            failure: Exception | None = None
+            clock = FirstByteClock(self.timeouts.first_byte_s, deadline) if self.traced else None
             try:
                 async with asyncio.timeout(left if clock is not None else min(self.timeouts.first_byte_s, left)) as cm:
                     if clock is not None:
