@@ -27,7 +27,7 @@ from .stages.budget import rules_from_config as budget_rules
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
 from .stages.deadline import Deadline
-from .stages.forward import Forward, Timeouts, Upstream, first_byte_trace
+from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger
 from .stages.meter import Meter
 from .stages.metrics import Metrics
@@ -172,13 +172,12 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
         pool = config.upstream.pool_size
         connector = aiohttp.TCPConnector(limit=pool, limit_per_host=pool, keepalive_timeout=60, ttl_dns_cache=300)
-        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
-                                        trace_configs=[first_byte_trace()])
+        session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         up = config.upstream
         forward = Forward(session, default.upstream, max_retries=up.max_retries,
                           timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
                           pass_through=up.pass_through, sleep=sleep,
-                          on_attempt=_observe(clock) if limits.adaptive else None)
+                          on_attempt=_observe(clock) if limits.adaptive else None, pool_size=pool)
         metrics = Metrics()
         app[PIPELINE] = Pipeline(
             before=[Deadline(config.upstream.timeout_s), authenticate, Route(config.resolved_aliases(), routes, default),

@@ -145,40 +145,6 @@ def _is_usage_only(frame: bytes) -> bool:
 NO_SDK_RETRY = {"x-should-retry": "false"}  # the gateway has retried already: an SDK must not retry on top
 
 
-class FirstByteClock:
-    """One attempt's timeout: the request's deadline while it waits for a pooled connection, then, from
-    when its headers and each body chunk are sent, `first_byte_s` (never past the deadline)."""
-
-    __slots__ = ("first_byte_s", "deadline", "timeout", "sent")
-
-    def __init__(self, first_byte_s: float, deadline: float) -> None:
-        self.first_byte_s, self.deadline = first_byte_s, deadline
-        self.timeout: asyncio.Timeout | None = None
-        self.sent = False
-
-    def on_sent(self) -> None:
-        self.sent = True
-        if self.timeout is not None and not self.timeout.expired():
-            loop_now = asyncio.get_running_loop().time()
-            left = self.deadline - time.monotonic()
-            self.timeout.reschedule(loop_now + min(self.first_byte_s, max(left, 0.0)))
-
-
-async def _on_sent(session: object, ctx: object, params: object) -> None:
-    clock = getattr(ctx, "trace_request_ctx", None)
-    if isinstance(clock, FirstByteClock):
-        clock.on_sent()
-
-
-def first_byte_trace() -> aiohttp.TraceConfig:
-    """The session's trace that starts each attempt's first-byte clock when the request is sent."""
-    trace = aiohttp.TraceConfig()
-    trace.on_request_headers_sent.append(_on_sent)
-    trace.on_request_chunk_sent.append(_on_sent)
-    trace.oaigate_first_byte = True  # type: ignore[attr-defined]
-    return trace
-
-
 class Forward:
     """Calls the upstream for an exchange (`ex.target`, chosen by `route`, else the default
     `upstream`) and relays the answer to the client."""
@@ -186,11 +152,13 @@ class Forward:
     def __init__(self, session: aiohttp.ClientSession, upstream: Upstream, *, max_retries: int,
                  timeouts: Timeouts, pass_through: bool = False, inject_stream_usage: bool = True,
                  sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random,
-                 on_attempt: AttemptHook | None = None) -> None:
+                 on_attempt: AttemptHook | None = None, pool_size: int | None = None) -> None:
         self.session, self.upstream, self.max_retries = session, upstream, max_retries
         self.timeouts, self.pass_through, self.inject_stream_usage = timeouts, pass_through, inject_stream_usage
         self.sleep, self.rand, self.on_attempt = sleep, rand, on_attempt
-        self.traced = any(getattr(t, "oaigate_first_byte", False) for t in session.trace_configs)
+        # the session's connection pool, counted here (its connector's limit is the same size, so aiohttp
+        # itself never queues): waiting for a connection is queueing, not upstream silence
+        self.pool = asyncio.Semaphore(pool_size) if pool_size else None
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
         upstream = ex.target.upstream if ex.target is not None else self.upstream
@@ -206,48 +174,55 @@ class Forward:
             return await self._relay(request, ex, response, on_chunk, deadline)
         finally:
             response.release()
+            self._give_back()
 
     async def _send(self, ex: Exchange, url: URL, headers: CIMultiDict[str], body: bytes,
                     deadline: float) -> aiohttp.ClientResponse:
         """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry.
 
-        Waiting for a pooled connection is queueing, bounded only by the deadline; the first-byte
-        clock starts once the request is on the wire (`first_byte_trace`)."""
+        Each attempt first takes a connection of the pool (waiting for one is queueing, bounded by the
+        deadline only); the first-byte clock starts once it has one. The answer returned holds its
+        connection until `__call__` gives it back."""
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:  # spent waiting in line (rate limits) or between attempts
+            if deadline - time.monotonic() <= 0:  # spent waiting in line (rate limits) or between attempts
                 raise UpstreamTimeout(f"The request's deadline passed before it could be sent to the upstream "
                                       f"({ex.upstream}).", code="deadline_exceeded", headers=NO_SDK_RETRY)
-            ex.attempts += 1
             sent = time.perf_counter()
+            if not await self._take(deadline):
+                ex.upstream_wait_s += time.perf_counter() - sent
+                raise UpstreamTimeout(f"No connection to the upstream ({ex.upstream}) became free before the "
+                                      "request's deadline.", code="deadline_exceeded", headers=NO_SDK_RETRY)
+            ex.attempts += 1
             failure: Exception | None = None
-            clock = FirstByteClock(self.timeouts.first_byte_s, deadline) if self.traced else None
             try:
-                async with asyncio.timeout(left if clock is not None else min(self.timeouts.first_byte_s, left)) as cm:
-                    if clock is not None:
-                        clock.timeout = cm
+                async with asyncio.timeout(min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))):
                     response = await self.session.request(
                         ex.method, url, data=body or None, headers=headers, allow_redirects=False,
                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
-                        trace_request_ctx=clock,
                     )
             except TimeoutError as exc:
-                if clock is not None and not clock.sent:
-                    failure = UpstreamTimeout(f"No connection to the upstream ({ex.upstream}) became free before the "
-                                              "request's deadline.", code="deadline_exceeded", headers=NO_SDK_RETRY)
-                else:
-                    failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).",
-                                              headers=NO_SDK_RETRY)
+                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).",
+                                          headers=NO_SDK_RETRY)
                 failure.__cause__ = exc
             except aiohttp.ClientError as exc:
                 failure = UpstreamError(f"Could not reach the upstream ({ex.upstream}): {type(exc).__name__}.",
                                         headers=NO_SDK_RETRY)
                 failure.__cause__ = exc
+            except BaseException:
+                self._give_back()
+                raise
+            if failure is not None:
+                self._give_back()
             ex.upstream_wait_s += time.perf_counter() - sent
             if failure is None:
                 ex.ttfb_s = time.perf_counter() - ex.started
                 if self.on_attempt is not None:
-                    self.on_attempt(ex, response.status, response.headers)
+                    try:
+                        self.on_attempt(ex, response.status, response.headers)
+                    except BaseException:
+                        response.release()
+                        self._give_back()
+                        raise
                 if not should_retry(response.status, response.headers) or not self._may_retry(ex):
                     return response
                 wait = hinted_wait(response.status, response.headers)
@@ -256,6 +231,7 @@ class Forward:
                 if time.monotonic() + wait >= deadline:
                     return response  # no time left to wait: the upstream's own answer (and retry-after) it is
                 response.release()
+                self._give_back()
                 log.info("upstream answered %d; retry %d", response.status, ex.attempts)
             else:
                 if not self._may_retry(ex):
@@ -267,6 +243,24 @@ class Forward:
             started = time.perf_counter()
             await self.sleep(wait)
             ex.upstream_wait_s += time.perf_counter() - started
+
+    async def _take(self, deadline: float) -> bool:
+        """A connection of the pool for one attempt; False if none became free before the deadline."""
+        if self.pool is None:
+            return True
+        if not self.pool.locked():
+            await self.pool.acquire()  # free: returns at once
+            return True
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                await self.pool.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def _give_back(self) -> None:
+        if self.pool is not None:
+            self.pool.release()
 
     def _may_retry(self, ex: Exchange) -> bool:
         return ex.attempts <= self.max_retries
@@ -328,4 +322,4 @@ def _overhead_ms(ex: Exchange) -> str:
     return f"{ex.overhead_s * 1000:.3f}"
 
 
-__all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream", "first_byte_trace"]
+__all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream"]
