@@ -113,13 +113,18 @@ class UpstreamGovernor:
     """Admission paced by what an upstream says of its own limits, per model (and per client key when
     the client's key is passed upstream): the scope of a provider's rate limit.
 
-    Evidence, each with an expiry: a remaining count (`x-ratelimit-remaining-requests`, counted down as
-    requests are admitted, valid until its `x-ratelimit-reset-requests`), and a window at zero
-    (`remaining-requests` or `remaining-tokens` <= 0, on any status) that holds admission until its
-    reset (or a 429's `retry-after`). A 429 that does not say a window is at zero is about that
-    request only: it is retried with its own backoff and holds no one else. Expired evidence holds
-    nothing; an upstream that never sends counts is never paced. Only a fresh gateway that has not yet
-    seen an answer sends one request at a time, until the first answer's headers (at most `PROBE_S`).
+    Two kinds of evidence, read from each answer's headers as they arrive:
+    - a window at zero (`x-ratelimit-remaining-requests` or `-tokens` <= 0, on any status) holds
+      admission for that model until its reset (`x-ratelimit-reset-*`, else a 429's `retry-after`),
+      never longer, hard: a limiter in reject mode refuses meanwhile;
+    - a remaining count is counted down as requests are admitted; at zero, admission waits (soft) for
+      the next answer's fresh count. Each time its reset passes with no fresh count, the window holds
+      `x-ratelimit-limit-requests` again, less the requests still unanswered; an answer without a
+      count drops it (the upstream only sends counts sometimes, e.g. on its 429s: nothing is known).
+    A 429 that does not say a window is at zero (no count, or requests left) is about that request:
+    it is retried with its own backoff and holds no one else. An upstream that sends no counts is
+    never paced. Only a fresh gateway, before its first answer, sends one request at a time (for at
+    most `PROBE_S`).
     """
 
     COUNT_TTL_S = 1.0  # a remaining count with no reset is trusted this long
@@ -216,7 +221,7 @@ class UpstreamGovernor:
 @dataclass(slots=True)
 class _Evidence:
     """What one upstream said about one model (and key): a window at zero until `blocked_until`, a
-    remaining count valid until `remaining_until`."""
+    remaining count until the window's next reset, `remaining_until`."""
 
     blocked_until: float = 0.0
     remaining: int | None = None
@@ -226,7 +231,7 @@ class _Evidence:
     in_flight: int = 0
 
     def live(self, now: float) -> bool:
-        return now < self.blocked_until or self.remaining is not None
+        return now < self.blocked_until or (self.remaining is not None and now < self.remaining_until)
 
     def count(self, now: float) -> int | None:
         """The remaining count now. Each time a window's reset passes with no fresh count, the window
