@@ -316,3 +316,32 @@ def test_queueing_is_bounded_by_the_requests_own_deadline() -> None:
         limiter.release(first)
 
     run(scenario())
+
+
+def test_with_pass_through_each_client_key_is_its_own_scope() -> None:
+    """Passing the client's key upstream makes the upstream's limit that key's: one client's window at
+    zero holds that client on that model only."""
+    from proxy.exchange import Exchange
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    def exchange(token: str) -> Exchange:
+        ex = Exchange("POST", "/v1/chat/completions", "", CIMultiDictProxy(CIMultiDict()), b'{"model": "m"}')
+        ex.client_token = token
+        return ex
+
+    governor = UpstreamGovernor(per_client=True)
+    a, b = exchange("sk-a"), exchange("sk-b")
+    governor.observe(429, {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "30s"}, 0.0,
+                     governor.key(a))
+    assert governor.wait(1.0, governor.key(a)) == pytest.approx(29.0)
+    assert governor.wait(1.0, governor.key(b)) == 0.0
+    shared = UpstreamGovernor()
+    assert shared.key(a) == shared.key(b) == "m"
+
+
+def test_the_governor_forgets_expired_evidence_past_its_bound() -> None:
+    governor = UpstreamGovernor()
+    for i in range(3 * UpstreamGovernor.MAX_KEYS):
+        governor.observe(200, {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"},
+                         float(i), f"model-{i}")
+    assert len(governor._states) <= UpstreamGovernor.MAX_KEYS + 1
