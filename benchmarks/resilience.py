@@ -3,8 +3,8 @@
 Each scenario starts `oaigate serve` in its own process (the code on PYTHONPATH, so the same script
 measures a before and an after tree), drives it from this process on loopback, and prints its figures:
 
-  throughput    req/s at concurrency 32 against the mock, before and after one upstream 429
-                (`x-mock-fault: 429;times=1;id=...`)
+  throughput    req/s at concurrency 32 against the mock (answering in 50 ms), before and after one
+                upstream 429 (`x-mock-fault: 429;times=1;id=...`)
   retry-after   20 other clients right after one 429 with retry-after 60 s: on another model (mock),
                 and on the same model when the 429 leaves requests (a test upstream)
   deadlines     mixed faults (429 with long retry-afters, 5xx, hangs) with timeout_s = 20: how many
@@ -83,13 +83,14 @@ async def post(session: aiohttp.ClientSession, url: str, body: dict[str, object]
         return response.status
 
 
-async def rate(session: aiohttp.ClientSession, url: str, seconds: float, concurrency: int = 32) -> float:
+async def rate(session: aiohttp.ClientSession, url: str, seconds: float, concurrency: int = 32,
+               headers: dict[str, str] | None = None) -> float:
     done, end = 0, time.monotonic() + seconds
 
     async def worker() -> None:
         nonlocal done
         while time.monotonic() < end:
-            await post(session, url, CHAT)
+            await post(session, url, CHAT, headers)
             done += 1
 
     started = time.monotonic()
@@ -104,13 +105,14 @@ def throughput(args: argparse.Namespace) -> None:
 
     async def go() -> None:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
-            await rate(session, gw.url, 1)  # warm-up
-            before = await rate(session, gw.url, args.window)
+            pace = {"x-mock-latency": f"ttft_ms={args.latency_ms}"} if args.latency_ms else None
+            await rate(session, gw.url, 1, headers=pace)  # warm-up
+            before = await rate(session, gw.url, args.window, headers=pace)
             status = await post(session, gw.url, CHAT, {"x-mock-fault": f"429;times=1;id={uuid.uuid4().hex}"})
-            after = await rate(session, gw.url, args.window)
-            later = await rate(session, gw.url, args.window)
-            print(f"throughput c32: before the 429 {before:.0f} req/s; the 429'd request -> {status}; "
-                  f"after it {after:.0f} req/s, then {later:.0f} req/s")
+            after = await rate(session, gw.url, args.window, headers=pace)
+            later = await rate(session, gw.url, args.window, headers=pace)
+            print(f"throughput c32, mock answering in {args.latency_ms} ms: before the 429 {before:.0f} req/s; the "
+                  f"429'd request -> {status}; after it {after:.0f} req/s, then {later:.0f} req/s")
 
     try:
         asyncio.run(go())
@@ -304,6 +306,7 @@ def main() -> None:
     parser.add_argument("scenarios", nargs="*", help=f"any of {', '.join(SCENARIOS)} (default: all)")
     parser.add_argument("--duration", type=float, default=120.0, help="deadlines: how long to run (s)")
     parser.add_argument("--window", type=float, default=3.0, help="throughput: each measuring window (s)")
+    parser.add_argument("--latency-ms", type=int, default=50, help="throughput: the mock's time to answer (0: none)")
     parser.add_argument("--header-timeout", type=float, default=30.0, help="slowloris: the gateway's header_timeout_s")
     args = parser.parse_args()
     unknown = set(args.scenarios) - set(SCENARIOS)
