@@ -27,6 +27,7 @@ from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
+from .stages.deadline import Deadline
 from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger
 from .stages.meter import Meter
@@ -37,6 +38,7 @@ from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
 from .wire.jsoncodec import dumps
 from .wire.pricing import PriceTable
+from .wire.serving import cut_by_shutdown
 from .wire.tokens import preload
 
 log = logging.getLogger("oaigate")
@@ -132,15 +134,17 @@ async def _upstream_ctx(app: web.Application) -> AsyncIterator[None]:
             await runner.cleanup()
 
 
-def _targets(upstreams: Upstreams, adaptive: bool) -> tuple[Target, list[tuple[str, Target]]]:
+def _targets(upstreams: Upstreams, adaptive: bool,
+             per_client: bool = False) -> tuple[Target, list[tuple[str, Target]]]:
     """One `Target` per distinct upstream; one adaptive governor per upstream URL and key (the
-    scope of a provider's own rate limit)."""
+    scope of a provider's own rate limit; per client key too when `per_client`, pass-through)."""
     governors: dict[tuple[str, str | None], UpstreamGovernor] = {}
     targets: dict[Upstream, Target] = {}
     for upstream in upstreams.distinct:
         governor = None
         if adaptive:
-            governor = governors.setdefault((upstream.base_url, upstream.api_key), UpstreamGovernor())
+            governor = governors.setdefault((upstream.base_url, upstream.api_key),
+                                            UpstreamGovernor(per_client=per_client))
         targets[upstream] = Target(upstream, governor)
     return targets[upstreams.default], [(pattern, targets[u]) for pattern, u in upstreams.routes]
 
@@ -149,7 +153,8 @@ def _observe(clock: Clock) -> Callable[[Exchange, int, Mapping[str, str]], None]
     """Feeds each upstream answer to the governor of the upstream that gave it."""
     def observe(ex: Exchange, status: int, headers: Mapping[str, str]) -> None:
         if ex.target is not None and ex.target.governor is not None:
-            ex.target.governor.observe(status, headers, clock.monotonic())
+            governor = ex.target.governor
+            governor.observe(status, headers, clock.monotonic(), governor.key(ex))
 
     return observe
 
@@ -168,22 +173,24 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         if config.ledger.enabled:
             await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
         rate_rules_ = rate_rules(config)
-        default, routes = _targets(app[UPSTREAMS], limits.adaptive)
+        default, routes = _targets(app[UPSTREAMS], limits.adaptive, config.upstream.pass_through)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=default.governor)
         budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures.for_config(config)
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
-        connector = aiohttp.TCPConnector(limit=256, limit_per_host=256, keepalive_timeout=60, ttl_dns_cache=300)
+        pool = config.upstream.pool_size
+        connector = aiohttp.TCPConnector(limit=pool, limit_per_host=pool, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
         up = config.upstream
         forward = Forward(session, default.upstream, max_retries=up.max_retries,
                           timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
                           pass_through=up.pass_through, sleep=sleep,
-                          on_attempt=_observe(clock) if limits.adaptive else None)
+                          on_attempt=_observe(clock) if limits.adaptive else None, pool_size=pool)
         metrics = Metrics(book.status if book.rules else None)
         fixtures.register(metrics.registry)
         app[PIPELINE] = Pipeline(
-            before=[authenticate, Route(config.resolved_aliases(), routes, default), *app[OWNERS].stages,
+            before=[Deadline(config.upstream.timeout_s), authenticate, Route(config.resolved_aliases(), routes, default),
+                    *app[OWNERS].stages,
                     Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
             forward=forward,
             after=[Meter(prices), *app[OWNERS].stages, fixtures, budget, ratelimit, metrics]
@@ -225,7 +232,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         return response
     except (asyncio.CancelledError, ConnectionResetError):
         if not ex.stream_ended:  # a client that leaves once it has the last event did not abandon anything
-            ex.error_type = "client_disconnected"
+            # cut because the server stopped and its grace ran out: not the client's doing
+            ex.error_type = "shutdown" if cut_by_shutdown(request) else "client_disconnected"
         raise
     finally:
         ex.finished = time.perf_counter()

@@ -91,7 +91,9 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
             click.echo(f"  {line}", err=True)
 
     try:
-        run(app, settings.server.host, settings.server.port, ready, handler_cancellation=True)
+        server = settings.server
+        run(app, server.host, server.port, ready, handler_cancellation=True, shutdown_grace_s=server.shutdown_grace_s,
+            header_timeout_s=server.header_timeout_s, max_connections=server.max_connections)
     except OSError as exc:
         click.echo(f"oaigate: cannot listen on {settings.server.host}:{settings.server.port}: "
                    f"{exc.strerror or exc}", err=True)

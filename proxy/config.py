@@ -37,6 +37,12 @@ class ServerConfig(Section):
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
     metrics_public: bool = Field(False, description="With [[keys]], serve /metrics to callers without a key "
                                  "(for a scraper); /metrics always answers anyone when there are no [[keys]].")
+    header_timeout_s: float = Field(30.0, gt=0, description="A request's line and headers must arrive within this "
+                                    "(slowloris); idle keep-alive connections are not affected.")
+    max_connections: int = Field(1024, gt=0, description="Client connections open at once; past it, new ones get a "
+                                 "503 and are closed until one ends.")
+    shutdown_grace_s: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, how long requests in flight may "
+                                    "finish (in total) before they are cut.")
 
 
 def check_base_url(value: str) -> str:
@@ -82,6 +88,8 @@ class UpstreamConfig(Section):
                                      "upstream key (clients cannot set it, except with pass_through).")
     project: str | None = Field(None, min_length=1, description="OpenAI-Project header sent with the upstream key "
                                 "(clients cannot set it, except with pass_through).")
+    pool_size: int = Field(256, gt=0, description="Connections to the upstreams at once; past it, requests wait for one "
+                           "(within their timeout_s).")
     forward_headers: list[str] = Field(default_factory=list, description="Client headers forwarded upstream besides "
                                        "the built-in list: names or globs (x-trace-id, x-team-*).")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ class Exchange:
     id: str = field(default_factory=lambda: "gw_" + uuid.uuid4().hex)
     started_wall: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
+    # the one deadline (time.monotonic()) for queueing, retries, waits and the answer: see stages/deadline
+    deadline: float = math.inf
     # request, as the gateway understands it
     json: dict[str, Any] | None = None
     model: str | None = None

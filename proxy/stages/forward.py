@@ -11,6 +11,7 @@ import asyncio
 import fnmatch
 import functools
 import logging
+import math
 import random
 import re
 import time
@@ -181,6 +182,9 @@ def _is_usage_only(frame: bytes) -> bool:
     return _EMPTY_CHOICES.search(frame) is not None and _USAGE_OBJECT.search(frame) is not None
 
 
+NO_SDK_RETRY = {"x-should-retry": "false"}  # the gateway has retried already: an SDK must not retry on top
+
+
 class Forward:
     """Calls the upstream for an exchange (`ex.target`, chosen by `route`, else the default
     `upstream`) and relays the answer to the client."""
@@ -188,10 +192,13 @@ class Forward:
     def __init__(self, session: aiohttp.ClientSession, upstream: Upstream, *, max_retries: int,
                  timeouts: Timeouts, pass_through: bool = False, inject_stream_usage: bool = True,
                  sleep: Sleep = asyncio.sleep, rand: Callable[[], float] = random.random,
-                 on_attempt: AttemptHook | None = None) -> None:
+                 on_attempt: AttemptHook | None = None, pool_size: int | None = None) -> None:
         self.session, self.upstream, self.max_retries = session, upstream, max_retries
         self.timeouts, self.pass_through, self.inject_stream_usage = timeouts, pass_through, inject_stream_usage
         self.sleep, self.rand, self.on_attempt = sleep, rand, on_attempt
+        # the session's connection pool, counted here (its connector's limit is the same size, so aiohttp
+        # itself never queues): waiting for a connection is queueing, not upstream silence
+        self.pool = asyncio.Semaphore(pool_size) if pool_size else None
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
         upstream = ex.target.upstream if ex.target is not None else self.upstream
@@ -199,19 +206,33 @@ class Forward:
         url = upstream_url(upstream.base_url, request)
         headers = upstream_headers(ex, upstream, self.pass_through)
         body = prepare_body(ex, self.inject_stream_usage)
-        deadline = time.monotonic() + self.timeouts.total_s
+        if ex.deadline == math.inf:  # an exchange that skipped the deadline stage
+            ex.deadline = time.monotonic() + self.timeouts.total_s
+        deadline = ex.deadline
         response = await self._send(ex, url, headers, body, deadline)
         try:
             return await self._relay(request, ex, response, on_chunk, deadline)
         finally:
             response.release()
+            self._give_back()
 
     async def _send(self, ex: Exchange, url: URL, headers: CIMultiDict[str], body: bytes,
                     deadline: float) -> aiohttp.ClientResponse:
-        """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry."""
+        """Attempts until one answers with a final status, retrying what OpenAI's SDKs would retry.
+
+        Each attempt first takes a connection of the pool (waiting for one is queueing, bounded by the
+        deadline only); the first-byte clock starts once it has one. The answer returned holds its
+        connection until `__call__` gives it back."""
         while True:
-            ex.attempts += 1
+            if deadline - time.monotonic() <= 0:  # spent waiting in line (rate limits) or between attempts
+                raise UpstreamTimeout(f"The request's deadline passed before it could be sent to the upstream "
+                                      f"({ex.upstream}).", code="deadline_exceeded", headers=NO_SDK_RETRY)
             sent = time.perf_counter()
+            if not await self._take(deadline):
+                ex.upstream_wait_s += time.perf_counter() - sent
+                raise UpstreamTimeout(f"No connection to the upstream ({ex.upstream}) became free before the "
+                                      "request's deadline.", code="deadline_exceeded", headers=NO_SDK_RETRY)
+            ex.attempts += 1
             failure: Exception | None = None
             try:
                 async with asyncio.timeout(min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))):
@@ -220,16 +241,28 @@ class Forward:
                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
                     )
             except TimeoutError as exc:
-                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).")
+                failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).",
+                                          headers=NO_SDK_RETRY)
                 failure.__cause__ = exc
             except aiohttp.ClientError as exc:
-                failure = UpstreamError(f"Could not reach the upstream ({ex.upstream}): {type(exc).__name__}.")
+                failure = UpstreamError(f"Could not reach the upstream ({ex.upstream}): {type(exc).__name__}.",
+                                        headers=NO_SDK_RETRY)
                 failure.__cause__ = exc
+            except BaseException:
+                self._give_back()
+                raise
+            if failure is not None:
+                self._give_back()
             ex.upstream_wait_s += time.perf_counter() - sent
             if failure is None:
                 ex.ttfb_s = time.perf_counter() - ex.started
                 if self.on_attempt is not None:
-                    self.on_attempt(ex, response.status, response.headers)
+                    try:
+                        self.on_attempt(ex, response.status, response.headers)
+                    except BaseException:
+                        response.release()
+                        self._give_back()
+                        raise
                 if not should_retry(response.status, response.headers) or not self._may_retry(ex):
                     return response
                 wait = hinted_wait(response.status, response.headers)
@@ -238,6 +271,7 @@ class Forward:
                 if time.monotonic() + wait >= deadline:
                     return response  # no time left to wait: the upstream's own answer (and retry-after) it is
                 response.release()
+                self._give_back()
                 log.info("upstream answered %d; retry %d", response.status, ex.attempts)
             else:
                 if not self._may_retry(ex):
@@ -249,6 +283,24 @@ class Forward:
             started = time.perf_counter()
             await self.sleep(wait)
             ex.upstream_wait_s += time.perf_counter() - started
+
+    async def _take(self, deadline: float) -> bool:
+        """A connection of the pool for one attempt; False if none became free before the deadline."""
+        if self.pool is None:
+            return True
+        if not self.pool.locked():
+            await self.pool.acquire()  # free: returns at once
+            return True
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0)):
+                await self.pool.acquire()
+        except TimeoutError:
+            return False
+        return True
+
+    def _give_back(self) -> None:
+        if self.pool is not None:
+            self.pool.release()
 
     def _may_retry(self, ex: Exchange) -> bool:
         return ex.attempts <= self.max_retries

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -22,7 +23,7 @@ from ..errors import GatewayError
 from ..exchange import Exchange
 from . import Stage
 from .scopes import Selector
-from .retry import hinted_wait, parse_duration
+from .retry import MAX_HINT_S, hinted_wait, parse_duration
 
 
 class RateLimited(GatewayError):
@@ -104,60 +105,154 @@ class Permit:
     scopes: list[Scope]
     tokens: int
     governor: UpstreamGovernor | None = None
+    key: object = None  # the governor's key (model, and client key when passed upstream)
     released: bool = False
 
 
 class UpstreamGovernor:
-    """Admission paced by what the upstream says of its own request limit.
+    """Admission paced by what an upstream says of its own limits, per model (and per client key when
+    the client's key is passed upstream): the scope of a provider's rate limit.
 
-    It counts down the upstream's last `x-ratelimit-remaining-requests` as requests are admitted;
-    at zero, admission waits for the upstream's `x-ratelimit-reset-requests` (or `retry-after` of a
-    429). While it knows nothing (at start, after a wait), it sends one request at a time until an
-    answer tells it the remaining count; an upstream that sends no such headers is not paced.
+    Two kinds of evidence, read from each answer's headers as they arrive:
+    - a window at zero (`x-ratelimit-remaining-requests` or `-tokens` <= 0, on any status) holds
+      admission for that model until its reset (`x-ratelimit-reset-*`, else a 429's `retry-after`),
+      never longer, hard: a limiter in reject mode refuses meanwhile;
+    - a remaining count is counted down as requests are admitted; at zero, admission waits (soft) for
+      the next answer's fresh count. Each time its reset passes with no fresh count, the window holds
+      `x-ratelimit-limit-requests` again, less the requests still unanswered; an answer without a
+      count drops it (the upstream only sends counts sometimes, e.g. on its 429s: nothing is known).
+    A 429 that does not say a window is at zero (no count, or requests left) is about that request:
+    it is retried with its own backoff and holds no one else. An upstream that sends no counts is
+    never paced. Only a fresh gateway, before its first answer, sends one request at a time (for at
+    most `PROBE_S`).
     """
 
-    def __init__(self) -> None:
-        self.blocked_until = 0.0
-        self.remaining: int | None = None
+    COUNT_TTL_S = 1.0  # a remaining count with no reset is trusted this long
+    PROBE_S = 1.0
+    MAX_KEYS = 1024
+
+    def __init__(self, *, per_client: bool = False) -> None:
+        self.per_client = per_client
         self.informative: bool | None = None  # None until the first answer says whether it has headers
         self.in_flight = 0
+        self.probe_until = 0.0
+        self._states: dict[object, _Evidence] = {}
+        self.changed = asyncio.Event()  # set (and replaced) whenever an answer is observed
 
-    def observe(self, status: int, headers: Mapping[str, str], now: float) -> None:
-        value = headers.get("x-ratelimit-remaining-requests")
-        if value is not None:
+    def key(self, ex: Exchange) -> object:
+        """What a provider's limit is kept per: the model, and the client's own key when it is the one
+        sent upstream."""
+        return (ex.client_token, ex.model) if self.per_client else ex.model
+
+    def _state(self, key: object, now: float) -> _Evidence:
+        state = self._states.get(key)
+        if state is None:
+            if len(self._states) >= self.MAX_KEYS:
+                self._states = {k: s for k, s in self._states.items() if s.in_flight or s.live(now)}
+            state = self._states[key] = _Evidence()
+        return state
+
+    def observe(self, status: int, headers: Mapping[str, str], now: float, key: object = None) -> None:
+        requests = _count(headers.get("x-ratelimit-remaining-requests"))
+        tokens = _count(headers.get("x-ratelimit-remaining-tokens"))
+        if requests is not None or tokens is not None:
             self.informative = True
-            try:  # the other requests in flight may not be counted upstream yet: assume they will be
-                self.remaining = int(float(value)) - max(self.in_flight - 1, 0)
-            except ValueError:
-                self.remaining = None
         elif self.informative is None:
             self.informative = False
-        wait = None
-        if status == 429:
-            wait = hinted_wait(429, headers) or 1.0
-        elif self.remaining is not None and self.remaining <= 0:
-            wait = parse_duration(headers.get("x-ratelimit-reset-requests", "")) or 1.0
-        if wait:
-            self.blocked_until = max(self.blocked_until, now + wait)
-            self.remaining = None
+        state = self._states.get(key) if requests is None and tokens is None else self._state(key, now)
+        if state is not None:
+            hint = hinted_wait(status, headers) if status == 429 else None
+            for left, reset in ((requests, "x-ratelimit-reset-requests"), (tokens, "x-ratelimit-reset-tokens")):
+                if left is not None and left <= 0:  # a window at zero: hold until it resets
+                    wait = parse_duration(headers.get(reset, "")) or hint or self.COUNT_TTL_S
+                    state.blocked_until = max(state.blocked_until, now + min(wait, MAX_HINT_S))
+            if requests is not None:
+                # the other requests in flight may not be counted upstream yet: assume they will be
+                state.remaining = requests - max(state.in_flight - 1, 0)
+                ttl = parse_duration(headers.get("x-ratelimit-reset-requests", "")) or self.COUNT_TTL_S
+                state.window = min(ttl, MAX_HINT_S)
+                state.remaining_until = now + state.window
+                state.limit = _count(headers.get("x-ratelimit-limit-requests"))
+            else:  # this answer carries no count: the last one no longer describes the upstream
+                state.remaining = None
+        changed, self.changed = self.changed, asyncio.Event()
+        changed.set()
 
-    def wait(self, now: float) -> float | None:
-        """Seconds to hold admission; None: wait until a request in flight is answered."""
-        if now < self.blocked_until:
-            return self.blocked_until - now
-        if self.informative is False:
+    def wait(self, now: float, key: object = None) -> float | None:
+        """Seconds admission is held for `key`; 0.0: not held; None: held until an answer arrives or
+        `expires_in` passes (a soft hold, which a limiter in reject mode ignores)."""
+        if self.informative is None and self.in_flight and now < self.probe_until:
+            return None
+        state = self._states.get(key)
+        if state is None:
             return 0.0
-        if self.remaining is None or self.remaining <= 0:
-            return None if self.in_flight else 0.0
-        return 0.0
+        if now < state.blocked_until:
+            return state.blocked_until - now
+        left = state.count(now) if state.remaining is not None else None
+        return None if left is not None and left <= 0 else 0.0
 
-    def admitted(self) -> None:
+    def expires_in(self, now: float, key: object = None) -> float:
+        """How long a soft hold lasts at most."""
+        if self.informative is None and self.in_flight and now < self.probe_until:
+            return self.probe_until - now
+        state = self._states.get(key)
+        if state is None or state.remaining is None:
+            return 0.0
+        state.count(now)
+        return max(state.remaining_until - now, 0.0)
+
+    def admitted(self, now: float, key: object = None) -> None:
+        if self.informative is None and not self.in_flight:
+            self.probe_until = now + self.PROBE_S
         self.in_flight += 1
-        if self.remaining is not None:
-            self.remaining -= 1
+        state = self._state(key, now) if self.informative else self._states.get(key)
+        if state is not None:
+            state.in_flight += 1
+            if state.remaining is not None and state.count(now) is not None:
+                state.remaining -= 1
 
-    def finished(self) -> None:
+    def finished(self, key: object = None) -> None:
         self.in_flight -= 1
+        state = self._states.get(key)
+        if state is not None and state.in_flight > 0:
+            state.in_flight -= 1
+
+
+@dataclass(slots=True)
+class _Evidence:
+    """What one upstream said about one model (and key): a window at zero until `blocked_until`, a
+    remaining count until the window's next reset, `remaining_until`."""
+
+    blocked_until: float = 0.0
+    remaining: int | None = None
+    remaining_until: float = 0.0
+    limit: int | None = None  # x-ratelimit-limit-requests: what the window holds once it resets
+    window: float = 0.0  # how long the last count was valid
+    in_flight: int = 0
+
+    def live(self, now: float) -> bool:
+        return now < self.blocked_until or (self.remaining is not None and now < self.remaining_until)
+
+    def count(self, now: float) -> int | None:
+        """The remaining count now. Each time a window's reset passes with no fresh count, the window
+        holds `limit` again, less the requests still in flight (not answered yet: they will be counted);
+        with no known limit, nothing is known any more."""
+        if self.remaining is not None and now >= self.remaining_until:
+            if self.limit is None or self.limit <= 0 or self.window <= 0:
+                self.remaining = None
+            else:
+                self.remaining = self.limit - self.in_flight
+                self.remaining_until += ((now - self.remaining_until) // self.window + 1) * self.window
+        return self.remaining
+
+
+def _count(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(float(value))
+    except (ValueError, OverflowError):
+        return None
 
 
 class RateLimiter:
@@ -189,16 +284,25 @@ class RateLimiter:
         return found
 
     async def acquire(self, principal: str | None, model: str | None, tokens: int,
-                      governor: UpstreamGovernor | None = None) -> Permit:
+                      governor: UpstreamGovernor | None = None, *, key: object = None,
+                      max_wait_s: float | None = None) -> Permit:
         """Wait (or refuse) until the request fits every scope and the upstream's governor (this
-        limiter's own unless one is given), then take from all of them."""
+        limiter's own unless one is given; `key` is what the governor keeps evidence per, by default
+        the model), then take from all of them. `max_wait_s` shortens the line's `max_wait_s` (the
+        request's own deadline)."""
         if governor is None:
             governor = self.governor
+        if key is None:
+            key = model
         scopes = self.scopes(principal, model)
-        if not scopes and governor is not None and governor.wait(self.clock.monotonic()) == 0.0:
-            governor.admitted()  # the common case, nothing to wait for: no lines, no loop
-            return Permit([], tokens, governor)
-        deadline = self.clock.monotonic() + (self.max_wait_s if self.on_limit == "queue" else 0.0)
+        now = self.clock.monotonic()
+        if not scopes and governor is not None and governor.wait(now, key) == 0.0:
+            governor.admitted(now, key)  # the common case, nothing to wait for: no lines, no loop
+            return Permit([], tokens, governor, key)
+        longest_wait = self.max_wait_s if self.on_limit == "queue" else 0.0
+        if max_wait_s is not None:
+            longest_wait = max(min(longest_wait, max_wait_s), 0.0)
+        deadline = now + longest_wait
         held: list[Scope] = []
         try:
             for scope in scopes:  # a fixed order: no two requests wait on each other's lines
@@ -207,8 +311,11 @@ class RateLimiter:
             while True:
                 now = self.clock.monotonic()
                 waits = [s.wait(tokens, now) for s in scopes]
+                soft = 0.0  # how long a soft hold of the governor lasts at most
                 if governor is not None:
-                    held_back = governor.wait(now)
+                    held_back = governor.wait(now, key)
+                    if held_back is None:
+                        soft = governor.expires_in(now, key)
                     waits.append(0.0 if held_back is None and self.on_limit == "reject" else held_back)
                 known = [w for w in waits if w is not None]
                 longest = max(known, default=0.0)
@@ -220,26 +327,32 @@ class RateLimiter:
                             scope.tokens.take(tokens)
                         scope.in_flight += 1
                     if governor is not None:
-                        governor.admitted()
-                    return Permit(scopes, tokens, governor)
+                        governor.admitted(now, key)
+                    return Permit(scopes, tokens, governor, key)
                 remaining = deadline - now
                 if remaining <= 0 or longest > remaining:
                     raise self._refusal(scopes, waits, tokens)
-                await self._wait_for_room(longest if longest > 0 else remaining, remaining)
+                sleep = longest if longest > 0 else remaining
+                if soft > 0:
+                    sleep = min(sleep, soft)
+                await self._wait_for_room(sleep, remaining, governor)
         finally:
             for scope in held:
                 scope.line.release()
 
-    async def _wait_for_room(self, seconds: float, remaining: float) -> None:
-        """Sleep until a bucket has refilled enough, or a request in flight finishes."""
-        released = self._released
-        sleeper = asyncio.ensure_future(self.clock.sleep(min(seconds, remaining)))
-        waiter = asyncio.ensure_future(released.wait())
+    async def _wait_for_room(self, seconds: float, remaining: float,
+                             governor: UpstreamGovernor | None = None) -> None:
+        """Sleep until a bucket has refilled enough, a request in flight finishes or (with a governor)
+        an upstream answer arrives."""
+        waiters = {asyncio.ensure_future(self.clock.sleep(min(seconds, remaining))),
+                   asyncio.ensure_future(self._released.wait())}
+        if governor is not None:
+            waiters.add(asyncio.ensure_future(governor.changed.wait()))
         try:
-            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            sleeper.cancel()
-            waiter.cancel()
+            for waiter in waiters:
+                waiter.cancel()
 
     def correct(self, permit: Permit, actual_tokens: int) -> None:
         """Give back (or take more of) the tokens once the real count is known."""
@@ -255,7 +368,7 @@ class RateLimiter:
         for scope in permit.scopes:
             scope.in_flight -= 1
         if permit.governor is not None:
-            permit.governor.finished()
+            permit.governor.finished(permit.key)
         self._released.set()
         self._released = asyncio.Event()
 
@@ -321,7 +434,11 @@ class RateLimit(Stage):
         tokens = ex.estimate.total if ex.estimate is not None else 0
         if self.limiter.rules or self.limiter.governor is not None:
             governor = ex.target.governor if ex.target is not None else None  # the routed upstream's
-            self._permits[id(ex)] = await self.limiter.acquire(ex.principal, ex.model, tokens, governor)
+            paced_by = governor or self.limiter.governor
+            key = paced_by.key(ex) if paced_by is not None else None
+            left = ex.deadline - time.monotonic()  # queueing counts against the request's deadline
+            self._permits[id(ex)] = await self.limiter.acquire(ex.principal, ex.model, tokens, governor, key=key,
+                                                               max_wait_s=left)
         if self.limiter.rules:
             ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
 

@@ -1,12 +1,165 @@
-"""Running an aiohttp application until SIGINT or SIGTERM; shared by both servers' commands."""
+"""Running an aiohttp application until SIGINT or SIGTERM; shared by both servers' commands.
+
+Every connection is guarded (`GuardedServer`): a request's line and headers must arrive within
+`header_timeout_s` of its first byte (or of the connection opening), so connections that send header
+bytes slowly or nothing at all are closed with a 408 (idle keep-alive connections between requests are
+aiohttp's `keepalive_timeout`'s business); at most `max_connections` are open at once (past it a new
+connection gets a 503 and is closed); a stop signal gives the requests in flight `shutdown_grace_s`
+in total, then cuts them (a handler asks `cut_by_shutdown(request)` why it was cancelled).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
+
+from .errors import SERVER_ERROR
+from .jsoncodec import dumps
+
+HEADER_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = 1024
+SHUTDOWN_GRACE_S = 10.0
+KEEPALIVE_TIMEOUT_S = 75.0  # aiohttp's web.run_app default (a bare AppRunner would keep idle ones an hour)
+CUT_WAIT_S = 1.0  # after the grace, how long cut handlers get to unwind (write their rows)
+
+_TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+
+def _busy_answer() -> bytes:
+    body = dumps({"error": {"message": "The server has too many open connections; please retry shortly.",
+                            "type": SERVER_ERROR, "param": None, "code": "too_many_connections"}})
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+            "Retry-After: 1\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+_BUSY = _busy_answer()
+
+
+def cut_by_shutdown(request: web.BaseRequest) -> bool:
+    """True when the request's handler was cancelled because the server stopped (not the client)."""
+    return getattr(request.protocol, "cut_by_shutdown", False)
+
+
+class GuardedHandler(RequestHandler):
+    """aiohttp's connection protocol with a header read timeout and a place in the connection count."""
+
+    __slots__ = ("_header_timer", "_counted", "cut_by_shutdown")
+
+    def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._counted = True  # counted by the server when it made this protocol
+        self.cut_by_shutdown = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._manager
+        super().connection_made(transport)
+        if isinstance(guard, GuardedServer):
+            self._arm(guard.header_timeout_s)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        guard = self._manager
+        if self._counted and isinstance(guard, GuardedServer):
+            self._counted = False
+            guard.open -= 1
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_timer is None and data and self._idle():  # the first bytes of a new request
+            guard = self._manager
+            if isinstance(guard, GuardedServer):
+                self._arm(guard.header_timeout_s)
+        super().data_received(data)
+        if self._header_timer is not None and self._messages:  # its headers are complete
+            self._disarm()
+
+    def _idle(self) -> bool:
+        """Waiting for the next request (not handling one, none queued)."""
+        waiter = self._waiter
+        return waiter is not None and not waiter.done() and not self._messages
+
+    def _arm(self, seconds: float) -> None:
+        self._header_timer = self._loop.call_later(seconds, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport is not None and not self._messages and not self._request_in_progress:
+            self.transport.write(_TIMED_OUT)
+            self.force_close()
+
+
+class _Refuse(asyncio.Protocol):
+    """A connection past `max_connections`: a 503 in OpenAI's envelope, then closed."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(_BUSY)
+        transport.close()
+
+
+class GuardedServer(Server):
+    """aiohttp's low-level server with `GuardedHandler` connections, a connection cap, and a shutdown
+    that gives requests in flight one grace period in total (aiohttp's waits its timeout twice)."""
+
+    def __init__(self, server: Server, *, header_timeout_s: float, max_connections: int) -> None:
+        super().__init__(server.request_handler, request_factory=server.request_factory,
+                         handler_cancellation=server.handler_cancellation, loop=server._loop, **server._kwargs)
+        self.header_timeout_s, self.max_connections = header_timeout_s, max_connections
+        self.open = 0
+        self.refused = 0
+
+    def __call__(self) -> RequestHandler | _Refuse:  # type: ignore[override]
+        if self.open >= self.max_connections:
+            self.refused += 1
+            return _Refuse()
+        handler = GuardedHandler(self, loop=self._loop, **self._kwargs)
+        self.open += 1
+        return handler
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        handlers = list(self._connections)
+        busy = [t for h in handlers if (t := h._task_handler) is not None and not t.done()]
+        if busy and timeout:
+            await asyncio.wait(busy, timeout=timeout)
+        cut = []
+        for handler in handlers:
+            task = handler._task_handler
+            if task is not None and not task.done():
+                if isinstance(handler, GuardedHandler):
+                    handler.cut_by_shutdown = True
+                task.cancel()
+                cut.append(task)
+        if cut:
+            await asyncio.wait(cut, timeout=CUT_WAIT_S)
+        for handler in handlers:
+            handler.force_close()
+        self._connections.clear()
+
+
+class GuardedRunner(web.AppRunner):
+    """An AppRunner whose server is a `GuardedServer`."""
+
+    def __init__(self, app: web.Application, *, header_timeout_s: float = HEADER_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
+        kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT_S)
+        super().__init__(app, **kwargs)
+        self._guard = {"header_timeout_s": header_timeout_s, "max_connections": max_connections}
+
+    async def _make_server(self) -> Server:
+        return GuardedServer(await super()._make_server(), **self._guard)
 
 
 async def serve(
@@ -15,13 +168,17 @@ async def serve(
     port: int,
     *,
     on_ready: Callable[[str], None],
-    shutdown_timeout: float = 10.0,
+    shutdown_timeout: float = SHUTDOWN_GRACE_S,
     handler_cancellation: bool = False,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
 ) -> None:
     """Bind, report the URL once requests are accepted, then run until a stop signal; clean up
-    (stop accepting, let in-flight requests finish up to `shutdown_timeout`, run cleanup_ctx)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
-                           handler_cancellation=handler_cancellation)
+    (stop accepting, let in-flight requests finish within `shutdown_timeout` in total, cut the rest,
+    run cleanup_ctx)."""
+    runner = GuardedRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout,
+                           handler_cancellation=handler_cancellation, header_timeout_s=header_timeout_s,
+                           max_connections=max_connections)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -39,10 +196,13 @@ async def serve(
 
 
 def run(app: web.Application, host: str, port: int, on_ready: Callable[[str], None], *,
-        handler_cancellation: bool = False) -> None:
+        handler_cancellation: bool = False, shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        header_timeout_s: float = HEADER_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
     """Blocking entry point for a command; on uvloop where it is installed (less CPU per request,
     see benchmarks/gateway.py --uvloop)."""
-    main = serve(app, host, port, on_ready=on_ready, handler_cancellation=handler_cancellation)
+    main = serve(app, host, port, on_ready=on_ready, handler_cancellation=handler_cancellation,
+                 shutdown_timeout=shutdown_grace_s, header_timeout_s=header_timeout_s,
+                 max_connections=max_connections)
     try:
         import uvloop
     except ImportError:
