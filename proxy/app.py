@@ -24,6 +24,7 @@ from .clock import Clock
 from .stages.auth import Authenticate
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
+from .stages.chains import Chains
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
 from .stages.forward import Forward, Timeouts, Upstream
@@ -157,8 +158,10 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         limits = config.limits
         prices = PriceTable(config.price_overrides())
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
+        chains = Chains()
         if config.ledger.enabled:
             await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
+            await asyncio.to_thread(chains.load_ledger, config.ledger.path)
         rate_rules_ = rate_rules(config)
         default, routes = _targets(app[UPSTREAMS], limits.adaptive)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
@@ -175,9 +178,10 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         metrics = Metrics()
         app[PIPELINE] = Pipeline(
             before=[authenticate, Route(config.resolved_aliases(), routes, default),
-                    Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
+                    Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
+                              budgeted=budget.budgeted), budget, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), fixtures, budget, ratelimit, metrics]
+            after=[Meter(prices), chains, fixtures, budget, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
             metrics=metrics,
             writer=writer,

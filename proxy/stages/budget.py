@@ -140,6 +140,18 @@ class BudgetBook:
         return [self._live(index, rule.scope(principal)) for index, rule in enumerate(self.rules)
                 if rule.matches(principal, model)]
 
+    def headroom(self, principal: str | None, model: str | None) -> tuple[int | None, int | None] | None:
+        """What the budgets that apply could still pay for: (micro-dollars, tokens), the least left in any
+        of them (None where none limits it); None when no budget applies at all."""
+        accounts = self.accounts(principal, model)
+        if not accounts:
+            return None
+        micros = [a.rule.limit_micros - a.spent_micros - a.reserved_micros for a in accounts
+                  if a.rule.limit_micros is not None]
+        tokens = [a.rule.limit_tokens - a.spent_tokens - a.reserved_tokens for a in accounts
+                  if a.rule.limit_tokens is not None]
+        return (max(min(micros), 0) if micros else None, max(min(tokens), 0) if tokens else None)
+
     def _live(self, index: int, scope: str) -> Account:
         """The account of rule `index` for `scope` in the current period (rolled over if it ended)."""
         account = self._accounts.get((index, scope))
@@ -264,6 +276,15 @@ class Budget(Stage):
     def __init__(self, book: BudgetBook, prices: PriceTable) -> None:
         self.book, self.prices = book, prices
         self._held: dict[int, Reservation] = {}
+
+    def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
+        """Whether a budget applies to `ex`, and the most prompt tokens it could still pay for."""
+        from .estimate import prompt_bound
+
+        headroom = self.book.headroom(ex.principal, ex.model) if self.book.rules else None
+        if headroom is None:
+            return False, None
+        return True, prompt_bound(self.prices, ex.model, headroom)
 
     async def request(self, ex: Exchange) -> None:
         if ex.estimate is None or not self.book.rules:
