@@ -24,6 +24,7 @@ from .clock import Clock
 from .stages.auth import Authenticate
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
+from .stages.batches import BatchBudgets
 from .stages.chains import Chains
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
@@ -176,21 +177,28 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                           pass_through=up.pass_through, sleep=sleep,
                           on_attempt=_observe(clock) if limits.adaptive else None)
         metrics = Metrics()
+        batches = BatchBudgets(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
+                               chains=chains.context, pass_through=up.pass_through)
+        if config.ledger.enabled and book.rules:
+            await asyncio.to_thread(batches.load_ledger, config.ledger.path)
         app[PIPELINE] = Pipeline(
             before=[authenticate, Route(config.resolved_aliases(), routes, default),
                     Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
-                              budgeted=budget.budgeted), budget, ratelimit, fixtures],
+                              budgeted=budget.budgeted), budget, batches, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), chains, fixtures, budget, ratelimit, metrics]
+            after=[Meter(prices), chains, batches, fixtures, budget, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
             metrics=metrics,
             writer=writer,
             budgets=book,
             fixtures=fixtures,
         )
+        if book.rules:
+            await batches.start()
         try:
             yield
         finally:
+            await batches.stop()
             await app[PIPELINE].drain()
             await fixtures.save_hits()
             await session.close()

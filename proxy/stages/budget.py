@@ -187,6 +187,15 @@ class BudgetBook:
             account.reserved_tokens += t
         return reservation
 
+    def reserve_unchecked(self, principal: str | None, model: str | None, micros: int = 0,
+                          tokens: int = 0) -> Reservation:
+        """Hold amounts already committed (a batch running across a restart), whatever the budgets say."""
+        reservation = Reservation([(a, micros, tokens) for a in self.accounts(principal, model)])
+        for account, m, t in reservation.holds:
+            account.reserved_micros += m
+            account.reserved_tokens += t
+        return reservation
+
     def settle(self, reservation: Reservation, micros: int, tokens: int) -> None:
         """Replace the held amounts by what the request really cost."""
         for account, m, t in reservation.holds:
