@@ -179,7 +179,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         metrics = Metrics()
         batches = BatchBudgets(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                chains=chains.context, pass_through=up.pass_through)
-        if config.ledger.enabled and book.rules:
+        if config.ledger.enabled:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
         app[PIPELINE] = Pipeline(
             before=[authenticate, Route(config.resolved_aliases(), routes, default),
@@ -193,8 +193,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             budgets=book,
             fixtures=fixtures,
         )
-        if book.rules:
-            await batches.start()
+        await batches.start()
         try:
             yield
         finally:

@@ -11,6 +11,7 @@
   failed or was cancelled before running anything releases it. The settlement is one ledger row
   (`method = "BATCH"`, `endpoint = /v1/batches/{id}`, `object_id` = the batch id, tokens and cost), so
   a restart rebuilds the same spend; the create row itself costs nothing.
+- Every batch is settled that way, budgeted or not, so the ledger holds what each batch cost.
 - **Restart**: a batch created (ledger row with its `object_id`) but not yet settled is looked up
   again at start: if it has ended it is settled then; if it still runs, its worst case is computed
   again from its input file and reserved again, so it cannot be spent twice. Until that lookup
@@ -111,9 +112,9 @@ class BatchBudgets(Stage):
 
     async def finish(self, ex: Exchange) -> None:
         pending = self._pending.pop(id(ex), None)
-        if pending is not None:
-            reservation, model = pending
-            if ex.status == 200 and ex.object_id:
+        if ex.method == "POST" and ex.path == "/v1/batches":
+            reservation, model = pending if pending is not None else (Reservation(), None)
+            if ex.status == 200 and ex.object_id:  # every batch is settled in the ledger, budgeted or not
                 self.open[ex.object_id] = OpenBatch(ex.principal, model, reservation)
             else:
                 self.book.settle(reservation, 0, 0)

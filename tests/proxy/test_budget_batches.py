@@ -170,3 +170,15 @@ def threading_wait(seconds: float) -> None:
     import threading
 
     threading.Event().wait(seconds)
+
+
+def test_a_batch_on_a_key_without_budget_is_charged_once_in_the_ledger(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway(keys=keys())
+    with gw.client(BIG_KEY) as big:
+        batch = create_batch(big, jsonl(3))
+        for _ in range(3):
+            big.batches.retrieve(batch.id)
+        big.batches.list()
+    rows = gw.rows(expect=7)
+    charged = [r for r in rows if r["cost_microusd"]]
+    assert [(r["method"], r["object_id"], r["key_name"]) for r in charged] == [("BATCH", batch.id, "big")]
