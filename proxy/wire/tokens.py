@@ -275,9 +275,11 @@ def _count_part(encoding: tiktoken.Encoding, part: Any) -> int:
         image = part.get("image_url")
         low = isinstance(image, dict) and image.get("detail") == "low"
         return _IMAGE_LOW_TOKENS if low else _IMAGE_DEFAULT_TOKENS
+    if kind == "input_image":  # the Responses API's image part: `detail` on the part itself
+        return _IMAGE_LOW_TOKENS if part.get("detail") == "low" else _IMAGE_DEFAULT_TOKENS
     if kind == "input_audio":
         return _AUDIO_PART_TOKENS
-    if kind == "file":
+    if kind in ("file", "input_file"):
         return _FILE_PART_TOKENS
     return _len(encoding, part.get("text")) + _len(encoding, part.get("refusal"))
 

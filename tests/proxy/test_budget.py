@@ -158,3 +158,38 @@ def test_period_bounds_month_end() -> None:
 
     start, end = period_bounds("month", datetime(2026, 12, 31, 23, 0, tzinfo=UTC))
     assert (start.isoformat(), end.isoformat()) == ("2026-12-01T00:00:00+00:00", "2027-01-01T00:00:00+00:00")
+
+
+def test_headroom_is_the_least_left_in_any_budget_that_applies() -> None:
+    b = book(BudgetRule("ci", None, 1_000, None, "day"), BudgetRule(None, "gpt-4o*", 600, 50, "day"))
+    assert b.headroom("ci", "gpt-4o-mini") == (600, 50)
+    b.reserve("ci", "gpt-4o-mini", 550, 10)
+    assert b.headroom("ci", "gpt-4o-mini") == (50, 40)
+    assert b.headroom("ci", "o3") == (450, None)
+    assert b.headroom("dev", "o3") is None  # no budget applies
+    held = b.reserve_unchecked("ci", "gpt-4o-mini", 5_000, 0)  # a batch running across a restart
+    assert b.headroom("ci", "gpt-4o-mini") == (0, 40)
+    b.settle(held, 0, 0)
+    assert b.headroom("ci", "gpt-4o-mini") == (50, 40)
+
+
+def test_answers_multiply_every_output_billed() -> None:
+    from proxy.stages.estimate import answers
+
+    assert answers("/v1/completions", {"prompt": ["a"] * 100, "n": 2, "best_of": 3}) == 300
+    assert answers("/v1/completions", {"prompt": [[1, 2], [3]], "n": 2}) == 4
+    assert answers("/v1/completions", {"prompt": [1, 2, 3]}) == 1  # one prompt as a token array
+    assert answers("/v1/chat/completions", {"n": 4, "best_of": 9}) == 4
+
+
+def test_batch_prices_and_context_windows() -> None:
+    from decimal import Decimal
+
+    from proxy.wire.pricing import PriceOverride, PriceTable
+    from proxy.wire.usage import Usage
+
+    table = PriceTable({"house": PriceOverride(Decimal(2), Decimal(8))})
+    usage = Usage(1_000_000, 1_000_000)
+    assert table.cost_micros("house", usage, batch=True) * 2 == table.cost_micros("house", usage) == 10_000_000
+    assert table.cost_micros("gpt-4o-mini", usage, batch=True) * 2 == table.cost_micros("gpt-4o-mini", usage)
+    assert table.context_window("gpt-4o-mini") == 128_000 and table.context_window("house") is None

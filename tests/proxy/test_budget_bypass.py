@@ -58,15 +58,31 @@ def test_chaining_onto_a_large_stored_response_is_charged_for_its_context(
     assert "Budget exceeded" in caught.value.message
 
 
-def test_a_small_chain_is_admitted_and_charged_what_the_upstream_bills(gateway: Callable[..., Gateway]) -> None:
-    gw = gateway(keys=[{"name": "tiny", "key": TINY_KEY, "budget_usd": 0.01}])
+def test_a_small_chain_is_admitted_and_charged_what_the_upstream_bills(
+        gateway: Callable[..., Gateway], upstream: Callable[..., Any], tmp_path: Path) -> None:
+    """$0.002 pays for ~13k tokens: a chain on a response the gateway knows (a few hundred tokens) is
+    admitted, before and after a restart; one it does not know counts as 128k tokens and is refused."""
+    from mockserver.app import make_app as make_mock
+    from mockserver.settings import MockSettings
+
+    mock = upstream(make_mock(MockSettings())).url + "/v1"  # outlives the gateway's restart
+    db, tiny_keys = tmp_path / "small.db", [{"name": "tiny", "key": TINY_KEY, "budget_usd": 0.002}]
+    gw = gateway(mock, keys=tiny_keys, db=db)
     with gw.client(TINY_KEY) as tiny:
         first = tiny.responses.create(model="gpt-4o-mini", input="Tell me about rivers", max_output_tokens=30)
         second = tiny.responses.create(model="gpt-4o-mini", input="More", max_output_tokens=30,
                                        previous_response_id=first.id)
+        with pytest.raises(openai.RateLimitError):
+            tiny.responses.create(model="gpt-4o-mini", input="More", max_output_tokens=30,
+                                  previous_response_id="resp_" + "1" * 32)
     assert second.usage.input_tokens > first.usage.total_tokens
-    rows = gw.rows(expect=2)
+    rows = gw.rows(expect=3)
     assert spent(rows, "tiny") == int(float(budget_of(gw, TINY_KEY)["spent_usd"]) * 1e6)
+    gw.stop()
+    with gateway(mock, keys=tiny_keys, db=db).client(TINY_KEY) as tiny:
+        third = tiny.responses.create(model="gpt-4o-mini", input="And?", max_output_tokens=30,
+                                      previous_response_id=second.id)
+    assert third.usage.input_tokens > second.usage.total_tokens
 
 
 def test_unknown_chain_without_a_context_window_is_refused_with_a_400(gateway: Callable[..., Gateway]) -> None:
