@@ -26,6 +26,7 @@ from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
 from .stages.batches import BatchBudgets
 from .stages.chains import Chains
+from .stages.pending import PendingResponses
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
 from .stages.forward import Forward, Timeouts, Upstream
@@ -179,14 +180,18 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         metrics = Metrics()
         batches = BatchBudgets(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                chains=chains.context, pass_through=up.pass_through)
+        pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
+                                   remember=chains.remember)
+        budget.pending = pending
         if config.ledger.enabled:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
+            await asyncio.to_thread(pending.load_ledger, config.ledger.path)
         app[PIPELINE] = Pipeline(
             before=[authenticate, Route(config.resolved_aliases(), routes, default),
                     Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
                               budgeted=budget.budgeted), budget, batches, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), chains, batches, fixtures, budget, ratelimit, metrics]
+            after=[Meter(prices), chains, batches, fixtures, budget, pending, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []),
             metrics=metrics,
             writer=writer,
@@ -194,9 +199,11 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             fixtures=fixtures,
         )
         await batches.start()
+        await pending.start()
         try:
             yield
         finally:
+            await pending.stop()
             await batches.stop()
             await app[PIPELINE].drain()
             await fixtures.save_hits()

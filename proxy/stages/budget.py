@@ -282,8 +282,9 @@ class BudgetBook:
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
-    def __init__(self, book: BudgetBook, prices: PriceTable) -> None:
+    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None) -> None:
         self.book, self.prices = book, prices
+        self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
         self._held: dict[int, Reservation] = {}
 
     def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
@@ -304,6 +305,9 @@ class Budget(Stage):
 
     async def finish(self, ex: Exchange) -> None:
         reservation = self._held.pop(id(ex), None)
+        if ex.settle_later and self.pending is not None:
+            self.pending.hold(ex, reservation)  # charged when it ends
+            return
         if reservation is None:
             return
         tokens = ex.usage.total if ex.usage is not None else 0

@@ -31,7 +31,8 @@ CREATING_PATHS = frozenset({
 METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/compact",
                            "/v1/embeddings", "/v1/moderations"})
 METERED_PREFIXES = ("/v1/images/", "/v1/audio/")
-STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no usage arrives
+STREAM_KEEP_BYTES = 4 * 1024 * 1024
+RUNNING = frozenset({"queued", "in_progress"})  # a background response's status before it ends  # raw stream kept for estimating when no usage arrives
 
 
 class _StreamState:
@@ -83,7 +84,8 @@ class Meter(Stage):
             return
         await self._read(ex, state)
         if not is_metered(ex):
-            ex.usage = ex.usage_source = None  # what it shows was charged when it was made
+            ex.usage = None  # what it shows was charged when it was made
+            ex.usage_source = None
         if ex.usage is not None:
             ex.cost_micros = self.prices.cost_micros(ex.model_served or ex.model, ex.usage)
 
@@ -114,6 +116,8 @@ class Meter(Stage):
                 ex.object_id = body["id"]
             if found is not None:
                 ex.usage, ex.usage_source = found, "reported"
+            elif ex.path == "/v1/responses" and isinstance(body, dict) and body.get("status") in RUNNING:
+                ex.settle_later, ex.usage_source = True, "pending"  # `background`: charged when it ends
             elif _is_generation(ex):
                 ex.usage = await asyncio.to_thread(_estimate_json, ex, body)
                 ex.usage_source = "estimated"
