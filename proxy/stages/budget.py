@@ -24,10 +24,21 @@ from ..exchange import Exchange
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
 from . import Stage
+from .meter import METERED_PATHS, METERED_PREFIXES
 from .scopes import Selector
 
 log = logging.getLogger("oaigate.budget")
 MICROS = 1_000_000
+
+
+# The rows a budget is charged for, the same rule the live path follows (see `meter.is_metered`): a
+# creating POST, or the settlement of a batch or a background response. Rows an older gateway priced
+# for a GET of a stored object are left out (a row with no method, written by hand, counts).
+CHARGED_ROWS = ("(method IS NULL OR method IN ('BATCH', 'SETTLE') OR (method = 'POST' AND (endpoint IN ({}) "
+                "OR endpoint LIKE '/v1/images/%' OR endpoint LIKE '/v1/audio/%')))").format(
+                    ", ".join("?" * len(METERED_PATHS)))
+CHARGED_PARAMS = tuple(sorted(METERED_PATHS))
+assert METERED_PREFIXES == ("/v1/images/", "/v1/audio/")
 
 
 class BudgetExceeded(GatewayError):
@@ -250,8 +261,8 @@ class BudgetBook:
                 rows = conn.execute(
                     "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
                     "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
-                    "WHERE started_at >= ?",
-                    (_iso(earliest),),
+                    f"WHERE started_at >= ? AND {CHARGED_ROWS}",
+                    (_iso(earliest), *CHARGED_PARAMS),
                 ).fetchall()
             finally:
                 conn.close()

@@ -127,12 +127,16 @@ def test_spend_is_rebuilt_from_the_ledger(tmp_path: Path) -> None:
     conn = connect(str(path))
     rows = [("a", "2026-01-05T01:00:00.000Z", "ci", "gpt-4o", 700), ("b", "2026-01-04T23:59:59.999Z", "ci", "gpt-4o", 999),
             ("c", "2026-01-05T02:00:00.000Z", "dev", "gpt-4o", 50)]
-    conn.executemany("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, "
-                     "endpoint, status, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, '/v1/x', 200, 3, 4)",
-                     rows)
+    conn.executemany("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, method, "
+                     "endpoint, status, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, 'POST', "
+                     "'/v1/chat/completions', 200, 3, 4)", rows)
+    # a GET of a stored object priced by an older gateway: not charged again
+    conn.execute("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, method, endpoint, "
+                 "status, prompt_tokens, completion_tokens) VALUES ('d', '2026-01-05T03:00:00.000Z', 'ci', 'gpt-4o', "
+                 "5000, 'GET', '/v1/responses/resp_1', 200, 3, 4)")
     conn.close()
     b = book(BudgetRule("ci", None, 1_000, None, "day"), BudgetRule(None, None, 10_000, None, "total"))
-    assert b.load_ledger(str(path)) == 3
+    assert b.load_ledger(str(path)) == 3  # the rows charged
     by_scope = {s["scope"]: s for s in b.status("ci")}
     assert by_scope["key:ci"]["spent_usd"] == "0.000700"
     assert by_scope["global"]["spent_usd"] == "0.001749"
