@@ -89,6 +89,8 @@ class BatchBudgets(Stage):
     async def request(self, ex: Exchange) -> None:
         if ex.method != "POST" or ex.path != "/v1/batches" or not self.book.rules:
             return
+        if not any(rule.key in (None, "*", ex.principal) for rule in self.book.rules):
+            return  # no budget can apply to this key, whatever the batch's model
         body = ex.json
         if body is None or not isinstance(body.get("input_file_id"), str):
             if self.book.accounts(ex.principal, None):

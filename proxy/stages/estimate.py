@@ -120,13 +120,14 @@ class Estimator(Stage):
                     "The request body could not be read as a JSON object (is the Content-Type right?), so its "
                     "cost cannot be estimated and the budget cannot be enforced.")
             return
-        chained = self._chained(ex.json, ex.model, applies)
+        known, unknown = self._chained(ex.json, ex.model, applies)
+        chained = known + unknown
         window = self.window(ex.model)
         limit = None
         if bound is not None:
             limit = max(bound - chained, 0)
-        if window is not None and (limit is None or window - chained < limit):
-            limit = max(window - chained, 0)
+        if window is not None and (limit is None or window - known < limit):  # `unknown` is a bound, not a size
+            limit = max(window - known, 0)
         try:
             if len(ex.body) > OFFLOAD_BYTES:
                 prompt = await asyncio.to_thread(count_request_prompt, ex.json, ex.model or "", limit)
@@ -138,13 +139,14 @@ class Estimator(Stage):
             else:
                 raise ContextTooLong(
                     f"This model's maximum context length is {window} tokens; the request's prompt has more "
-                    f"(counting stopped at {exc.counted + chained}).", param="messages") from None
+                    f"(counting stopped at {exc.counted + known}).", param="messages") from None
         prompt += chained
         completion = self._completion(ex, prompt)
         ex.estimate = Estimate(prompt, completion)
 
-    def _chained(self, body: dict[str, Any], model: str | None, applies: bool) -> int:
-        """Tokens a Responses request carries besides its own body (see the module's docstring)."""
+    def _chained(self, body: dict[str, Any], model: str | None, applies: bool) -> tuple[int, int]:
+        """Tokens a Responses request carries besides its own body (see the module's docstring): those
+        known, and the bound put on those whose size is unknown."""
         total = 0
         previous = body.get("previous_response_id")
         unknown = []
@@ -165,8 +167,8 @@ class Estimator(Stage):
                     f"The request builds on {', '.join(unknown)}, whose size the gateway cannot know, and no "
                     f"context window is known for model '{model}' to bound it: refused on a budgeted key.",
                     param="previous_response_id" if previous else None)
-            total += window * len(unknown)
-        return total
+            return total, window * len(unknown)
+        return total, 0
 
     def _completion(self, ex: Exchange, prompt: int) -> int:
         fields = CAP_FIELDS[ex.path]

@@ -194,3 +194,16 @@ def test_bounded_counting_stops_soon_after_the_limit() -> None:
                - count_request_prompt({"input": short}, "gpt-4o-mini", limit=10**9)) == 0
     whole = len(get_encoding("o200k_base").encode_ordinary(short))
     assert abs(count_request_prompt({"input": short}, "gpt-4o-mini") - whole) <= len(short) // PIECE_CHARS + 1
+
+
+def test_a_conversation_counts_as_the_whole_context_window(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway(keys=[{"name": "tiny", "key": TINY_KEY, "budget_usd": 0.001},
+                       {"name": "mid", "key": BIG_KEY, "budget_usd": 1.0}])
+    body = {"model": "gpt-4o-mini", "input": "hi", "conversation": "conv_123", "max_output_tokens": 16}
+    refused = fetch("POST", gw.url + "/responses", key=TINY_KEY, json=body)
+    assert refused.status == 429  # 128k tokens of context cost more than $0.001
+    forwarded = fetch("POST", gw.url + "/responses", key=BIG_KEY, json=body)
+    assert forwarded.status == 404  # admitted; the mock has no conversations
+    gw.rows(expect=2)
+    (mid,) = json.loads(fetch("GET", gw.root + "/oaigate/budgets", key=BIG_KEY).body)["budgets"]
+    assert mid["reserved_usd"] == "0.000000" and mid["spent_usd"] == "0.000000"
