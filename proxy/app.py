@@ -25,6 +25,9 @@ from .stages.accesslog import AccessLog
 from .stages.auth import Authenticate
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
+from .stages.batches import BatchBudgets
+from .stages.chains import Chains
+from .stages.pending import PendingResponses
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
 from .stages.deadline import Deadline
@@ -170,8 +173,10 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         limits = config.limits
         prices = PriceTable(config.price_overrides())
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
+        chains = Chains()
         if config.ledger.enabled:
             await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
+            await asyncio.to_thread(chains.load_ledger, config.ledger.path)
         rate_rules_ = rate_rules(config)
         default, routes = _targets(app[UPSTREAMS], limits.adaptive, config.upstream.pass_through)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
@@ -188,21 +193,34 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                           on_attempt=_observe(clock) if limits.adaptive else None, pool_size=pool)
         metrics = Metrics(book.status if book.rules else None)
         fixtures.register(metrics.registry)
+        batches = BatchBudgets(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
+                               chains=chains.context, pass_through=up.pass_through)
+        pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
+                                   remember=chains.remember)
+        budget.pending = pending
+        if config.ledger.enabled:
+            await asyncio.to_thread(batches.load_ledger, config.ledger.path)
+            await asyncio.to_thread(pending.load_ledger, config.ledger.path)
         app[PIPELINE] = Pipeline(
             before=[Deadline(config.upstream.timeout_s), authenticate, Route(config.resolved_aliases(), routes, default),
                     *app[OWNERS].stages,
-                    Estimator(limits.default_max_tokens, needs_estimate), budget, ratelimit, fixtures],
+                    Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
+                              budgeted=budget.budgeted), budget, batches, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), *app[OWNERS].stages, fixtures, budget, ratelimit, metrics]
+            after=[Meter(prices), *app[OWNERS].stages, chains, batches, fixtures, budget, pending, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []) + [AccessLog()],
             metrics=metrics,
             writer=writer,
             budgets=book,
             fixtures=fixtures,
         )
+        await batches.start()
+        await pending.start()
         try:
             yield
         finally:
+            await pending.stop()
+            await batches.stop()
             await app[PIPELINE].drain()
             await fixtures.save_hits()
             await session.close()

@@ -157,6 +157,8 @@ class LimitsConfig(LimitFields):
     timezone: str = Field("UTC", description="Where budget periods start at midnight (IANA name).")
     soft_threshold: float = Field(0.8, gt=0, le=1, description="Warn once per period past this share of a budget.")
     adaptive: bool = Field(True, description="Slow admission when the upstream says it is near its rate limit.")
+    batch_poll_s: float = Field(60.0, gt=0, description="How often open batches on a budgeted key are looked up "
+                                "upstream to settle their reservation when they end.")
 
     @model_validator(mode="after")
     def _known_timezone(self) -> LimitsConfig:

@@ -72,6 +72,7 @@ class Exchange:
     cost_micros: int | None = None
     replayed_cost_micros: int | None = None  # a fixture hit: what it would have cost live
     object_id: str | None = None  # the object a creating request made (`id` of its answer): see `meter`
+    settle_later: bool = False  # a background response still running: its cost comes later (`pending`)
     stream_ended: bool = False  # the stream's last event (`[DONE]`, `response.completed`...) was relayed
     # outcome
     fixture: str | None = None

@@ -24,10 +24,21 @@ from ..exchange import Exchange
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
 from . import Stage
+from .meter import METERED_PATHS, METERED_PREFIXES
 from .scopes import Selector
 
 log = logging.getLogger("oaigate.budget")
 MICROS = 1_000_000
+
+
+# The rows a budget is charged for, the same rule the live path follows (see `meter.is_metered`): a
+# creating POST, or the settlement of a batch or a background response. Rows an older gateway priced
+# for a GET of a stored object are left out (a row with no method, written by hand, counts).
+CHARGED_ROWS = ("(method IS NULL OR method IN ('BATCH', 'SETTLE') OR (method = 'POST' AND (endpoint IN ({}) "
+                "OR endpoint LIKE '/v1/images/%' OR endpoint LIKE '/v1/audio/%')))").format(
+                    ", ".join("?" * len(METERED_PATHS)))
+CHARGED_PARAMS = tuple(sorted(METERED_PATHS))
+assert METERED_PREFIXES == ("/v1/images/", "/v1/audio/")
 
 
 class BudgetExceeded(GatewayError):
@@ -140,6 +151,18 @@ class BudgetBook:
         return [self._live(index, rule.scope(principal)) for index, rule in enumerate(self.rules)
                 if rule.matches(principal, model)]
 
+    def headroom(self, principal: str | None, model: str | None) -> tuple[int | None, int | None] | None:
+        """What the budgets that apply could still pay for: (micro-dollars, tokens), the least left in any
+        of them (None where none limits it); None when no budget applies at all."""
+        accounts = self.accounts(principal, model)
+        if not accounts:
+            return None
+        micros = [a.rule.limit_micros - a.spent_micros - a.reserved_micros for a in accounts
+                  if a.rule.limit_micros is not None]
+        tokens = [a.rule.limit_tokens - a.spent_tokens - a.reserved_tokens for a in accounts
+                  if a.rule.limit_tokens is not None]
+        return (max(min(micros), 0) if micros else None, max(min(tokens), 0) if tokens else None)
+
     def _live(self, index: int, scope: str) -> Account:
         """The account of rule `index` for `scope` in the current period (rolled over if it ended)."""
         account = self._accounts.get((index, scope))
@@ -170,6 +193,15 @@ class BudgetBook:
                     and account.spent_tokens + account.reserved_tokens + tokens > rule.limit_tokens):
                 raise self._exceeded(account, f"{tokens} tokens")
         reservation = Reservation([(a, micros or 0, tokens) for a in accounts])
+        for account, m, t in reservation.holds:
+            account.reserved_micros += m
+            account.reserved_tokens += t
+        return reservation
+
+    def reserve_unchecked(self, principal: str | None, model: str | None, micros: int = 0,
+                          tokens: int = 0) -> Reservation:
+        """Hold amounts already committed (a batch running across a restart), whatever the budgets say."""
+        reservation = Reservation([(a, micros, tokens) for a in self.accounts(principal, model)])
         for account, m, t in reservation.holds:
             account.reserved_micros += m
             account.reserved_tokens += t
@@ -229,8 +261,8 @@ class BudgetBook:
                 rows = conn.execute(
                     "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
                     "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
-                    "WHERE started_at >= ?",
-                    (_iso(earliest),),
+                    f"WHERE started_at >= ? AND {CHARGED_ROWS}",
+                    (_iso(earliest), *CHARGED_PARAMS),
                 ).fetchall()
             finally:
                 conn.close()
@@ -262,9 +294,19 @@ class BudgetBook:
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
-    def __init__(self, book: BudgetBook, prices: PriceTable) -> None:
+    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None) -> None:
         self.book, self.prices = book, prices
+        self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
         self._held: dict[int, Reservation] = {}
+
+    def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
+        """Whether a budget applies to `ex`, and the most prompt tokens it could still pay for."""
+        from .estimate import prompt_bound
+
+        headroom = self.book.headroom(ex.principal, ex.model) if self.book.rules else None
+        if headroom is None:
+            return False, None
+        return True, prompt_bound(self.prices, ex.model, headroom)
 
     async def request(self, ex: Exchange) -> None:
         if ex.estimate is None or not self.book.rules:
@@ -275,6 +317,9 @@ class Budget(Stage):
 
     async def finish(self, ex: Exchange) -> None:
         reservation = self._held.pop(id(ex), None)
+        if ex.settle_later and self.pending is not None:
+            self.pending.hold(ex, reservation)  # charged when it ends
+            return
         if reservation is None:
             return
         tokens = ex.usage.total if ex.usage is not None else 0

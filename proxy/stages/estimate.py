@@ -3,17 +3,33 @@
 Prompt tokens are counted locally (messages, tools and images by OpenAI's rules where feasible, see
 `proxy.wire.tokens`); the completion's worst case is the request's own cap (`max_completion_tokens`,
 `max_tokens`, `max_output_tokens`) or, when it sets none, `limits.default_max_tokens`, which the
-gateway then also sends upstream so the estimate is a true bound.
+gateway then also sends upstream so the estimate is a true bound. The cap is multiplied by every
+answer the request asks for (`n`, legacy `best_of`, each prompt of a legacy prompt list).
+
+A Responses request's real prompt also holds what it builds on: a `previous_response_id` the gateway
+has seen carries that response's prompt + output tokens (`chains`); one it has never seen, a
+`conversation` or a stored `prompt` template is bounded by the model's context window.
+
+On a request some budget applies to, every endpoint that costs money is either estimated here or
+refused (400): a body that could not be read, or an endpoint priced by something other than tokens
+(images, audio, fine-tuning, realtime...). Nothing is waved through unbudgeted. Counting is bounded:
+it stops as soon as the prompt passes what the budget can still pay for (or the context window), so
+a 50 MB prompt is refused after a few thousand tokens, not after tokenizing all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from ..errors import InvalidRequest
 from ..exchange import Exchange
 from ..wire.jsoncodec import dumps
-from ..wire.tokens import count_request_prompt
+from ..wire.pricing import PriceTable
+from ..wire.tokens import PromptTooLong, count_request_prompt
+from ..wire.usage import Usage
 from . import Stage
 
 OFFLOAD_BYTES = 32 * 1024  # larger bodies are tokenized in a thread, off the event loop
@@ -23,9 +39,13 @@ CAP_FIELDS: dict[str, tuple[str, ...] | None] = {
     "/v1/chat/completions": ("max_completion_tokens", "max_tokens"),
     "/v1/completions": ("max_tokens",),
     "/v1/responses": ("max_output_tokens",),
+    "/v1/responses/compact": (),  # no cap: bounded by its own input (a compaction never grows it)
     "/v1/embeddings": None,
-    "/v1/moderations": None,
 }
+FREE_PATHS = frozenset({"/v1/moderations", "/v1/responses/input_tokens"})
+# paths that cost money in a way tokens of the request cannot bound: refused on a budgeted request
+REFUSED_PREFIXES = ("/v1/images/", "/v1/audio/", "/v1/fine_tuning/jobs", "/v1/realtime", "/v1/videos",
+                    "/v1/containers", "/v1/threads/runs", "/v1/evals/")
 _LEGACY_COMPLETIONS_DEFAULT = 16
 
 
@@ -41,36 +61,156 @@ class Estimate:
         return self.prompt + self.completion
 
 
-class Estimator(Stage):
-    """Sets `ex.estimate` for generation endpoints; `enabled` is false when no limit needs it."""
+class Unestimable(InvalidRequest):
+    """400: a budgeted request whose cost the gateway cannot bound."""
 
-    def __init__(self, default_max_tokens: int, enabled: bool = True) -> None:
+    code = "unestimable_request"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+def refused_path(method: str, path: str) -> bool:
+    """An endpoint that costs money but is not estimated (see the module's docstring)."""
+    if path.startswith("/v1/realtime"):
+        return True
+    if method != "POST":
+        return False
+    if path.startswith("/v1/threads/") and "/runs" in path:
+        return True
+    if path.startswith("/v1/evals/"):
+        return path.endswith("/runs")
+    return path.startswith(REFUSED_PREFIXES)
+
+
+class Estimator(Stage):
+    """Sets `ex.estimate` for generation endpoints; `enabled` is false when no limit needs it.
+
+    `budgeted(ex)` says whether a budget applies and, if so, the most prompt tokens it could still pay
+    for (`(True, None)`: applies, no token bound)."""
+
+    def __init__(self, default_max_tokens: int, enabled: bool = True, *, prices: PriceTable | None = None,
+                 chains: Callable[[str], int | None] | None = None,
+                 budgeted: Callable[[Exchange], tuple[bool, int | None]] | None = None) -> None:
         self.default_max_tokens, self.enabled = default_max_tokens, enabled
+        self.prices = prices
+        self.chains = chains or (lambda _: None)
+        self.budgeted = budgeted or (lambda _: (False, None))
+
+    def window(self, model: str | None) -> int | None:
+        return self.prices.context_window(model) if self.prices is not None else None
 
     async def request(self, ex: Exchange) -> None:
-        if not self.enabled or ex.method != "POST" or ex.path not in CAP_FIELDS or ex.json is None:
+        if not self.enabled:
             return
-        model = ex.model or ""
-        if len(ex.body) > OFFLOAD_BYTES:
-            prompt = await asyncio.to_thread(count_request_prompt, ex.json, model)
-        else:
-            prompt = count_request_prompt(ex.json, model)
-        fields = CAP_FIELDS[ex.path]
-        completion = 0
-        if fields is not None:
-            caps = [ex.json[f] for f in fields if isinstance(ex.json.get(f), int) and ex.json[f] >= 0]
-            if caps:
-                completion = caps[0]
-            elif ex.path == "/v1/completions":
-                completion = _LEGACY_COMPLETIONS_DEFAULT
+        estimated = ex.method == "POST" and ex.path in CAP_FIELDS
+        if not estimated and not refused_path(ex.method, ex.path):
+            return
+        applies, bound = self.budgeted(ex)
+        if not estimated:
+            if applies:
+                raise Unestimable(
+                    f"{ex.method} {ex.path} is not estimated by the gateway, so a budget cannot bound its cost: "
+                    "it is refused on a budgeted key. Use a key with no budget for it.")
+            return
+        if ex.json is None:
+            if applies:
+                raise Unestimable(
+                    "The request body could not be read as a JSON object (is the Content-Type right?), so its "
+                    "cost cannot be estimated and the budget cannot be enforced.")
+            return
+        known, unknown = self._chained(ex.json, ex.model, applies)
+        chained = known + unknown
+        window = self.window(ex.model)
+        limit = None
+        if bound is not None:
+            limit = max(bound - chained, 0)
+        if window is not None and (limit is None or window - known < limit):  # `unknown` is a bound, not a size
+            limit = max(window - known, 0)
+        try:
+            if len(ex.body) > OFFLOAD_BYTES:
+                prompt = await asyncio.to_thread(count_request_prompt, ex.json, ex.model or "", limit)
             else:
-                completion = self.default_max_tokens
-                ex.json = {**ex.json, fields[0]: completion}
-                ex.body = dumps(ex.json)
-            completion *= _choices(ex)
+                prompt = count_request_prompt(ex.json, ex.model or "", limit)
+        except PromptTooLong as exc:
+            if bound is not None and exc.counted + chained > bound:
+                prompt = exc.counted  # more than the budget can pay for: the reservation refuses it (429)
+            else:
+                raise ContextTooLong(
+                    f"This model's maximum context length is {window} tokens; the request's prompt has more "
+                    f"(counting stopped at {exc.counted + known}).", param="messages") from None
+        prompt += chained
+        completion = self._completion(ex, prompt)
         ex.estimate = Estimate(prompt, completion)
 
+    def _chained(self, body: dict[str, Any], model: str | None, applies: bool) -> tuple[int, int]:
+        """Tokens a Responses request carries besides its own body (see the module's docstring): those
+        known, and the bound put on those whose size is unknown."""
+        total = 0
+        previous = body.get("previous_response_id")
+        unknown = []
+        if isinstance(previous, str) and previous:
+            known = self.chains(previous)
+            if known is not None:
+                total += known
+            else:
+                unknown.append(f"previous_response_id '{previous}' (not made through this gateway)")
+        if body.get("conversation") is not None:
+            unknown.append("a conversation")
+        if isinstance(body.get("prompt"), dict):
+            unknown.append("a stored prompt template")
+        if unknown and applies:
+            window = self.window(model)
+            if window is None:
+                raise Unestimable(
+                    f"The request builds on {', '.join(unknown)}, whose size the gateway cannot know, and no "
+                    f"context window is known for model '{model}' to bound it: refused on a budgeted key.",
+                    param="previous_response_id" if previous else None)
+            return total, window * len(unknown)
+        return total, 0
 
-def _choices(ex: Exchange) -> int:
-    n = (ex.json or {}).get("n")
-    return n if isinstance(n, int) and 1 <= n <= 128 else 1
+    def _completion(self, ex: Exchange, prompt: int) -> int:
+        fields = CAP_FIELDS[ex.path]
+        if fields is None:
+            return 0
+        body = ex.json or {}
+        if not fields:  # compact
+            return prompt
+        caps = [body[f] for f in fields if isinstance(body.get(f), int) and body[f] >= 0]
+        if caps:
+            completion = caps[0]
+        elif ex.path == "/v1/completions":
+            completion = _LEGACY_COMPLETIONS_DEFAULT
+        else:
+            completion = self.default_max_tokens
+            ex.json = {**body, fields[0]: completion}
+            ex.body = dumps(ex.json)
+        return completion * answers(ex.path, body)
+
+
+def answers(path: str, body: dict[str, Any]) -> int:
+    """How many completions a request generates (and is billed for): `n`, legacy `best_of`, and one
+    set per prompt of a legacy prompt list."""
+    def count(name: str) -> int:
+        value = body.get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 128 else 1
+
+    choices = count("n")
+    if path == "/v1/completions":
+        choices = max(choices, count("best_of"))
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and prompt and all(isinstance(p, (str, list)) for p in prompt):
+            choices *= len(prompt)
+    return choices
+
+
+def prompt_bound(prices: PriceTable, model: str | None, headroom: tuple[int | None, int | None]) -> int | None:
+    """The most prompt tokens `headroom` (micro-dollars, tokens) could pay for; None if unbounded."""
+    micros, tokens = headroom
+    bounds = [] if tokens is None else [tokens]
+    if micros is not None:
+        per_mtok = prices.cost_micros(model, Usage(1_000_000, 0))
+        if per_mtok:
+            bounds.append(micros * 1_000_000 // per_mtok + 1)
+    return min(bounds) if bounds else None

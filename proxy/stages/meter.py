@@ -25,7 +25,14 @@ CREATING_PATHS = frozenset({
     "/v1/files", "/v1/batches", "/v1/responses", "/v1/chat/completions", "/v1/uploads",
     "/v1/fine_tuning/jobs", "/v1/conversations", "/v1/vector_stores", "/v1/assistants", "/v1/threads",
 })
-STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no usage arrives
+# Only a request that makes something is charged: these POSTs. A GET of a stored response, chat
+# completion or batch (or a cancel, an update) shows the same `usage` again and is never priced, so
+# each call is charged once, and the spend rebuilt from the ledger equals the live one.
+METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/compact",
+                           "/v1/embeddings", "/v1/moderations"})
+METERED_PREFIXES = ("/v1/images/", "/v1/audio/")
+STREAM_KEEP_BYTES = 4 * 1024 * 1024
+RUNNING = frozenset({"queued", "in_progress"})  # a background response's status before it ends  # raw stream kept for estimating when no usage arrives
 
 
 class _StreamState:
@@ -75,6 +82,14 @@ class Meter(Stage):
         state = self._streams.pop(id(ex), None)
         if ex.status is None or ex.status >= 400:
             return
+        await self._read(ex, state)
+        if not is_metered(ex):
+            ex.usage = None  # what it shows was charged when it was made
+            ex.usage_source = None
+        if ex.usage is not None:
+            ex.cost_micros = self.prices.cost_micros(ex.model_served or ex.model, ex.usage)
+
+    async def _read(self, ex: Exchange, state: _StreamState | None) -> None:
         whole = ex.response_body
         if state is not None and state.usage is None and state.overflow <= STREAM_KEEP_BYTES \
                 and state.raw and state.raw[0].lstrip()[:1] == b"{":
@@ -101,11 +116,16 @@ class Meter(Stage):
                 ex.object_id = body["id"]
             if found is not None:
                 ex.usage, ex.usage_source = found, "reported"
+            elif ex.path == "/v1/responses" and isinstance(body, dict) and body.get("status") in RUNNING:
+                ex.settle_later, ex.usage_source = True, "pending"  # `background`: charged when it ends
             elif _is_generation(ex):
                 ex.usage = await asyncio.to_thread(_estimate_json, ex, body)
                 ex.usage_source = "estimated"
-        if ex.usage is not None:
-            ex.cost_micros = self.prices.cost_micros(ex.model_served or ex.model, ex.usage)
+
+
+def is_metered(ex: Exchange) -> bool:
+    """A request whose usage is its own cost (see METERED_PATHS)."""
+    return ex.method == "POST" and (ex.path in METERED_PATHS or ex.path.startswith(METERED_PREFIXES))
 
 
 def _decompress(data: bytes) -> bytes:

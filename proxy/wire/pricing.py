@@ -18,6 +18,8 @@ from .usage import Usage
 log = logging.getLogger("oaigate.pricing")
 MICROS = Decimal(1_000_000)
 _PER_MTOK = Decimal(1_000_000)
+BATCH_SHARE = Decimal("0.5")  # the Batch API's discount on an overridden price (OpenAI: "50% off")
+_BATCH = {"processing": "batch"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +45,8 @@ def to_micros(usd: Decimal) -> int:
 class _GenaiPrice:
     """A model genai-prices prices in a way `PriceOverride` cannot express (tiers): ask it each time."""
 
-    def __init__(self, model: str, provider: str) -> None:
-        self.model, self.provider = model, provider
+    def __init__(self, model: str, provider: str, batch: bool = False) -> None:
+        self.model, self.provider, self.batch = model, provider, batch
 
     def cost(self, usage: Usage) -> Decimal:
         return calc_price(
@@ -52,6 +54,7 @@ class _GenaiPrice:
                        output_tokens=usage.completion),
             model_ref=self.model,
             provider_id=self.provider,
+            price_context=_BATCH if self.batch else None,
         ).total_price
 
 
@@ -64,23 +67,44 @@ class PriceTable:
 
     def __init__(self, overrides: dict[str, PriceOverride] | None = None, provider: str = "openai") -> None:
         self._prices: dict[str, PriceOverride | _GenaiPrice | None] = dict(overrides or {})
+        self._batch_prices: dict[str, PriceOverride | _GenaiPrice | None] = {
+            model: PriceOverride(p.input * BATCH_SHARE, p.output * BATCH_SHARE,
+                                 None if p.cached_input is None else p.cached_input * BATCH_SHARE)
+            for model, p in self._prices.items() if isinstance(p, PriceOverride)}
+        self._windows: dict[str, int | None] = {}
         self._provider = provider
 
-    def cost_micros(self, model: str | None, usage: Usage) -> int | None:
-        """The cost, or None for an unknown model (warned once per model, never raised)."""
+    def cost_micros(self, model: str | None, usage: Usage, *, batch: bool = False) -> int | None:
+        """The cost, or None for an unknown model (warned once per model, never raised). `batch`: at
+        the Batch API's rates (genai-prices' batch prices; an override is halved, as OpenAI states)."""
         if not model:
             return None
-        if model not in self._prices:
-            self._prices[model] = _lookup(model, self._provider)
-            if self._prices[model] is None:
+        table = self._batch_prices if batch else self._prices
+        if model not in table:
+            table[model] = _lookup(model, self._provider, batch)
+            if table[model] is None and not batch:
                 log.warning("no price known for model %r: its cost is recorded as NULL", model)
-        price = self._prices[model]
+        price = table[model]
         return None if price is None else to_micros(price.cost(usage))
 
+    def context_window(self, model: str | None) -> int | None:
+        """The model's context window in tokens, from genai-prices; None when unknown."""
+        if not model:
+            return None
+        if model not in self._windows:
+            try:
+                found = calc_price(PriceUsage(input_tokens=1, output_tokens=1), model_ref=model,
+                                   provider_id=self._provider)
+                self._windows[model] = found.model.context_window
+            except LookupError:
+                self._windows[model] = None
+        return self._windows[model]
 
-def _lookup(model: str, provider: str) -> PriceOverride | _GenaiPrice | None:
+
+def _lookup(model: str, provider: str, batch: bool = False) -> PriceOverride | _GenaiPrice | None:
     try:
-        found = calc_price(PriceUsage(input_tokens=1, output_tokens=1), model_ref=model, provider_id=provider)
+        found = calc_price(PriceUsage(input_tokens=1, output_tokens=1), model_ref=model, provider_id=provider,
+                           price_context=_BATCH if batch else None)
     except LookupError:
         return None
     rates = found.model_price
@@ -89,4 +113,4 @@ def _lookup(model: str, provider: str) -> PriceOverride | _GenaiPrice | None:
         isinstance(r, flat_or_none) for r in (rates.output_mtok, rates.cache_read_mtok)
     ):
         return PriceOverride(rates.input_mtok, rates.output_mtok or Decimal(0), rates.cache_read_mtok)
-    return _GenaiPrice(model, provider)
+    return _GenaiPrice(model, provider, batch)

@@ -120,9 +120,60 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for_model(model))
 
 
+PIECE_CHARS = 64 * 1024  # longer texts are tokenized piece by piece: memory stays bounded
+
+
+class PromptTooLong(Exception):
+    """Counting stopped: the prompt has more than `limit` tokens (at least `counted`)."""
+
+    def __init__(self, counted: int, limit: int) -> None:
+        super().__init__(f"more than {limit} prompt tokens")
+        self.counted, self.limit = counted, limit
+
+
+class _Tally:
+    """An encoding that keeps a running count of the text it has tokenized and stops past `limit`."""
+
+    __slots__ = ("encoding", "name", "limit", "seen")
+
+    def __init__(self, encoding: tiktoken.Encoding, limit: int) -> None:
+        self.encoding, self.name, self.limit, self.seen = encoding, encoding.name, limit, 0
+
+    def count(self, text: str) -> int:
+        return _count_pieces(self.encoding, text, self)
+
+
+def _pieces(text: str):
+    """`text` cut into pieces of at most PIECE_CHARS, each cut before a whitespace where one is near (so
+    words stay whole and the count stays close to the whole text's)."""
+    start, n = 0, len(text)
+    while start < n:
+        end = min(start + PIECE_CHARS, n)
+        if end < n:
+            cut = max(text.rfind(" ", start + PIECE_CHARS // 2, end), text.rfind("\n", start + PIECE_CHARS // 2, end))
+            if cut > start:
+                end = cut
+        yield text[start:end]
+        start = end
+
+
+def _count_pieces(encoding: tiktoken.Encoding, text: str, tally: _Tally | None = None) -> int:
+    """Tokens of `text`, counted piece by piece (never a token list of the whole text); with a tally,
+    raises `PromptTooLong` as soon as its running count passes its limit."""
+    total = 0
+    for piece in _pieces(text) if len(text) > PIECE_CHARS else (text,):
+        n = len(encoding.encode_ordinary(piece))
+        total += n
+        if tally is not None:
+            tally.seen += n
+            if tally.seen > tally.limit:
+                raise PromptTooLong(tally.seen, tally.limit)
+    return total
+
+
 def count_text(text: str, model: str) -> int:
     """Tokens in `text` for `model`; special-token strings in it count as ordinary text."""
-    return len(encoding_for_model(model).encode_ordinary(text))
+    return _count_pieces(encoding_for_model(model), text)
 
 
 def count_chat_prompt(messages: list, model: str, tools: list | None = None) -> int:
@@ -145,7 +196,10 @@ def count_chat_prompt(messages: list, model: str, tools: list | None = None) -> 
 
     Never raises on malformed input: whatever is not countable is skipped.
     """
-    encoding = encoding_for_model(model)
+    return _chat_prompt(encoding_for_model(model), messages, tools)
+
+
+def _chat_prompt(encoding: Any, messages: Any, tools: Any) -> int:
     total = _REPLY_PRIMING
     if isinstance(messages, list):
         total += sum(_count_message(encoding, m) for m in messages if isinstance(m, dict))
@@ -180,8 +234,12 @@ def _load_ranks(name: str, sha256: str) -> dict[bytes, int]:
     }
 
 
-def _len(encoding: tiktoken.Encoding, value: Any) -> int:
-    return len(encoding.encode_ordinary(value)) if isinstance(value, str) else 0
+def _len(encoding: tiktoken.Encoding | _Tally, value: Any) -> int:
+    if not isinstance(value, str):
+        return 0
+    if isinstance(encoding, _Tally):
+        return encoding.count(value)
+    return _count_pieces(encoding, value)
 
 
 def _count_message(encoding: tiktoken.Encoding, message: dict) -> int:
@@ -217,9 +275,11 @@ def _count_part(encoding: tiktoken.Encoding, part: Any) -> int:
         image = part.get("image_url")
         low = isinstance(image, dict) and image.get("detail") == "low"
         return _IMAGE_LOW_TOKENS if low else _IMAGE_DEFAULT_TOKENS
+    if kind == "input_image":  # the Responses API's image part: `detail` on the part itself
+        return _IMAGE_LOW_TOKENS if part.get("detail") == "low" else _IMAGE_DEFAULT_TOKENS
     if kind == "input_audio":
         return _AUDIO_PART_TOKENS
-    if kind == "file":
+    if kind in ("file", "input_file"):
         return _FILE_PART_TOKENS
     return _len(encoding, part.get("text")) + _len(encoding, part.get("refusal"))
 
@@ -275,20 +335,28 @@ def _text(value: Any) -> str:
         return ""
 
 
-def count_request_prompt(body: dict, model: str) -> int:
+def count_request_prompt(body: dict, model: str, limit: int | None = None) -> int:
     """Prompt tokens of any generation request body: chat `messages` (+ `tools`), completions
     `prompt`, embeddings/moderations/responses `input` (strings counted, token arrays by length,
-    Responses API items by their text), plus Responses `instructions`. Never raises."""
+    Responses API items by their text), plus Responses `instructions`. Never raises on malformed
+    input; with `limit`, raises `PromptTooLong` once the count passes it (counting stops there, so a
+    huge prompt costs no more time or memory than `limit` tokens' worth)."""
+    encoding: Any = encoding_for_model(model)
+    if limit is not None:
+        encoding = _Tally(encoding, limit)
     if isinstance(body.get("messages"), list):
-        return count_chat_prompt(body["messages"], model, body.get("tools"))
-    total = count_text(body["instructions"], model) if isinstance(body.get("instructions"), str) else 0
+        return _chat_prompt(encoding, body["messages"], body.get("tools"))
+    total = _len(encoding, body.get("instructions"))
     for name in ("prompt", "input"):
         value = body.get(name)
         if isinstance(value, str):
-            return total + count_text(value, model)
+            return total + _len(encoding, value)
         if isinstance(value, list):
             if value and all(isinstance(v, dict) for v in value):
-                return total + count_chat_prompt(value, model, body.get("tools"))
-            return total + sum(count_text(v, model) if isinstance(v, str) else len(v) if isinstance(v, list)
-                               else 1 for v in value)
+                return total + _chat_prompt(encoding, value, body.get("tools"))
+            for v in value:
+                total += _len(encoding, v) if isinstance(v, str) else len(v) if isinstance(v, list) else 1
+                if limit is not None and total > limit:
+                    raise PromptTooLong(total, limit)
+            return total
     return total

@@ -127,12 +127,16 @@ def test_spend_is_rebuilt_from_the_ledger(tmp_path: Path) -> None:
     conn = connect(str(path))
     rows = [("a", "2026-01-05T01:00:00.000Z", "ci", "gpt-4o", 700), ("b", "2026-01-04T23:59:59.999Z", "ci", "gpt-4o", 999),
             ("c", "2026-01-05T02:00:00.000Z", "dev", "gpt-4o", 50)]
-    conn.executemany("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, "
-                     "endpoint, status, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, '/v1/x', 200, 3, 4)",
-                     rows)
+    conn.executemany("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, method, "
+                     "endpoint, status, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, 'POST', "
+                     "'/v1/chat/completions', 200, 3, 4)", rows)
+    # a GET of a stored object priced by an older gateway: not charged again
+    conn.execute("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, method, endpoint, "
+                 "status, prompt_tokens, completion_tokens) VALUES ('d', '2026-01-05T03:00:00.000Z', 'ci', 'gpt-4o', "
+                 "5000, 'GET', '/v1/responses/resp_1', 200, 3, 4)")
     conn.close()
     b = book(BudgetRule("ci", None, 1_000, None, "day"), BudgetRule(None, None, 10_000, None, "total"))
-    assert b.load_ledger(str(path)) == 3
+    assert b.load_ledger(str(path)) == 3  # the rows charged
     by_scope = {s["scope"]: s for s in b.status("ci")}
     assert by_scope["key:ci"]["spent_usd"] == "0.000700"
     assert by_scope["global"]["spent_usd"] == "0.001749"
@@ -158,3 +162,38 @@ def test_period_bounds_month_end() -> None:
 
     start, end = period_bounds("month", datetime(2026, 12, 31, 23, 0, tzinfo=UTC))
     assert (start.isoformat(), end.isoformat()) == ("2026-12-01T00:00:00+00:00", "2027-01-01T00:00:00+00:00")
+
+
+def test_headroom_is_the_least_left_in_any_budget_that_applies() -> None:
+    b = book(BudgetRule("ci", None, 1_000, None, "day"), BudgetRule(None, "gpt-4o*", 600, 50, "day"))
+    assert b.headroom("ci", "gpt-4o-mini") == (600, 50)
+    b.reserve("ci", "gpt-4o-mini", 550, 10)
+    assert b.headroom("ci", "gpt-4o-mini") == (50, 40)
+    assert b.headroom("ci", "o3") == (450, None)
+    assert b.headroom("dev", "o3") is None  # no budget applies
+    held = b.reserve_unchecked("ci", "gpt-4o-mini", 5_000, 0)  # a batch running across a restart
+    assert b.headroom("ci", "gpt-4o-mini") == (0, 40)
+    b.settle(held, 0, 0)
+    assert b.headroom("ci", "gpt-4o-mini") == (50, 40)
+
+
+def test_answers_multiply_every_output_billed() -> None:
+    from proxy.stages.estimate import answers
+
+    assert answers("/v1/completions", {"prompt": ["a"] * 100, "n": 2, "best_of": 3}) == 300
+    assert answers("/v1/completions", {"prompt": [[1, 2], [3]], "n": 2}) == 4
+    assert answers("/v1/completions", {"prompt": [1, 2, 3]}) == 1  # one prompt as a token array
+    assert answers("/v1/chat/completions", {"n": 4, "best_of": 9}) == 4
+
+
+def test_batch_prices_and_context_windows() -> None:
+    from decimal import Decimal
+
+    from proxy.wire.pricing import PriceOverride, PriceTable
+    from proxy.wire.usage import Usage
+
+    table = PriceTable({"house": PriceOverride(Decimal(2), Decimal(8))})
+    usage = Usage(1_000_000, 1_000_000)
+    assert table.cost_micros("house", usage, batch=True) * 2 == table.cost_micros("house", usage) == 10_000_000
+    assert table.cost_micros("gpt-4o-mini", usage, batch=True) * 2 == table.cost_micros("gpt-4o-mini", usage)
+    assert table.context_window("gpt-4o-mini") == 128_000 and table.context_window("house") is None

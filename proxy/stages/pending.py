@@ -1,0 +1,162 @@
+"""pending: a background Responses request (`background: true`) is charged when it ends, once.
+
+Its `POST` answers at once with `status: "queued"` and no usage. Its reservation is kept (not settled
+at $0) until the response is seen ended: on any `GET /v1/responses/{id}` or cancel that shows a
+terminal status, or by the poll every `limits.batch_poll_s`. Then its usage replaces the reservation
+and one ledger row records it (`method = "SETTLE"`, `endpoint = /v1/responses/{id}`, `object_id`),
+so a restart rebuilds the same spend. The `POST` row has `usage_source = "pending"` and no cost.
+
+After a restart, a response still pending (its `POST` row has no `SETTLE` row yet) is looked up by
+the poll and charged when it ends; it holds no reservation meanwhile (its worst case was not kept).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from ..clock import Clock
+from ..db.writer import LedgerWriter
+from ..exchange import Exchange
+from ..wire.jsoncodec import JSONDecodeError, loads
+from ..wire.pricing import PriceTable
+from ..wire.usage import from_body
+from . import Stage
+from .budget import BudgetBook, Reservation
+from .forward import Upstream
+
+log = logging.getLogger("oaigate.pending")
+
+ENDED = frozenset({"completed", "failed", "incomplete", "cancelled"})
+SETTLE_METHOD = "SETTLE"
+PREFIX = "/v1/responses/"
+
+
+@dataclass(slots=True)
+class Pending:
+    principal: str | None
+    model: str | None
+    reservation: Reservation
+
+
+class PendingResponses(Stage):
+    """Holds background responses' reservations until they end; see the module's docstring."""
+
+    def __init__(self, book: BudgetBook, prices: PriceTable, session: aiohttp.ClientSession, upstream: Upstream,
+                 writer: LedgerWriter | None, clock: Clock, *, poll_s: float = 60.0,
+                 remember: Callable[[str, int], None] | None = None) -> None:
+        self.book, self.prices, self.session, self.upstream = book, prices, session, upstream
+        self.writer, self.clock, self.poll_s = writer, clock, poll_s
+        self.remember = remember or (lambda _id, _tokens: None)
+        self.open: dict[str, Pending] = {}
+        self._poller: asyncio.Task[None] | None = None
+
+    def hold(self, ex: Exchange, reservation: Reservation | None) -> None:
+        """Keep `ex`'s reservation until its response ends (called by `budget` instead of settling)."""
+        if ex.object_id:
+            self.open[ex.object_id] = Pending(ex.principal, ex.model, reservation or Reservation())
+
+    async def finish(self, ex: Exchange) -> None:
+        if ex.settle_later and ex.object_id and ex.object_id not in self.open:
+            self.hold(ex, None)  # no budget applied: still charged in the ledger when it ends
+        if not self.open or ex.status != 200 or not ex.path.startswith(PREFIX) or ex.response_body is None:
+            return
+        try:
+            body = loads(ex.response_body)
+        except JSONDecodeError:
+            return
+        if isinstance(body, dict):
+            self.settle(body)
+
+    def settle(self, body: dict[str, Any]) -> None:
+        """Charge a response that has ended for its usage, once."""
+        response_id = body.get("id")
+        if body.get("status") not in ENDED or not isinstance(response_id, str):
+            return
+        pending = self.open.pop(response_id, None)
+        if pending is None:
+            return
+        usage = from_body(body)
+        model = body.get("model") if isinstance(body.get("model"), str) else pending.model
+        micros = self.prices.cost_micros(model, usage) if usage is not None else 0
+        tokens = usage.total if usage is not None else 0
+        self.book.settle(pending.reservation, micros or 0, tokens)
+        if usage is not None:
+            self.remember(response_id, tokens)
+        if self.writer is None:
+            return
+        now = datetime.fromtimestamp(self.clock.wall(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.writer.submit({
+            "id": "gw_" + uuid.uuid4().hex, "started_at": now, "finished_at": now, "key_name": pending.principal,
+            "method": SETTLE_METHOD, "endpoint": PREFIX + response_id, "model_requested": pending.model,
+            "model_served": model, "status": 200, "stream": 0,
+            "prompt_tokens": usage.prompt if usage else None, "completion_tokens": usage.completion if usage else None,
+            "cached_tokens": usage.cached if usage else None, "reasoning_tokens": usage.reasoning if usage else None,
+            "usage_source": "reported" if usage else None, "cost_microusd": micros, "latency_ms": 0.0,
+            "overhead_ms": 0.0, "upstream": self.upstream.name, "attempts": 0, "object_id": response_id,
+        })
+
+    async def poll_once(self) -> None:
+        for response_id in list(self.open):
+            headers = {"Authorization": f"Bearer {self.upstream.api_key}"} if self.upstream.api_key else {}
+            try:
+                async with self.session.get(self.upstream.base_url.rstrip("/") + "/responses/" + response_id,
+                                            headers=headers, timeout=aiohttp.ClientTimeout(total=60)) as reply:
+                    if reply.status == 404:
+                        pending = self.open.pop(response_id, None)  # deleted or unknown: nothing to charge
+                        if pending is not None:
+                            self.book.settle(pending.reservation, 0, 0)
+                        continue
+                    data = await reply.read() if reply.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError):
+                continue
+            try:
+                body = loads(data) if data else None
+            except JSONDecodeError:
+                continue
+            if isinstance(body, dict):
+                self.settle(body)
+
+    async def _poll(self) -> None:
+        while True:
+            await self.clock.sleep(self.poll_s)
+            if self.open:
+                try:
+                    await self.poll_once()
+                except Exception:
+                    log.exception("poll of background responses failed")
+
+    async def start(self) -> None:
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+
+    async def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+
+    def load_ledger(self, path: str) -> int:
+        """Background responses made and not yet charged (at start, off the event loop)."""
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                rows = conn.execute(
+                    "SELECT object_id, key_name, COALESCE(model_requested, model_served) FROM requests "
+                    "WHERE method = 'POST' AND endpoint = '/v1/responses' AND usage_source = 'pending' "
+                    "AND object_id IS NOT NULL AND object_id NOT IN "
+                    "(SELECT object_id FROM requests WHERE method = ? AND object_id IS NOT NULL)",
+                    (SETTLE_METHOD,)).fetchall()
+            finally:
+                conn.close()
+        except sqlite3.OperationalError:
+            return 0
+        for response_id, key_name, model in rows:
+            self.open.setdefault(response_id, Pending(key_name, model, Reservation()))
+        return len(rows)
