@@ -32,6 +32,12 @@ class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(4141, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
+    max_json_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest request body that is not a file "
+                                "upload (JSON, text...), after decoding; larger ones get 413 before being read.")
+    max_upload_bytes: int = Field(513 * 1024 * 1024, gt=0, description="Largest multipart/form-data or "
+                                  "application/octet-stream body (OpenAI's 512 MB file limit plus multipart framing).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next piece of a request body "
+                                  "(an idle timeout, not a total one); then 408.")
 
 
 class UpstreamConfig(Section):
