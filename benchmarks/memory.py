@@ -9,9 +9,8 @@ Scenarios (each against a fresh gateway so one peak does not hide the next):
 2. one upload of --size-mb with the right key, to the mock (a separate `python -m mockserver`
    process unless --embedded-mock, where the mock's own copy of the file counts too): the body is
    relayed as it arrives (expect growth far below the file's size);
-3. a 50 MB JSON string to /v1/chat/completions (the key has a budget, so the gateway would count its
-   tokens): refused with 413 on its Content-Length, before a
-   byte is read or parsed.
+3. a 50 MB JSON string to /v1/chat/completions (the key has a budget, so the gateway would count
+   its tokens): refused with 413 on its Content-Length, before a byte is read or parsed.
 
 Uploads are generated as a stream of 1 MiB pieces of one buffer, so the client holds no copy.
 Linux only (/proc).
