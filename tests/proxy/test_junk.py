@@ -143,7 +143,7 @@ def test_junk_never_gets_a_5xx(gateway: Callable[..., Gateway], upstream: Callab
                  upstream={"max_retries": 0}, server={"max_json_bytes": 64 * 1024, "body_timeout_s": 2},
                  fixtures={"dir": str(tmp_path / "fixtures")}, aliases={"fast": "gpt-4o-mini"})
 
-    @settings(max_examples=120, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=250, deadline=None, derandomize=True, database=None,
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     @given(requests())
     def check(request: tuple[str, str, list[tuple[str, str]], bytes, bool]) -> None:
@@ -154,3 +154,24 @@ def test_junk_never_gets_a_5xx(gateway: Callable[..., Gateway], upstream: Callab
             assert {"message", "type", "param", "code"} <= set(error), error
 
     check()
+
+
+def test_an_unexpected_error_is_a_500_envelope(gateway: Callable[..., Gateway], echo: str,
+                                               monkeypatch: Any) -> None:
+    """A bug in a stage is the gateway's fault (500), still in OpenAI's envelope, never aiohttp's text page."""
+    from proxy.stages.estimate import Estimator
+
+    async def broken(self: Estimator, ex: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Estimator, "request", broken)
+    gw = gateway(echo)
+    status, content_type, body = send(gw, "POST", "/v1/chat/completions",
+                                      [("Authorization", f"Bearer {CLIENT_KEY}"), ("Content-Type", "application/json")],
+                                      b'{"model":"gpt-4o-mini","messages":[]}', False)
+    assert status == 500 and "json" in content_type
+    error = json.loads(body)["error"]
+    assert error["type"] == "server_error" and error["code"] == "internal_error"
+    assert "a bug" not in error["message"]
+    (row,) = gw.rows(expect=1)
+    assert row["status"] == 500
