@@ -26,7 +26,8 @@ it arrives (`forward` sends it), so memory stays flat whatever the file's size.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
@@ -36,7 +37,13 @@ from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDict
 
 from .config import Config
-from .errors import GatewayError, InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedEncoding
+from .errors import (
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedEncoding,
+)
 from .exchange import Exchange
 from .wire.fixtures import MODE_HEADER
 
@@ -106,6 +113,22 @@ class StreamedBody:
         self.size = 0
         self.started = False
         self.error: Exception | None = None  # why reading the client's body failed (the client's fault)
+        self._sent: Callable[[], None] | None = None
+
+    def hold(self, wait: asyncio.Timeout, first_byte_s: float, deadline: float) -> None:
+        """Hold an attempt's first-byte timeout `wait` while the body is still being sent (a large file
+        on a slow link takes its time): until then only the overall `deadline` (time.monotonic())
+        applies; once the body is sent, the upstream has `first_byte_s` to answer."""
+        loop = asyncio.get_running_loop()
+        wait.reschedule(loop.time() + max(deadline - time.monotonic(), 0))
+
+        def sent() -> None:
+            try:
+                wait.reschedule(loop.time() + min(first_byte_s, max(deadline - time.monotonic(), 0)))
+            except RuntimeError:  # the attempt is over already (the upstream answered before the body ended)
+                pass
+
+        self._sent = sent
 
     @property
     def resendable(self) -> bool:
@@ -120,6 +143,8 @@ class StreamedBody:
                 self.error = exc
                 raise
             if not data:
+                if self._sent is not None:
+                    self._sent()
                 return
             self.started = True
             self.size += len(data)

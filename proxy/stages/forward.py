@@ -176,7 +176,10 @@ class Forward:
             sent = time.perf_counter()
             failure: Exception | None = None
             try:
-                async with asyncio.timeout(min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))):
+                first_byte_s = min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))
+                async with asyncio.timeout(first_byte_s) as wait:
+                    if ex.body_stream is not None:  # the first-byte wait starts once the streamed body is sent
+                        ex.body_stream.hold(wait, self.timeouts.first_byte_s, deadline)
                     response = await self.session.request(
                         ex.method, url, data=body or (ex.body_stream and ex.body_stream.chunks()),
                         headers=headers, allow_redirects=False,

@@ -28,7 +28,15 @@ from yarl import URL
 
 from tests.servers import ServerThread
 
-from .conftest import CLIENT_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Gateway, SleepRecorder, echoed_headers, fetch
+from .conftest import (
+    CLIENT_KEY,
+    UPSTREAM_KEY,
+    UPSTREAM_KEY_ENV,
+    Gateway,
+    SleepRecorder,
+    echoed_headers,
+    fetch,
+)
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5}
 KEYS = [{"name": "dev", "key": CLIENT_KEY}]
@@ -445,3 +453,19 @@ def test_memory_stays_flat_for_200_mb_uploads(served: tuple[int, str]) -> None:
     after_right = _vm(pid, "VmHWM")
     assert after_wrong - before < 50 * MiB, (before, after_wrong)
     assert after_right - after_wrong < 100 * MiB, (after_wrong, after_right)
+
+
+def test_a_slow_streamed_upload_is_not_cut_by_the_first_byte_timeout(gateway: Callable[..., Gateway],
+                                                                      echo: str) -> None:
+    """The upstream's first-byte timeout starts once the body is sent: an upload that takes longer than
+    it to arrive, piece by piece, still goes through."""
+    gw = gateway(echo, upstream={"first_byte_timeout_s": 0.5, "max_retries": 0}, server={"body_timeout_s": 2})
+    data = multipart(b"s" * (2 * MiB))
+    quarter = len(data) // 4
+    parts: list[bytes | float] = []
+    for i in range(4):
+        parts += [data[i * quarter:(i + 1) * quarter if i < 3 else len(data)], 0.3]
+    status, _, body = raw(gw, "/v1/files", {"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": MULTIPART,
+                                            "Content-Length": str(len(data))}, parts)
+    assert status == 200, body
+    assert base64.b64decode(json.loads(body)["body_b64"]) == data

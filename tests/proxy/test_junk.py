@@ -71,7 +71,8 @@ def deep(draw: st.DrawFn) -> bytes:
         draw(st.sampled_from([b"true", b"false"])) + b',"x":' + inner + b"}"
 
 
-bodies = st.one_of(st.just(b""), st.binary(max_size=300), chat_like(), deep(), json_values.map(lambda v: json.dumps(v).encode()),
+bodies = st.one_of(st.just(b""), st.binary(max_size=300), chat_like(), deep(),
+                   json_values.map(lambda v: json.dumps(v).encode()),
                    st.integers(70_000, 200_000).map(lambda n: b'{"model":"gpt-4o-mini","input":"' + b"a" * n + b'"}'))
 
 
