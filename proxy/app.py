@@ -290,5 +290,7 @@ async def not_found(request: web.Request) -> web.Response:
 
     started = time.perf_counter()
     response = error_response(404, f"Invalid URL ({request.method} {request.path})")
+    if not request.content.is_eof():  # its body is not wanted: close rather than wait for the rest
+        response.force_close()
     response.headers["x-oaigate-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
     return response
