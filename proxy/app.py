@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from .body import receive_body
 from .config import Config
 from .db.writer import LedgerWriter
-from .errors import GatewayError
+from .errors import GatewayError, InvalidRequest
 from .exchange import Exchange
 from .stages import Stage
 from .clock import Clock
@@ -39,7 +40,7 @@ from .stages.owners import OWNERS, Owners, filter_lists
 from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
-from .wire.jsoncodec import dumps
+from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.pricing import PriceTable
 from .wire.serving import cut_by_shutdown
 from .wire.tokens import preload
@@ -230,29 +231,43 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
     return ctx
 
 
+HEADER_STAGES: tuple[type[Stage], ...] = (Deadline, Authenticate)  # stages that run before the body is read
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
-    """Every `/v1` request: stages before, forward (relay), then the finish hooks off the path."""
+    """Every `/v1` request: stages before, forward (relay), then the finish hooks off the path.
+
+    The body is read (or set up to stream, see `proxy.body`) only once the header stages (the key
+    check) have passed: a client with a wrong key costs no memory, whatever it uploads."""
     pipeline = request.app[PIPELINE]
-    ex = Exchange(request.method, request.path, request.query_string, request.headers, await request.read())
+    ex = Exchange(request.method, request.path, request.query_string, request.headers, b"")
     try:
+        body_pending = True
         for stage in pipeline.before:
+            if body_pending and not isinstance(stage, HEADER_STAGES):
+                body_pending = False
+                await receive_body(request, ex, request.app[CONFIG])
             await stage.request(ex)
+        if body_pending:
+            await receive_body(request, ex, request.app[CONFIG])
         if ex.replay is not None:
             return await replay(request, ex, ex.replay, pace=pipeline.fixtures.config.pace, on_chunk=pipeline.chunk)
         return await pipeline.forward(request, ex, pipeline.chunk)
-    except GatewayError as exc:
-        ex.status = exc.status
-        ex.error_type = exc.code or type(exc).__name__
-        ex.overhead_s = max(time.perf_counter() - ex.started - ex.upstream_wait_s, 0.0)
-        response = exc.response()
-        response.headers.update(ex.response_headers)
-        response.headers["x-oaigate-overhead-ms"] = f"{ex.overhead_s * 1000:.3f}"
-        return response
+    except (GatewayError, JSONDepthError, RecursionError) as exc:
+        # a body nested deeper than the JSON writer goes, met where the gateway re-serializes it
+        return _error(request, ex, exc if isinstance(exc, GatewayError)
+                      else InvalidRequest(str(JSONDepthError()), code="invalid_value"))
     except (asyncio.CancelledError, ConnectionResetError):
         if not ex.stream_ended:  # a client that leaves once it has the last event did not abandon anything
             # cut because the server stopped and its grace ran out: not the client's doing
             ex.error_type = "shutdown" if cut_by_shutdown(request) else "client_disconnected"
         raise
+    except Exception:
+        if _response_started(request):  # too late for an envelope: the client's response is cut
+            raise
+        log.exception("unexpected error on exchange %s", ex.id)
+        return _error(request, ex, GatewayError("The gateway had an error while processing your request.",
+                                                code="internal_error"))
     finally:
         ex.finished = time.perf_counter()
         pipeline.schedule_finish(ex)
@@ -263,6 +278,27 @@ async def _caller(request: web.Request) -> Exchange:
     ex = Exchange(request.method, request.path, request.query_string, request.headers, b"")
     await request.app[AUTHENTICATE].request(ex)
     return ex
+
+
+def _error(request: web.Request, ex: Exchange, exc: GatewayError) -> web.Response:
+    """The envelope for an error the gateway answers itself; the connection closes when the client's
+    body was left unread (nothing more of it is wanted)."""
+    ex.status = exc.status
+    ex.error_type = exc.code or type(exc).__name__
+    ex.overhead_s = max(time.perf_counter() - ex.started - ex.upstream_wait_s, 0.0)
+    response = exc.response()
+    response.headers.update(ex.response_headers)
+    response.headers["x-oaigate-overhead-ms"] = f"{ex.overhead_s * 1000:.3f}"
+    if not request.content.is_eof():
+        response.force_close()
+    return response
+
+
+def _response_started(request: web.Request) -> bool:
+    """Whether the client's response (headers at least) is already on its way."""
+    writer = request.writer
+    return bool(getattr(writer, "_headers_buf", None) or getattr(writer, "_headers_written", False)
+                or getattr(writer, "output_size", 0))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -314,5 +350,7 @@ async def not_found(request: web.Request) -> web.Response:
 
     started = time.perf_counter()
     response = error_response(404, f"Invalid URL ({request.method} {request.path})")
+    if not request.content.is_eof():  # its body is not wanted: close rather than wait for the rest
+        response.force_close()
     response.headers["x-oaigate-overhead-ms"] = f"{(time.perf_counter() - started) * 1000:.3f}"
     return response

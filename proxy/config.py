@@ -43,6 +43,12 @@ class ServerConfig(Section):
                                  "503 and are closed until one ends.")
     shutdown_grace_s: float = Field(10.0, ge=0, description="On SIGTERM/SIGINT, how long requests in flight may "
                                     "finish (in total) before they are cut.")
+    max_json_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest request body that is not a file "
+                                "upload (JSON, text...), after decoding; larger ones get 413 before being read.")
+    max_upload_bytes: int = Field(513 * 1024 * 1024, gt=0, description="Largest multipart/form-data or "
+                                  "application/octet-stream body (OpenAI's 512 MB file limit plus multipart framing).")
+    body_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next piece of a request body "
+                                  "(an idle timeout, not a total one); then 408.")
 
 
 def check_base_url(value: str) -> str:

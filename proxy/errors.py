@@ -4,6 +4,9 @@
     ├── AuthenticationError      401 missing or unknown key
     ├── InvalidRequest           400 malformed input the gateway must read (JSON it needs to parse)
     ├── NotFound                 404 an object this key may not see (another key's, or unknown): `owners`
+    ├── RequestTimeout           408 the client stopped sending its body
+    ├── PayloadTooLarge          413 a body over `[server] max_json_bytes` / `max_upload_bytes`
+    ├── UnsupportedEncoding      415 a `Content-Encoding` the gateway cannot decode
     └── UpstreamError            502 the upstream could not be reached or broke the connection
         └── UpstreamTimeout      504 the upstream did not answer in time
 
@@ -54,6 +57,18 @@ class NotFound(GatewayError):
     status, type, code = 404, INVALID_REQUEST, None
 
 
+class RequestTimeout(GatewayError):
+    status, type, code = 408, INVALID_REQUEST, "request_timeout"
+
+
+class PayloadTooLarge(GatewayError):
+    status, type, code = 413, INVALID_REQUEST, "request_too_large"
+
+
+class UnsupportedEncoding(GatewayError):
+    status, type, code = 415, INVALID_REQUEST, "unsupported_content_encoding"
+
+
 class UpstreamError(GatewayError):
     status, type, code = 502, SERVER_ERROR, "upstream_error"
 
@@ -62,5 +77,5 @@ class UpstreamTimeout(UpstreamError):
     status, code = 504, "upstream_timeout"
 
 
-__all__ = ["AuthenticationError", "ConfigError", "GatewayError", "InvalidRequest", "NotFound", "UpstreamError",
-           "UpstreamTimeout"]
+__all__ = ["AuthenticationError", "ConfigError", "GatewayError", "InvalidRequest", "NotFound", "PayloadTooLarge",
+           "RequestTimeout", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
+    from .body import StreamedBody
     from .stages.estimate import Estimate
     from .stages.route import Target
     from .wire.fixtures import Fixture
@@ -31,7 +32,7 @@ class Exchange:
     path: str
     query_string: str
     headers: CIMultiDictProxy[str]
-    body: bytes
+    body: bytes  # the app creates the exchange with b"" and sets the body once the key is checked (`set_body`)
     id: str = field(default_factory=lambda: "gw_" + uuid.uuid4().hex)
     started_wall: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
@@ -41,6 +42,9 @@ class Exchange:
     json: dict[str, Any] | None = None
     model: str | None = None
     stream: bool = False
+    # a large upload relayed to the upstream as it arrives instead of read whole (`body` stays b"")
+    body_stream: StreamedBody | None = None
+    body_decoded: bool = False  # the client's Content-Encoding was undone: the upstream gets plain bytes
     # route: `model` becomes the real model when the client named an alias (kept in `model_alias`)
     model_alias: str | None = None
     target: Target | None = None
@@ -81,6 +85,12 @@ class Exchange:
     overhead_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.body:
+            self.set_body(self.body)
+
+    def set_body(self, body: bytes) -> None:
+        """The request body, read: parsed as JSON (`json`, `model`, `stream`) unless multipart."""
+        self.body = body
         if self.body[:1] in _JSON_START and not self.headers.get("Content-Type", "").startswith("multipart/"):
             try:
                 parsed = loads(self.body)

@@ -23,6 +23,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from ..body import body_headers
 from ..errors import UpstreamError, UpstreamTimeout
 from ..exchange import Exchange
 from ..wire.jsoncodec import dumps
@@ -206,6 +207,7 @@ class Forward:
         url = upstream_url(upstream.base_url, request)
         headers = upstream_headers(ex, upstream, self.pass_through)
         body = prepare_body(ex, self.inject_stream_usage)
+        body_headers(ex, headers)
         if ex.deadline == math.inf:  # an exchange that skipped the deadline stage
             ex.deadline = time.monotonic() + self.timeouts.total_s
         deadline = ex.deadline
@@ -235,9 +237,13 @@ class Forward:
             ex.attempts += 1
             failure: Exception | None = None
             try:
-                async with asyncio.timeout(min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))):
+                first_byte_s = min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))
+                async with asyncio.timeout(first_byte_s) as wait:
+                    if ex.body_stream is not None:  # the first-byte wait starts once the streamed body is sent
+                        ex.body_stream.hold(wait, self.timeouts.first_byte_s, deadline)
                     response = await self.session.request(
-                        ex.method, url, data=body or None, headers=headers, allow_redirects=False,
+                        ex.method, url, data=body or (ex.body_stream and ex.body_stream.chunks()),
+                        headers=headers, allow_redirects=False,
                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
                     )
             except TimeoutError as exc:
@@ -254,6 +260,8 @@ class Forward:
             if failure is not None:
                 self._give_back()
             ex.upstream_wait_s += time.perf_counter() - sent
+            if failure is not None and ex.body_stream is not None:  # the client's body failed, or cannot be re-sent
+                failure = ex.body_stream.failure(failure)
             if failure is None:
                 ex.ttfb_s = time.perf_counter() - ex.started
                 if self.on_attempt is not None:
@@ -303,7 +311,7 @@ class Forward:
             self.pool.release()
 
     def _may_retry(self, ex: Exchange) -> bool:
-        return ex.attempts <= self.max_retries
+        return ex.attempts <= self.max_retries and (ex.body_stream is None or ex.body_stream.resendable)
 
     async def _relay(self, request: web.Request, ex: Exchange, response: aiohttp.ClientResponse,
                      on_chunk: ChunkHook, deadline: float) -> web.StreamResponse:

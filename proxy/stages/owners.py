@@ -375,6 +375,8 @@ class Owners(Stage):
             payload = loads(body) if body is not None else None
         except JSONDecodeError:
             payload = None
+        if isinstance(payload, dict) and "data" not in payload:
+            return response  # no items to show or hide (an error envelope, say): nothing to filter
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             log.warning("a list answer could not be read to filter it; refused")
             return UpstreamError("The gateway could not read the upstream's list answer to show this key "

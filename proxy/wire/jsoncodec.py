@@ -14,14 +14,31 @@ import orjson
 JSONDecodeError = orjson.JSONDecodeError
 
 
+class JSONDepthError(ValueError):
+    """A value nested deeper than the writer allows (orjson writes at most 254 levels, though it reads
+    up to 1024): the gateway cannot re-serialize such a body, and says so with a 400."""
+
+    def __init__(self) -> None:
+        super().__init__("Invalid request body: arrays and objects are nested too deeply for the gateway "
+                         "to process.")
+
+
 def loads(data: bytes | str) -> Any:
     """Parse a JSON document; raises `JSONDecodeError` on anything that is not strict JSON."""
     return orjson.loads(data)
 
 
 def dumps(obj: Any) -> bytes:
-    """Serialize compactly, keys in insertion order (the order OpenAI's responses use)."""
-    return orjson.dumps(obj)
+    """Serialize compactly, keys in insertion order (the order OpenAI's responses use).
+    Raises `JSONDepthError` for a value nested too deeply to write."""
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:
+        raise _depth_error(exc) from exc
+
+
+def _depth_error(exc: orjson.JSONEncodeError) -> Exception:
+    return JSONDepthError() if "recursion" in str(exc).lower() else exc
 
 
 def _normalize(obj: Any) -> Any:
@@ -36,8 +53,14 @@ def _normalize(obj: Any) -> Any:
 
 
 def canonical(obj: Any) -> bytes:
-    """The canonical bytes of a JSON value: sorted keys, no whitespace, normalized numbers."""
-    return orjson.dumps(_normalize(obj), option=orjson.OPT_SORT_KEYS)
+    """The canonical bytes of a JSON value: sorted keys, no whitespace, normalized numbers.
+    Raises `JSONDepthError` for a value nested too deeply to write."""
+    try:
+        return orjson.dumps(_normalize(obj), option=orjson.OPT_SORT_KEYS)
+    except RecursionError as exc:
+        raise JSONDepthError() from exc
+    except orjson.JSONEncodeError as exc:
+        raise _depth_error(exc) from exc
 
 
 def digest(*parts: Any) -> bytes:
