@@ -96,7 +96,7 @@ class Meter(Stage):
             whole, state = b"".join(state.raw), None  # a JSON answer relayed without a length: read it whole
         if state is not None:
             ex.model_served = state.model
-            if ex.method == "POST" and ex.path in CREATING_PATHS:
+            if _creates_object(ex):
                 ex.object_id = state.object_id
             ex.usage = state.usage
             if ex.usage is not None:
@@ -111,8 +111,7 @@ class Meter(Stage):
             found, body = usage_of.from_json_bytes(whole)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 ex.model_served = body["model"]
-            if isinstance(body, dict) and ex.method == "POST" and ex.path in CREATING_PATHS \
-                    and isinstance(body.get("id"), str):
+            if isinstance(body, dict) and _creates_object(ex) and isinstance(body.get("id"), str):
                 ex.object_id = body["id"]
             if found is not None:
                 ex.usage, ex.usage_source = found, "reported"
@@ -134,6 +133,13 @@ def _decompress(data: bytes) -> bytes:
         return zlib.decompressobj(wbits=zlib.MAX_WBITS | 32).decompress(data, 64 * 1024 * 1024)
     except zlib.error:
         return b""
+
+
+def _creates_object(ex: Exchange) -> bool:
+    """A POST whose answer's `id` names a new object (a chat completion only when it is stored)."""
+    if ex.method != "POST" or ex.path not in CREATING_PATHS:
+        return False
+    return ex.path != "/v1/chat/completions" or (ex.json or {}).get("store") is True
 
 
 def _model_and_id_of(data: bytes) -> tuple[str | None, str | None]:

@@ -423,7 +423,12 @@ def test_a_creating_request_records_the_object_it_made(gateway: Callable[..., Ga
                     streamed = event.response.id
         upload = client.files.create(file=("a.jsonl", b'{"a": 1}\n'), purpose="batch")
         client.responses.retrieve(response.id)
-    rows = {(r["method"], r["endpoint"], r["stream"]): r["object_id"] for r in gw.rows(expect=4)}
+        stored = client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}],
+                                                store=True)
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    rows = {(r["method"], r["endpoint"], r["stream"]): r["object_id"] for r in gw.rows(expect=6)}
+    chats = [r["object_id"] for r in gw.rows() if r["endpoint"] == "/v1/chat/completions"]
+    assert chats == [stored.id, None]  # a chat completion is an object only when stored
     assert rows[("POST", "/v1/responses", 0)] == response.id
     assert rows[("POST", "/v1/responses", 1)] == streamed is not None
     assert rows[("POST", "/v1/files", 0)] == upload.id
