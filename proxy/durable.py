@@ -14,4 +14,4 @@ from aiohttp import web
 from .exchange import Exchange
 
 Complete = Callable[[Exchange], Awaitable[None]]
-COMPLETE = web.AppKey("complete", Complete)  # type: ignore[arg-type]
+COMPLETE: web.AppKey[Complete] = web.AppKey("complete")

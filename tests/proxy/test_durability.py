@@ -116,7 +116,7 @@ async def drive(url: str, kill: Callable[[], None], *, kill_after: int, connecti
                         continue
                     trial.received.append((response.headers.get("x-oaigate-request-id"),
                                            response.headers.get("x-request-id"), stream))
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 return  # the gateway is gone
             if len(trial.received) == kill_after:
                 kill()
@@ -284,14 +284,14 @@ def fetch_held_by_locked_ledger(gw: Gateway, body: dict[str, object]) -> Reply:
 
     async def send() -> None:
         headers = {"Authorization": f"Bearer {CLIENT_KEY}"}
-        async with aiohttp.ClientSession() as session:
-            async with session.post(gw.url + "/chat/completions", json=body, headers=headers) as response:
-                data = b""
-                async for piece in response.content.iter_any():
-                    data += piece
-                    if b"data: [DONE]" in data:
-                        terminal_seen.set()
-                replies.append(Reply(response.status, response.headers, data))
+        async with (aiohttp.ClientSession() as session,
+                    session.post(gw.url + "/chat/completions", json=body, headers=headers) as response):
+            data = b""
+            async for piece in response.content.iter_any():
+                data += piece
+                if b"data: [DONE]" in data:
+                    terminal_seen.set()
+            replies.append(Reply(response.status, response.headers, data))
 
     try:
         lock.execute("BEGIN EXCLUSIVE")
