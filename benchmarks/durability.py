@@ -54,6 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--requests", type=int, default=500, help="Per burst at concurrency 1 (x4 at 32).")
     parser.add_argument("--db-dir", type=Path, default=None, help="Where the ledgers live (default: a temp dir).")
+    parser.add_argument("--only", default="", help="Comma-separated subset of: base, normal, full, no wait.")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,6 +66,8 @@ def main() -> None:
         "full": (REPO, 'synchronous = "full"\n'),
         "no wait": (REPO, "durable_wait_s = 0\n"),
     }
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k == "base" or k in args.only.split(",")}
     procs = []
     try:
         upstream, _ = bench.start_process([sys.executable, str(HERE / "gateway.py"), "upstream", "--upstream-port",

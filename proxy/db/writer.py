@@ -80,6 +80,9 @@ class LedgerWriter:
         most `timeout` seconds. False, and counted in `durability_timeouts`, if that took too long."""
         if self.written >= ticket:
             return True
+        if not self._thread.is_alive():  # not started, stopped, or died: nothing will commit it
+            self.durability_timeouts += 1
+            return False
         self._loop = asyncio.get_running_loop()
         done = self._loop.create_future()
         self._waiters.append((ticket, done))
