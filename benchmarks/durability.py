@@ -3,7 +3,7 @@
 Uses the pieces of benchmarks/gateway.py (same canned upstream, clients and CPU reading: latency at
 concurrency 1, requests/s at 32 connections, the gateway's CPU ms per request) on several gateways in
 one run, in short bursts, gateway after gateway in rotating order (the machine is shared: its noise
-hits all alike); prints p50/p99 over all bursts and the median burst's req/s and CPU.
+hits all alike); prints p50/p99 over all bursts and the median burst's req/s and CPU, at c1 and c32.
 
     python benchmarks/durability.py --base /work/wt/base [--rounds 10] [--requests 500] [--db-dir DIR]
 
@@ -33,7 +33,7 @@ async def interleaved(gateways: dict[str, tuple[str, int]], rounds: int, n: int)
     """Short bursts, gateway after gateway in rotating order, `rounds` times: at concurrency 1 (`n`
     requests: latency) then at 32 connections (`4 n` requests: req/s), CPU ms per request over both."""
     names = list(gateways)
-    out: dict[str, dict[str, list[float]]] = {k: {"lat": [], "rps": [], "cpu": []} for k in names}
+    out: dict[str, dict[str, list[float]]] = {k: {"lat": [], "rps": [], "cpu1": [], "cpu32": []} for k in names}
     async with bench.aiohttp.ClientSession(connector=bench.aiohttp.TCPConnector(limit=64)) as session:
         for name in names:  # warm up connections, tokenizers, price lookups
             await bench.latencies(session, gateways[name][0] + "/chat/completions", 200)
@@ -43,8 +43,10 @@ async def interleaved(gateways: dict[str, tuple[str, int]], rounds: int, n: int)
                 url, pid = gateways[name]
                 cpu = bench.cpu_seconds(pid)
                 out[name]["lat"] += await bench.latencies(session, url + "/chat/completions", n)
+                middle = bench.cpu_seconds(pid)
                 out[name]["rps"].append(await bench.throughput(session, url + "/chat/completions", 4 * n, 32))
-                out[name]["cpu"].append((bench.cpu_seconds(pid) - cpu) / (5 * n) * 1000)
+                out[name]["cpu1"].append((middle - cpu) / n * 1000)
+                out[name]["cpu32"].append((bench.cpu_seconds(pid) - middle) / (4 * n) * 1000)
     return out
 
 
@@ -92,20 +94,21 @@ def main() -> None:
             proc.wait(10)
 
     print(f"{args.rounds} interleaved rounds: {args.requests} requests at c1, {4 * args.requests} at c32 each; ledgers in {tmp}")
-    print(f"{'':10}{'p50 ms':>9}{'p99 ms':>9}{'req/s c32':>11}{'(min-max)':>13}{'CPU ms/req':>12}")
+    print(f"{'':10}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}{'req/s c32':>11}{'(min-max)':>13}{'CPU ms/req':>11}")
+    print(f"{'':10}{'c1':>9}{'c1':>9}{'c1':>11}{'':>11}{'':>13}{'c32':>11}")
     figures = {}
     for name, r in results.items():
-        figures[name] = (bench.pct(r["lat"], 0.5), bench.pct(r["lat"], 0.99), statistics.median(r["rps"]),
-                         statistics.median(r["cpu"]))
+        figures[name] = (bench.pct(r["lat"], 0.5), bench.pct(r["lat"], 0.99), statistics.median(r["cpu1"]),
+                         statistics.median(r["rps"]), statistics.median(r["cpu32"]))
         spread = f"{min(r['rps']):.0f}-{max(r['rps']):.0f}"
-        print(f"{name:10}{figures[name][0]:9.3f}{figures[name][1]:9.3f}{figures[name][2]:11.0f}{spread:>13}"
-              f"{figures[name][3]:12.3f}")
+        f = figures[name]
+        print(f"{name:10}{f[0]:9.3f}{f[1]:9.3f}{f[2]:11.3f}{f[3]:11.0f}{spread:>13}{f[4]:11.3f}")
     b = figures["base"]
     for name, f in figures.items():
         if name != "base":
-            print(f"{name}: req/s c32 {100 * (f[2] / b[2] - 1):+.1f}%, CPU/req {100 * (f[3] / b[3] - 1):+.1f}%, "
-                  f"added latency p50 {f[0] - b[0]:+.3f} ms, p99 {f[1] - b[1]:+.3f} ms (vs base)")
-
+            print(f"{name}: c32 req/s {100 * (f[3] / b[3] - 1):+.1f}%, CPU/req {100 * (f[4] / b[4] - 1):+.1f}%; "
+                  f"c1 added latency p50 {f[0] - b[0]:+.3f} ms, p99 {f[1] - b[1]:+.3f} ms, "
+                  f"CPU/req {100 * (f[2] / b[2] - 1):+.1f}% (vs base)")
 
 if __name__ == "__main__":
     main()
