@@ -32,6 +32,7 @@ _INSERT = "INSERT OR REPLACE INTO requests ({}) VALUES ({})".format(
     ", ".join(COLUMNS), ", ".join("?" for _ in COLUMNS)
 )
 _TIMEOUT_LOG_EVERY_S = 60.0
+_COMPACT_WAITERS = 4096
 
 
 class LedgerWriter:
@@ -94,6 +95,8 @@ class LedgerWriter:
             return True
         except TimeoutError:
             self.durability_timeouts += 1
+            if len(self._waiters) > _COMPACT_WAITERS:  # a long outage: drop the waits that gave up
+                self._waiters = collections.deque(w for w in self._waiters if not w[1].done())
             now = time.monotonic()
             if now - self._timeout_logged >= _TIMEOUT_LOG_EVERY_S:
                 self._timeout_logged = now

@@ -487,3 +487,34 @@ def test_a_creating_request_records_the_object_it_made(gateway: Callable[..., Ga
     assert rows[("POST", "/v1/responses", 1)] == streamed is not None
     assert rows[("POST", "/v1/files", 0)] == upload.id
     assert rows[("GET", f"/v1/responses/{response.id}", 0)] is None  # a read creates nothing
+
+
+def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database locked for a long time: every answer gives up waiting after its timeout, and the
+    given-up waits are let go, not kept until the database comes back."""
+    import proxy.db.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_COMPACT_WAITERS", 10)
+    db = tmp_path / "o.db"
+    writer = LedgerWriter(str(db))
+    writer.start()
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+
+    async def run() -> list[bool]:
+        lock.execute("BEGIN EXCLUSIVE")
+        results = []
+        for i in range(40):
+            ticket = writer.submit(_row(i))
+            assert ticket is not None
+            results.append(await writer.wait_written(ticket, 0.001))
+        assert len(writer._waiters) <= 11  # white-box: the waiters the writer would tell
+        lock.execute("ROLLBACK")
+        results.append(await writer.wait_written(writer.accepted, 10.0))
+        return results
+
+    try:
+        assert asyncio.run(run()) == [False] * 40 + [True]
+    finally:
+        lock.close()
+    assert writer.durability_timeouts == 40 and writer.written == 40
+    writer.close()
