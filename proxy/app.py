@@ -18,6 +18,7 @@ from aiohttp import web
 from .body import receive_body
 from .config import Config
 from .db.writer import LedgerWriter
+from .durable import COMPLETE
 from .errors import GatewayError, InvalidRequest
 from .exchange import Exchange
 from .stages import Stage
@@ -33,7 +34,7 @@ from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
 from .stages.deadline import Deadline
 from .stages.forward import Forward, Timeouts, Upstream
-from .stages.ledger import Ledger
+from .stages.ledger import Ledger, RequestId
 from .stages.meter import Meter
 from .stages.metrics import Metrics
 from .stages.owners import OWNERS, Owners, filter_lists
@@ -63,22 +64,43 @@ class Pipeline:
     fixtures: Fixtures
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     drained: int = 0  # exchanges still finishing when the server stopped (the shutdown line says so)
+    durable_wait_s: float = 0.0
+    completing: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # by id(ex), until schedule_finish
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         for stage in self.after:
             stage.chunk(ex, data)
 
+    async def complete(self, ex: Exchange) -> None:
+        """A response that reached its end normally, before its last bytes go out: run the finish hooks
+        now (once: `schedule_finish` then does nothing), then wait, at most `durable_wait_s`, until its
+        ledger row is committed. The hooks run in their own task, so a client leaving halfway through
+        never leaves them half done."""
+        if id(ex) in self.completing:
+            return
+        ex.finished = time.perf_counter()
+        task = asyncio.get_running_loop().create_task(self._finish(ex, durable=True))
+        self.completing[id(ex)] = task
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        await asyncio.shield(task)
+
     def schedule_finish(self, ex: Exchange) -> None:
+        if self.completing.pop(id(ex), None) is not None:
+            return  # `complete` ran the finish hooks already
         task = asyncio.get_running_loop().create_task(self._finish(ex))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _finish(self, ex: Exchange) -> None:
+    async def _finish(self, ex: Exchange, durable: bool = False) -> None:
         for stage in self.after:
             try:
                 await stage.finish(ex)
             except Exception:  # a broken stage must not lose the others' work
                 log.exception("stage %s failed to finish exchange %s", type(stage).__name__, ex.id)
+        if durable and self.writer is not None and self.durable_wait_s > 0:
+            # the ledger stage (last) has just submitted this exchange's row: the latest ticket covers it
+            await self.writer.wait_written(self.writer.accepted, self.durable_wait_s)
 
     async def drain(self) -> None:
         self.drained += len(self.tasks)
@@ -167,7 +189,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                   clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        writer = LedgerWriter(config.ledger.path) if config.ledger.enabled else None
+        writer = LedgerWriter(config.ledger.path, synchronous=config.ledger.synchronous) \
+            if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
         await asyncio.to_thread(preload)
@@ -203,7 +226,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
             await asyncio.to_thread(pending.load_ledger, config.ledger.path)
         app[PIPELINE] = Pipeline(
-            before=[Deadline(config.upstream.timeout_s), authenticate, Route(config.resolved_aliases(), routes, default),
+            before=[Deadline(config.upstream.timeout_s), RequestId(), authenticate,
+                    Route(config.resolved_aliases(), routes, default),
                     *app[OWNERS].stages,
                     Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
                               budgeted=budget.budgeted), budget, batches, ratelimit, fixtures],
@@ -214,9 +238,11 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             writer=writer,
             budgets=book,
             fixtures=fixtures,
+            durable_wait_s=config.ledger.durable_wait_s,
         )
         await batches.start()
         await pending.start()
+        app[COMPLETE] = app[PIPELINE].complete
         try:
             yield
         finally:
@@ -231,7 +257,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
     return ctx
 
 
-HEADER_STAGES: tuple[type[Stage], ...] = (Deadline, Authenticate)  # stages that run before the body is read
+HEADER_STAGES: tuple[type[Stage], ...] = (Deadline, RequestId, Authenticate)  # run before the body is read
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
@@ -311,7 +337,9 @@ async def healthz(request: web.Request) -> web.Response:
             return web.Response(body=dumps({"status": "ok"}), content_type="application/json")
     writer = request.app[PIPELINE].writer
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
-                                          "dropped": writer.dropped, "write_failures": writer.failures}
+                                          "dropped": writer.dropped, "write_failures": writer.failures,
+                                          "durability_timeouts": writer.durability_timeouts,
+                                          "synchronous": writer.synchronous}
     body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
             "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
     return web.Response(body=dumps(body), content_type="application/json")

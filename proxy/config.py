@@ -120,6 +120,12 @@ class LedgerConfig(Section):
     enabled: bool = Field(True, description="Write one row per request to the ledger.")
     path: str = Field("oaigate.db", description="SQLite file for the spend ledger.")
     log_bodies: bool = Field(False, description="Store request and response bodies (truncated).")
+    synchronous: Literal["normal", "full"] = Field(
+        "normal", description='"normal": a committed row survives the process being killed; "full": also '
+        "power loss (one fsync per commit).")
+    durable_wait_s: float = Field(
+        1.0, ge=0, description="Longest a complete answer waits for its row to be committed before its last "
+        "bytes go out (then it goes on, counted in /healthz); 0: do not wait.")
 
 
 class MatchConfig(Section):

@@ -94,11 +94,18 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def connect(path: str) -> sqlite3.Connection:
-    """Open (creating and migrating) the ledger in WAL mode."""
+SYNCHRONOUS = {"normal": "NORMAL", "full": "FULL"}
+
+
+def connect(path: str, synchronous: str = "normal") -> sqlite3.Connection:
+    """Open (creating and migrating) the ledger in WAL mode.
+
+    `synchronous`: "normal" (a commit is written to the WAL, not fsynced: it survives the process
+    being killed, the last commits may be lost on power loss) or "full" (each commit is fsynced: it
+    also survives power loss, at the cost of one fsync per commit)."""
     conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[synchronous]}")
     migrate(conn)
     return conn
 

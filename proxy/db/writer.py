@@ -1,15 +1,22 @@
-"""The one ledger writer: rows queue up from the event loop and a thread inserts them in batches.
+"""The one ledger writer: rows queue up from the event loop and a thread commits them in batches.
 
-The request path only calls `submit`: an append to a deque, which wakes nobody. The writer thread
-wakes every `interval_s`, takes everything queued and inserts it in one transaction, so the event
-loop never waits on SQLite and never fights the writer for the GIL once per request. A locked
-database or a full disk never stalls a client: the writer keeps its batch and retries with backoff
-while new rows wait in the bounded queue; rows that do not fit are counted in `dropped`, which
-`/healthz` reports.
+The request path calls `submit`: an append to a deque that wakes the writer thread if it sleeps. The
+thread takes everything queued and inserts it in one transaction (group commit): rows submitted while
+it commits batch N go into batch N+1, so the event loop never waits on SQLite and a busy gateway pays
+one commit per batch, not per row. A response that must not go out before its row is durable awaits
+`wait_written(ticket, timeout)`; the thread tells the loop once per committed batch
+(`call_soon_threadsafe`). The wait is bounded: a locked database or a full disk never stalls a
+client beyond `timeout` (the miss is counted in `durability_timeouts`); the writer keeps its batch and
+retries with backoff while new rows wait in the bounded queue; rows that do not fit are counted in
+`dropped`. `/healthz` reports all three.
+
+Committed means written to the OS (WAL, `synchronous = NORMAL`): it survives the process being
+killed. `synchronous = "full"` also fsyncs each commit, so it survives power loss.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import sqlite3
@@ -24,34 +31,91 @@ log = logging.getLogger("oaigate.ledger")
 _INSERT = "INSERT OR REPLACE INTO requests ({}) VALUES ({})".format(
     ", ".join(COLUMNS), ", ".join("?" for _ in COLUMNS)
 )
+_TIMEOUT_LOG_EVERY_S = 60.0
+_COMPACT_WAITERS = 4096
 
 
 class LedgerWriter:
-    """Start with `start()`; `submit(row)` from anywhere; `flush()` waits; `close()` flushes and stops."""
+    """Start with `start()`; `submit(row)` from the event loop (or one other thread); `wait_written`
+    on the loop; `flush()` waits from a thread; `close()` flushes and stops."""
 
     def __init__(self, path: str, *, max_queue: int = 100_000, interval_s: float = 0.05,
-                 max_retry_delay_s: float = 5.0) -> None:
+                 max_retry_delay_s: float = 5.0, synchronous: str = "normal") -> None:
         self.path = path
+        self.synchronous = synchronous
         self.dropped = 0
-        self.written = 0
+        self.accepted = 0  # rows queued so far: the ticket of the latest row
+        self.written = 0  # rows committed so far; rows commit in ticket order
+        self.batches = 0
         self.failures = 0
+        self.durability_timeouts = 0
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self._max_queue, self._interval_s, self._max_retry_delay_s = max_queue, interval_s, max_retry_delay_s
         self._in_flight = 0
         self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._timeout_logged = -_TIMEOUT_LOG_EVERY_S
         self._thread = threading.Thread(target=self._run, name="oaigate-ledger", daemon=True)
 
     def start(self) -> None:
-        connect(self.path).close()  # create and migrate now, so a bad path fails at startup
+        connect(self.path, self.synchronous).close()  # create and migrate now, so a bad path fails at startup
         self._thread.start()
 
-    def submit(self, row: dict[str, Any]) -> None:
-        """Queue a row; never blocks. A full queue drops the row and counts it."""
+    def submit(self, row: dict[str, Any]) -> int | None:
+        """Queue a row; never blocks. Returns its ticket for `wait_written`, or None when the queue is
+        full: then the row is dropped and counted."""
         if len(self._queue) >= self._max_queue:
             self.dropped += 1
             log.error("ledger queue full: a row was dropped (%d so far)", self.dropped)
-            return
+            return None
         self._queue.append(tuple(row.get(c) for c in COLUMNS))
+        self.accepted += 1
+        if not self._wake.is_set():  # one wake-up per batch, not per row
+            self._wake.set()
+        return self.accepted
+
+    async def wait_written(self, ticket: int, timeout: float) -> bool:
+        """Wait (on the event loop) until the row `ticket` and every row before it is committed, at
+        most `timeout` seconds. False, and counted in `durability_timeouts`, if that took too long."""
+        if self.written >= ticket:
+            return True
+        if not self._thread.is_alive():  # not started, stopped, or died: nothing will commit it
+            self.durability_timeouts += 1
+            return False
+        self._loop = asyncio.get_running_loop()
+        done = self._loop.create_future()
+        self._waiters.append((ticket, done))
+        if self.written >= ticket:  # committed between the first check and registering: no notice will come
+            self._release()
+        try:
+            async with asyncio.timeout(timeout):
+                await done
+            return True
+        except TimeoutError:
+            self.durability_timeouts += 1
+            if len(self._waiters) > _COMPACT_WAITERS:  # a long outage: drop the waits that gave up
+                self._waiters = collections.deque(w for w in self._waiters if not w[1].done())
+            now = time.monotonic()
+            if now - self._timeout_logged >= _TIMEOUT_LOG_EVERY_S:
+                self._timeout_logged = now
+                log.warning("a ledger row was not committed within %.2fs: the response went on without it "
+                            "(%d such responses so far; backlog %d)", timeout, self.durability_timeouts,
+                            self.backlog)
+            return False
+
+    def _release(self) -> None:
+        """On the loop: wake the waiters whose rows are committed."""
+        written, waiting = self.written, self._waiters
+        self._waiters = collections.deque()
+        for ticket, done in waiting:
+            if done.done():
+                continue  # timed out
+            if ticket <= written:
+                done.set_result(None)
+            else:
+                self._waiters.append((ticket, done))
 
     @property
     def backlog(self) -> int:
@@ -72,6 +136,7 @@ class LedgerWriter:
         if self._thread.is_alive():
             self.flush(timeout)
             self._stop.set()
+            self._wake.set()
             self._thread.join(timeout)
 
     def _take(self) -> list[tuple[Any, ...]]:
@@ -79,15 +144,25 @@ class LedgerWriter:
         self._in_flight = count  # before popping: `backlog` must never miss a row that is not written yet
         return [self._queue.popleft() for _ in range(count)]
 
+    def _committed(self) -> None:
+        """On the writer thread, once per batch: tell the loop, whose waiters may now go on."""
+        loop = self._loop
+        if loop is not None and self._waiters:
+            try:
+                loop.call_soon_threadsafe(self._release)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                self._loop = None
+
     def _run(self) -> None:
         conn: sqlite3.Connection | None = None
         while not (self._stop.is_set() and not self._queue):
-            self._stop.wait(self._interval_s)
+            self._wake.wait(self._interval_s)
+            self._wake.clear()  # before taking: a row queued after this wakes the next round
             batch = self._take()
             delay = 0.05
             while batch:
                 try:
-                    conn = conn or connect(self.path)
+                    conn = conn or connect(self.path, self.synchronous)
                     with conn:
                         conn.execute("BEGIN")
                         conn.executemany(_INSERT, batch)
@@ -101,7 +176,9 @@ class LedgerWriter:
                     delay = min(delay * 2, self._max_retry_delay_s)
                     continue
                 self.written += len(batch)
+                self.batches += 1
                 self._in_flight = 0
                 batch = []
+                self._committed()
         if conn is not None:
             conn.close()

@@ -32,6 +32,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from ..config import FixturesConfig
+from ..durable import COMPLETE
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange
 from ..wire.fixtures import (
@@ -371,10 +372,13 @@ async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: 
     ex.upstream_headers = CIMultiDict(recorded.headers)
     ex.upstream_request_id = recorded.headers.get("x-request-id")
     headers = {**recorded.headers, **ex.response_headers, FIXTURE_HEADER: "hit"}
+    complete = request.app.get(COMPLETE)  # finish hooks and the ledger commit, before the last bytes
     if recorded.chunks is None:
         body = decode_body(recorded.body or {"text": ""})
         ex.response_body = body
         on_chunk(ex, body)
+        if complete is not None:
+            await complete(ex)
         return web.Response(status=recorded.status, body=body, headers=headers)
     prepare_body(ex, inject_stream_usage)  # a recorded chat stream has the usage chunk the gateway asked for
     stripper = StreamUsageStripper() if ex.strip_stream_usage else None
@@ -390,8 +394,12 @@ async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: 
         if stripper is not None:
             data = stripper.feed(data)
         if data:
+            if ex.stream_ended and complete is not None:
+                await complete(ex)
             await response.write(data)
     if stripper is not None and (rest := stripper.flush()):
         await response.write(rest)
+    if complete is not None:
+        await complete(ex)
     await response.write_eof()
     return response

@@ -24,6 +24,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from ..body import body_headers
+from ..durable import COMPLETE
 from ..errors import UpstreamError, UpstreamTimeout
 from ..exchange import Exchange
 from ..wire.jsoncodec import dumps
@@ -323,6 +324,7 @@ class Forward:
         content_type = response.headers.get("Content-Type", "")
         length = response.content_length
         remaining = max(deadline - time.monotonic(), 0.001)
+        complete = request.app.get(COMPLETE)
         if "json" in content_type and length is not None and length <= READ_WHOLE_LIMIT:
             started = time.perf_counter()
             try:
@@ -335,6 +337,8 @@ class Forward:
             ex.response_body = body
             on_chunk(ex, body)
             headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
+            if complete is not None:
+                await complete(ex)  # finish hooks run and the ledger row committed before the client has it
             return web.Response(status=response.status, body=body, headers=headers)
         headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
         client = web.StreamResponse(status=response.status, headers=headers)
@@ -348,6 +352,8 @@ class Forward:
                         data = stripper.feed(data)
                         if not data:
                             continue
+                    if ex.stream_ended and complete is not None:
+                        await complete(ex)  # before the chunk carrying the terminal event (once)
                     await client.write(data)
             if stripper is not None and (rest := stripper.flush()):
                 await client.write(rest)
@@ -361,6 +367,8 @@ class Forward:
             if request.transport is not None:
                 request.transport.abort()
             return client
+        if complete is not None:
+            await complete(ex)  # a body that ended without a terminal event: before its last bytes
         await client.write_eof()
         return client
 

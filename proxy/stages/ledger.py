@@ -10,6 +10,7 @@ from ..wire import SIMULATED_HEADER
 from . import Stage
 
 BODY_LIMIT = 64 * 1024
+REQUEST_ID_HEADER = "x-oaigate-request-id"
 
 
 def _iso(ts: float) -> str:
@@ -23,8 +24,15 @@ def _body(data: bytes | None) -> str | None:
     return text + ("…[truncated]" if len(data) > BODY_LIMIT else "")
 
 
+class RequestId(Stage):
+    """Names the exchange's ledger row on every answer: `x-oaigate-request-id: <id>` (first stage)."""
+
+    async def request(self, ex: Exchange) -> None:
+        ex.response_headers[REQUEST_ID_HEADER] = ex.id
+
+
 class Ledger(Stage):
-    """Turns a finished exchange into a `requests` row."""
+    """Turns a finished exchange into a `requests` row (its ticket: `writer.accepted` right after)."""
 
     def __init__(self, writer: LedgerWriter, log_bodies: bool = False) -> None:
         self.writer, self.log_bodies = writer, log_bodies

@@ -294,7 +294,7 @@ def test_ledger_disabled_writes_nothing(gateway: Callable[..., Gateway]) -> None
 # --- the writer under pressure -------------------------------------------------------------------
 
 def test_locked_database_never_blocks_requests(gateway: Callable[..., Gateway]) -> None:
-    gw = gateway()
+    gw = gateway(ledger={"durable_wait_s": 0.1})  # each answer waits this long for its row, then goes on
     fetch("GET", gw.url + "/models")
     assert len(gw.rows(expect=1)) == 1
     lock = sqlite3.connect(gw.db, isolation_level=None, timeout=0)
@@ -380,6 +380,70 @@ def test_writer_backlog_never_undercounts_rows_being_taken(tmp_path: Path) -> No
     writer.close()
     assert len(seen) == 5 and min(seen) >= 5, seen
     assert len(read_rows(tmp_path / "b.db")) == 5
+
+
+def test_writer_group_commit_rows_queued_during_a_commit_go_in_the_next_batch(tmp_path: Path) -> None:
+    """A submit wakes the writer (no tick: `interval_s` is a minute); rows that arrive while it commits
+    batch N are committed together as batch N+1; each waiter returns once its row is readable."""
+    db = tmp_path / "g.db"
+    writer = LedgerWriter(str(db), interval_s=60.0)
+    writer.start()
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+
+    async def run() -> list[bool]:
+        lock.execute("BEGIN EXCLUSIVE")  # batch 1 cannot commit until this ends
+        first = writer.submit(_row(0))
+        for _ in range(500):
+            if writer._in_flight == 1 and not writer._queue:  # white-box: batch 1 taken, now blocked
+                break
+            await asyncio.sleep(0.01)
+        assert writer._in_flight == 1
+        rest = [writer.submit(_row(i)) for i in range(1, 100)]
+        waits = [asyncio.ensure_future(writer.wait_written(t, 10.0)) for t in [first, *rest]]
+        await asyncio.sleep(0.05)
+        assert not any(w.done() for w in waits) and writer.written == 0
+        lock.execute("ROLLBACK")
+        return list(await asyncio.gather(*waits))
+
+    try:
+        assert asyncio.run(run()) == [True] * 100
+    finally:
+        lock.close()
+    assert (writer.written, writer.batches, writer.durability_timeouts) == (100, 2, 0)
+    assert len(read_rows(db)) == 100  # committed: another connection sees them
+    writer.close()
+
+
+def test_writer_wait_is_bounded_and_counted(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    writer = LedgerWriter(str(db))
+    writer.start()
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+
+    async def run() -> tuple[bool, bool]:
+        lock.execute("BEGIN EXCLUSIVE")
+        ticket = writer.submit(_row(1))
+        assert ticket is not None
+        missed = await writer.wait_written(ticket, 0.05)
+        lock.execute("ROLLBACK")
+        return missed, await writer.wait_written(ticket, 10.0)
+
+    try:
+        assert asyncio.run(run()) == (False, True)
+    finally:
+        lock.close()
+    assert writer.durability_timeouts == 1 and writer.written == 1
+    writer.close()
+
+
+@pytest.mark.parametrize(("synchronous", "pragma"), [("normal", 1), ("full", 2)])
+def test_synchronous_setting_reaches_the_writer_connection(tmp_path: Path, synchronous: str, pragma: int) -> None:
+    conn = connect(str(tmp_path / "s.db"), synchronous)
+    try:
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
 
 
 # --- volume -------------------------------------------------------------------------------------
@@ -468,3 +532,34 @@ def test_mock_traffic_is_simulated_spend_apart_from_real(gateway: Callable[..., 
     assert by_upstream["mock"]["cost_microusd"] == 0 and by_upstream["mock"]["requests"] == 1
     table = CliRunner().invoke(cli, ["spend", "--db", str(db)]).output
     assert "simulated" in table and f"${real_row['cost_microusd'] / 1e6:.6f}" in table
+
+
+def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A database locked for a long time: every answer gives up waiting after its timeout, and the
+    given-up waits are let go, not kept until the database comes back."""
+    import proxy.db.writer as writer_module
+
+    monkeypatch.setattr(writer_module, "_COMPACT_WAITERS", 10)
+    db = tmp_path / "o.db"
+    writer = LedgerWriter(str(db))
+    writer.start()
+    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+
+    async def run() -> list[bool]:
+        lock.execute("BEGIN EXCLUSIVE")
+        results = []
+        for i in range(40):
+            ticket = writer.submit(_row(i))
+            assert ticket is not None
+            results.append(await writer.wait_written(ticket, 0.001))
+        assert len(writer._waiters) <= 11  # white-box: the waiters the writer would tell
+        lock.execute("ROLLBACK")
+        results.append(await writer.wait_written(writer.accepted, 10.0))
+        return results
+
+    try:
+        assert asyncio.run(run()) == [False] * 40 + [True]
+    finally:
+        lock.close()
+    assert writer.durability_timeouts == 40 and writer.written == 40
+    writer.close()
