@@ -325,27 +325,33 @@ class Forward:
         length = response.content_length
         remaining = max(deadline - time.monotonic(), 0.001)
         complete = request.app.get(COMPLETE)
-        if "json" in content_type and length is not None and length <= READ_WHOLE_LIMIT:
+        head = b""  # the start of a JSON answer with no length that turned out too big to read whole
+        if _is_json(content_type) and (length is None or length <= READ_WHOLE_LIMIT):
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(remaining):
-                    body = await response.read()
+                    body, whole = await _read_up_to(response, READ_WHOLE_LIMIT)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise UpstreamError(f"The upstream broke off its answer ({type(exc).__name__}).") from exc
             finally:
                 ex.upstream_wait_s += time.perf_counter() - started
-            ex.response_body = body
-            on_chunk(ex, body)
-            headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
-            if complete is not None:
-                await complete(ex)  # finish hooks run and the ledger row committed before the client has it
-            return web.Response(status=response.status, body=body, headers=headers)
+            if whole:
+                ex.response_body = body
+                on_chunk(ex, body)
+                headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
+                if complete is not None:
+                    await complete(ex)  # finish hooks run and the ledger row committed before the client has it
+                return web.Response(status=response.status, body=body, headers=headers)
+            head = body
         headers["x-oaigate-overhead-ms"] = _overhead_ms(ex)
         client = web.StreamResponse(status=response.status, headers=headers)
         stripper = StreamUsageStripper() if ex.strip_stream_usage and "event-stream" in content_type else None
         await client.prepare(request)
         try:
             async with asyncio.timeout(remaining):
+                if head:
+                    on_chunk(ex, head)
+                    await client.write(head)
                 async for data in response.content.iter_any():
                     on_chunk(ex, data)
                     if stripper is not None:
@@ -371,6 +377,27 @@ class Forward:
             await complete(ex)  # a body that ended without a terminal event: before its last bytes
         await client.write_eof()
         return client
+
+
+def _is_json(content_type: str) -> bool:
+    """`application/json` (or `+json`), not a JSON-lines stream: such answers are read whole."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def _read_up_to(response: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The answer's body, and True; or, past `limit` bytes, what was read so far and False (the rest is
+    relayed as it comes). A JSON answer sent without a length is then read whole like any other, so the
+    stages that need it whole (the meter, ownership filters) see it before the client does."""
+    if response.content_length is not None:
+        return await response.read(), True
+    parts, size = [], 0
+    async for data in response.content.iter_any():
+        parts.append(data)
+        size += len(data)
+        if size > limit:
+            return b"".join(parts), False
+    return b"".join(parts), True
 
 
 def _overhead_ms(ex: Exchange) -> str:

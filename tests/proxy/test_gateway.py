@@ -595,3 +595,26 @@ def test_an_upstream_that_compresses_anyway_is_relayed_decodable_and_metered(
     assert reply.choices[0].message.content == "zipped"
     [row] = gw.rows(expect=1)
     assert (row["prompt_tokens"], row["completion_tokens"], row["usage_source"]) == (11, 3, "reported")
+
+
+@pytest.mark.parametrize("size", [1000, 9 * 1024 * 1024], ids=["small", "over-the-read-whole-limit"])
+def test_a_json_answer_without_a_length_is_relayed_whole(gateway: Callable[..., Any],
+                                                          upstream: Callable[[web.Application], ServerThread],
+                                                          size: int) -> None:
+    """Read whole (up to READ_WHOLE_LIMIT) so the stages see it first; past the limit, relayed as it comes."""
+    body = json.dumps({"object": "list", "data": [], "pad": "x" * size}).encode()
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 65536):
+            await response.write(body[start:start + 65536])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/v1/files", chunked)
+    gw = gateway(upstream(app).url + "/v1")
+    reply = fetch("GET", gw.url + "/files")
+    assert reply.status == 200 and reply.body == body
