@@ -82,9 +82,11 @@ def main() -> None:
             config = tmp / f"{slug}.toml"
             config.write_text(f'[upstream]\nbase_url = "http://127.0.0.1:{port}/v1"\n'
                               f'[ledger]\npath = "{tmp / (slug + ".db")}"\n{extra}')
-            runner = "import sys; from proxy.cli import main; sys.argv[0] = 'oaigate'; main()"
+            # `-c` puts the current directory first on sys.path: the checkout must come before it
+            runner = (f"import sys; sys.path.insert(0, {str(code)!r}); from proxy.cli import main; "
+                      "sys.argv[0] = 'oaigate'; main()")
             proc, url = bench.start_process([sys.executable, "-c", runner, "serve", "--config", str(config),
-                                             "--port", "0"], r"serving on (http://\S+/v1)", env={"PYTHONPATH": str(code)})
+                                             "--port", "0"], r"serving on (http://\S+/v1)")
             procs.append(proc)
             gateways[name] = (url, proc.pid)
         results = asyncio.run(interleaved(gateways, args.rounds, args.requests))

@@ -338,7 +338,7 @@ async def healthz(request: web.Request) -> web.Response:
     writer = request.app[PIPELINE].writer
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures,
-                                          "durability_timeouts": writer.durability_timeouts,
+                                          "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
                                           "synchronous": writer.synchronous}
     body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
             "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
