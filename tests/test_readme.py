@@ -217,7 +217,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     global WORKSPACE
     folder = tmp_path_factory.mktemp("readme")
     shutil.copy(ROOT / "config.toml", folder / "config.toml")
-    shutil.copytree(ROOT / "fixtures", folder / "fixtures")
+    shutil.copytree(ROOT / "fixtures", folder / "fixtures", ignore=shutil.ignore_patterns(".oaigate-hits"))  # as cloned
     for name, text in _named_files().items():
         (folder / name).write_text(text)
     WORKSPACE = workspace = Workspace(folder)
