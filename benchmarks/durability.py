@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import gateway as bench  # benchmarks/gateway.py
+import gateway as bench  # noqa: E402 (benchmarks/gateway.py, found through the path set above)
 
 
 async def interleaved(gateways: dict[str, tuple[str, int]], rounds: int, n: int) -> dict[str, dict[str, list[float]]]:
@@ -95,7 +95,8 @@ def main() -> None:
             proc.terminate()
             proc.wait(10)
 
-    print(f"{args.rounds} interleaved rounds: {args.requests} requests at c1, {4 * args.requests} at c32 each; ledgers in {tmp}")
+    print(f"{args.rounds} interleaved rounds: {args.requests} requests at c1, {4 * args.requests} at c32 each; "
+          f"ledgers in {tmp}")
     print(f"{'':10}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>11}{'req/s c32':>11}{'(min-max)':>13}{'CPU ms/req':>11}")
     print(f"{'':10}{'c1':>9}{'c1':>9}{'c1':>11}{'':>11}{'':>13}{'c32':>11}")
     figures = {}

@@ -32,8 +32,8 @@ CHAT_BODY = json.dumps({
                  "logprobs": None, "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 12, "completion_tokens": 80, "total_tokens": 92},
 }).encode()
-CHUNK = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1735689600,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hello "},"finish_reason":null}]}\n\n'
-USAGE = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1735689600,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}\n\n'
+CHUNK = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1735689600,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hello "},"finish_reason":null}]}\n\n'  # noqa: E501 (data)
+USAGE = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1735689600,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}\n\n'  # noqa: E501 (data)
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
 HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
 
@@ -117,7 +117,7 @@ async def measure(direct: str, gateways: dict[str, tuple[str, int]], n: int) -> 
     async with aiohttp.ClientSession(connector=connector) as session:
         results: dict[str, object] = {}
         targets = {"direct": (direct, None), **gateways}
-        for name, (base, _) in targets.items():  # warm up connections, tokenizers, price lookups
+        for base, _ in targets.values():  # warm up connections, tokenizers, price lookups
             await latencies(session, base + "/chat/completions", 200)
             await latencies(session, base + "/chat/completions", 50, stream=True)
         for name, (base, pid) in targets.items():

@@ -11,7 +11,6 @@ reports the status, the time to the answer and the growth of the peak RSS.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket

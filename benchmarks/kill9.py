@@ -18,7 +18,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.proxy.test_durability import run_trial
+from tests.proxy.test_durability import run_trial  # noqa: E402 (found through the path set above)
 
 
 def main() -> None:

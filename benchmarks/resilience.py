@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import signal
 import socket
@@ -143,7 +144,8 @@ def retry_after(args: argparse.Namespace) -> None:
                 same = await asyncio.gather(*(post(session, gw.url, CHAT) for _ in range(20)))
                 blocked.cancel()
                 print(f"mock 429 retry-after 60 s (remaining-requests 0) on gpt-4o-mini: 20 clients on gpt-4o -> "
-                      f"{other.count(429)} x 429, {other.count(200)} x 200; 20 on gpt-4o-mini -> {same.count(429)} x 429 "
+                      f"{other.count(429)} x 429, {other.count(200)} x 200; "
+                      f"20 on gpt-4o-mini -> {same.count(429)} x 429 "
                       "(its headers say that window is empty for 60 s)")
         finally:
             gw.stop()
@@ -233,7 +235,7 @@ def slowloris(args: argparse.Namespace) -> None:
     head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-bench\r\n"
     socks = []
     try:
-        for i in range(600):
+        for _ in range(600):
             sock = socket.create_connection((host, int(port)))
             sock.setblocking(False)
             socks.append(sock)
@@ -242,10 +244,8 @@ def slowloris(args: argparse.Namespace) -> None:
         while time.monotonic() - started < wait:
             for i, sock in enumerate(socks):
                 if i % 2:  # half send one header byte every 2 s, half send nothing
-                    try:
+                    with contextlib.suppress(OSError):
                         sock.send(head[int(time.monotonic() - started) // 2 % len(head):][:1])
-                    except OSError:
-                        pass
             time.sleep(2)
         still_open = 0
         for sock in socks:
@@ -280,10 +280,8 @@ def shutdown(args: argparse.Namespace) -> None:
                 await response.content.readany()
                 started = time.monotonic()
                 gw.proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(aiohttp.ClientError):
                     await response.read()
-                except aiohttp.ClientError:
-                    pass
                 cut = time.monotonic() - started
             code = await asyncio.to_thread(gw.proc.wait, 120)
             exited = time.monotonic() - started

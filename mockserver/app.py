@@ -13,20 +13,38 @@ from proxy.wire import SIMULATED_HEADER
 from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
 from proxy.wire.tokens import preload
 
-from .clock import Sleep, VirtualClock
 from . import (
-    batches, chat, completions, control, dispatch, embeddings, files, moderations, models_api, replay, responses,
-    rules, stored,
+    batches,
+    chat,
+    completions,
+    control,
+    dispatch,
+    embeddings,
+    files,
+    models_api,
+    moderations,
+    replay,
+    responses,
+    rules,
+    stored,
 )
+from .clock import Sleep, VirtualClock
 from .errors import MockError, readable
 from .faults import (
-    FAULT, FAULT_HEADER, LATENCY_HEADER, PACING, FaultCounter, error_for, parse_fault, parse_pacing,
+    FAULT,
+    FAULT_HEADER,
+    LATENCY_HEADER,
+    PACING,
+    FaultCounter,
+    error_for,
+    parse_fault,
+    parse_pacing,
 )
 from .models import Catalogue
-from .settings import MockSettings
-from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, endpoint
 from .ratelimit import RATE_HEADERS, RequestLimit
 from .ratelimit import add_headers as add_rate_headers
+from .settings import MockSettings
+from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, endpoint
 from .streaming import cut
 
 log = logging.getLogger("oaigate.mock")

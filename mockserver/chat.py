@@ -24,15 +24,33 @@ from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
 from . import rules, schemagen, stored, textgen
 from .errors import invalid
-from .generation import REFUSAL, REFUSAL_TRIGGER, Output, finish, answer_text, logprob_entry, refuses, stop_list
+from .generation import REFUSAL, REFUSAL_TRIGGER, Output, answer_text, finish, logprob_entry, refuses, stop_list
 from .models import ModelInfo
 from .rng import RequestRandom, request_random, without
 from .rules import Answer, Subject
 from .state import Call
 from .tools import Function, ToolCall, calls, select
 from .validation import (
-    LOGIT_BIAS, METADATA, MODEL, N, PENALTY, SEED, STOP, STREAM_OPTIONS, TEMPERATURE, TOP_P, USER,
-    Anything, Arr, Bool, Custom, Int, Nullable, Obj, OneOf, Str,
+    LOGIT_BIAS,
+    METADATA,
+    MODEL,
+    PENALTY,
+    SEED,
+    STOP,
+    STREAM_OPTIONS,
+    TEMPERATURE,
+    TOP_P,
+    USER,
+    Anything,
+    Arr,
+    Bool,
+    Custom,
+    Int,
+    N,
+    Nullable,
+    Obj,
+    OneOf,
+    Str,
 )
 
 ROLES = ("system", "assistant", "user", "function", "tool", "developer")

@@ -21,8 +21,23 @@ from .rng import RequestRandom, request_random, without
 from .rules import Answer, Subject
 from .state import Call
 from .validation import (
-    LOGIT_BIAS, MODEL, N, PENALTY, SEED, STOP, STREAM_OPTIONS, TEMPERATURE, TOP_P, USER,
-    Arr, Bool, Int, Nullable, Obj, OneOf, Str,
+    LOGIT_BIAS,
+    MODEL,
+    PENALTY,
+    SEED,
+    STOP,
+    STREAM_OPTIONS,
+    TEMPERATURE,
+    TOP_P,
+    USER,
+    Arr,
+    Bool,
+    Int,
+    N,
+    Nullable,
+    Obj,
+    OneOf,
+    Str,
 )
 
 DEFAULT_MAX_TOKENS = 16
@@ -87,7 +102,7 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, parts: 
     enc = encoding_for_model(model.id)
     limit = body.get("max_tokens", DEFAULT_MAX_TOKENS)
     outputs = []
-    for p_index, ((prompt, _), script) in enumerate(zip(parts, scripts)):
+    for p_index, ((prompt, _), script) in enumerate(zip(parts, scripts, strict=False)):
         for c_index in range(body.get("n") or 1):
             if script is not None:
                 text = script.text or ""

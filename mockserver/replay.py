@@ -17,7 +17,13 @@ from typing import Any
 from aiohttp import web
 
 from proxy.wire.fixtures import (
-    CASSETTE_HEADER, FIXTURE_HEADER, Cassette, Fixture, MatchPolicy, cassette_folders, request_key,
+    CASSETTE_HEADER,
+    FIXTURE_HEADER,
+    Cassette,
+    Fixture,
+    MatchPolicy,
+    cassette_folders,
+    request_key,
 )
 from proxy.wire.fixtures.format import decode_body
 from proxy.wire.fixtures.matching import DEFAULT_IGNORED, normalized_body, redact_query

@@ -38,7 +38,7 @@ from .dispatch import LINE_HANDLERS
 from .errors import MockError, invalid
 from .faults import FAULT, PACING, Pacing
 from .files import answer, query_int
-from .generation import REFUSAL, REFUSAL_TRIGGER, Output, finish, answer_text, logprob_entry, pieces_of, refuses
+from .generation import REFUSAL, REFUSAL_TRIGGER, Output, answer_text, finish, logprob_entry, pieces_of, refuses
 from .models import Catalogue, ModelInfo
 from .responses_store import RESPONSES, ResponseStore, Stored
 from .rng import RequestRandom, request_random, without
@@ -47,8 +47,21 @@ from .state import SLEEP, Call, endpoint
 from .streaming import send_stream
 from .tools import Function, ToolCall, calls, select
 from .validation import (
-    METADATA, MODEL, STREAM_OPTIONS, TEMPERATURE, TOP_P, USER,
-    Anything, Arr, Bool, Custom, Int, Nullable, Obj, OneOf, Str,
+    METADATA,
+    MODEL,
+    STREAM_OPTIONS,
+    TEMPERATURE,
+    TOP_P,
+    USER,
+    Anything,
+    Arr,
+    Bool,
+    Custom,
+    Int,
+    Nullable,
+    Obj,
+    OneOf,
+    Str,
 )
 
 ROLES = ("user", "assistant", "system", "developer")

@@ -14,10 +14,10 @@ from proxy.wire.jsoncodec import JSONDecodeError, loads
 from .clock import Sleep, VirtualClock
 from .errors import MockError
 from .faults import FAULT, PACING, Fault, FaultCounter, Pacing
-from .rng import RequestRandom, request_random
-from .streaming import send_json, send_stream
 from .models import Catalogue
+from .rng import RequestRandom, request_random
 from .settings import MockSettings
+from .streaming import send_json, send_stream
 
 T = TypeVar("T")
 OFFLOAD_BYTES = 64 * 1024

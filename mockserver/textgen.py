@@ -15,16 +15,7 @@ from .rng import RequestRandom
 
 _WORD = re.compile(r"[^\W\d_][\w'-]*", re.UNICODE)
 STOPWORDS = frozenset(
-    """a about above after again all also am an and any are as at be because been before being
-    below between both but by can could did do does doing down during each few for from further
-    had has have having he her here hers him his how i if in into is it its itself just let me
-    more most my no nor not now of off on once only or other our out over own please same she
-    should so some such tell than that the their them then there these they this those through to
-    too under until up very was we were what when where which while who whom why will with would
-    you your yours give show explain write make describe say work works working use using used get
-    like want need know help best good way ways thing things much many json answer respond reply
-    format one two three four five six seven eight nine ten few several list short brief quick
-    paragraph paragraphs sentence sentences tips ideas examples steps points""".split()
+    ["a", "about", "above", "after", "again", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do", "does", "doing", "down", "during", "each", "few", "for", "from", "further", "had", "has", "have", "having", "he", "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "let", "me", "more", "most", "my", "no", "nor", "not", "now", "of", "off", "on", "once", "only", "or", "other", "our", "out", "over", "own", "please", "same", "she", "should", "so", "some", "such", "tell", "than", "that", "the", "their", "them", "then", "there", "these", "they", "this", "those", "through", "to", "too", "under", "until", "up", "very", "was", "we", "were", "what", "when", "where", "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your", "yours", "give", "show", "explain", "write", "make", "describe", "say", "work", "works", "working", "use", "using", "used", "get", "like", "want", "need", "know", "help", "best", "good", "way", "ways", "thing", "things", "much", "many", "json", "answer", "respond", "reply", "format", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "few", "several", "list", "short", "brief", "quick", "paragraph", "paragraphs", "sentence", "sentences", "tips", "ideas", "examples", "steps", "points"]  # noqa: E501 (data)
 )
 
 _OPENERS = (

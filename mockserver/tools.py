@@ -32,9 +32,7 @@ from .generation import json_text
 from .rng import RequestRandom
 
 _GENERIC = frozenset(
-    """get set fetch find list search create update delete remove add call run invoke execute function tool
-    current given specified specific return returns retrieve lookup look check data info information
-    details provide new based value values""".split()
+    ["get", "set", "fetch", "find", "list", "search", "create", "update", "delete", "remove", "add", "call", "run", "invoke", "execute", "function", "tool", "current", "given", "specified", "specific", "return", "returns", "retrieve", "lookup", "look", "check", "data", "info", "information", "details", "provide", "new", "based", "value", "values"]  # noqa: E501 (data)
 )
 _SUFFIXES = ("", "s", "es", "ed", "d", "ing")
 _NAMED = 100  # the score of a function the message names outright

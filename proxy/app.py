@@ -16,28 +16,28 @@ import aiohttp
 from aiohttp import web
 
 from .body import receive_body
+from .clock import Clock
 from .config import Config
 from .db.writer import LedgerWriter
 from .durable import COMPLETE
 from .errors import GatewayError, InvalidRequest
 from .exchange import Exchange
 from .stages import Stage
-from .clock import Clock
 from .stages.accesslog import AccessLog
 from .stages.auth import Authenticate
+from .stages.batches import BatchBudgets
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
-from .stages.batches import BatchBudgets
 from .stages.chains import Chains
-from .stages.pending import PendingResponses
+from .stages.deadline import Deadline
 from .stages.estimate import Estimator
 from .stages.fixtures import Fixtures, replay
-from .stages.deadline import Deadline
 from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger, RequestId
 from .stages.meter import Meter
 from .stages.metrics import Metrics
 from .stages.owners import OWNERS, Owners, filter_lists
+from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock

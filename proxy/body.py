@@ -26,6 +26,7 @@ it arrives (`forward` sends it), so memory stays flat whatever the file's size.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -123,10 +124,9 @@ class StreamedBody:
         wait.reschedule(loop.time() + max(deadline - time.monotonic(), 0))
 
         def sent() -> None:
-            try:
+            # RuntimeError: the attempt is over already (the upstream answered before the body ended)
+            with contextlib.suppress(RuntimeError):
                 wait.reschedule(loop.time() + min(first_byte_s, max(deadline - time.monotonic(), 0)))
-            except RuntimeError:  # the attempt is over already (the upstream answered before the body ended)
-                pass
 
         self._sent = sent
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import click
-
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+import click
 
 from mockserver import cli as mock_cli
 

@@ -45,10 +45,7 @@ def _settings(config: Path | None, folder: Path | None) -> tuple[FixturesConfig,
 
 def scan(root: Path, cassette: str | None = None) -> list[Entry]:
     """Every fixture file under `root` (cassette subfolders, and files in `root` itself), sorted."""
-    if cassette is not None:
-        folders = [root / cassette]
-    else:
-        folders = cassette_folders(root)
+    folders = [root / cassette] if cassette is not None else cassette_folders(root)
     entries = []
     for folder in folders:
         name = "." if folder == root else folder.name

@@ -94,8 +94,8 @@ class UpstreamConfig(Section):
                                      "upstream key (clients cannot set it, except with pass_through).")
     project: str | None = Field(None, min_length=1, description="OpenAI-Project header sent with the upstream key "
                                 "(clients cannot set it, except with pass_through).")
-    pool_size: int = Field(256, gt=0, description="Connections to the upstreams at once; past it, requests wait for one "
-                           "(within their timeout_s).")
+    pool_size: int = Field(256, gt=0, description="Connections to the upstreams at once; past it, requests "
+                           "wait for one (within their timeout_s).")
     forward_headers: list[str] = Field(default_factory=list, description="Client headers forwarded upstream besides "
                                        "the built-in list: names or globs (x-trace-id, x-team-*).")
 

@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
 
-
 _JSON_START = frozenset((b"{", b" ", b"\n", b"\r", b"\t"))
 
 

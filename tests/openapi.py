@@ -158,9 +158,8 @@ def _normalise(node: Any) -> Any:
         out["required"] = list(dict.fromkeys(required))
     # 3.0-style boolean exclusive bounds.
     for exclusive, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if isinstance(out.get(exclusive), bool):
-            if out.pop(exclusive) and inclusive in out:
-                out[exclusive] = out.pop(inclusive)
+        if isinstance(out.get(exclusive), bool) and out.pop(exclusive) and inclusive in out:
+            out[exclusive] = out.pop(inclusive)
 
     if not nullable:
         return out
@@ -281,7 +280,7 @@ def _registry():
     return Registry().with_resource(_BASE_URI, DRAFT202012.create_resource(_spec()))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _validator(component: str):
     from jsonschema import Draft202012Validator
 
@@ -337,9 +336,9 @@ def _tag_matches(errors, tag: str) -> bool:
     for err in errors:
         if list(err.relative_path) == [tag] and err.validator in ("enum", "const", "type"):
             return False
-        if err.validator in _UNION and not err.relative_path and err.context:
-            if not any(_tag_matches(branch, tag) for branch in _branches(err).values()):
-                return False
+        if (err.validator in _UNION and not err.relative_path and err.context
+                and not any(_tag_matches(branch, tag) for branch in _branches(err).values())):
+            return False
     return True
 
 
@@ -492,11 +491,8 @@ def validate_sse_events(component: str, raw: bytes | str) -> list[Any]:
             payload = json.loads(data)
         except ValueError as exc:
             raise AssertionError(f"{where}: data is not JSON ({exc}): {_short(data)}") from None
-        if name and isinstance(payload, dict) and isinstance(payload.get("type"), str):
-            if payload["type"] != name:
-                raise AssertionError(
-                    f"{where}: event name {name!r} differs from payload type {payload['type']!r}"
-                )
+        if name and isinstance(payload, dict) and isinstance(payload.get("type"), str) and payload["type"] != name:
+            raise AssertionError(f"{where}: event name {name!r} differs from payload type {payload['type']!r}")
         _check(component, payload, where)
         payloads.append(payload)
     return payloads

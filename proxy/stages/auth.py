@@ -15,7 +15,7 @@ from . import Stage
 
 def token_of(headers: object) -> str | None:
     """The bearer token from `Authorization`, or Azure-style `api-key`."""
-    get = getattr(headers, "get")
+    get = headers.get
     auth = get("Authorization", "")
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None

@@ -31,8 +31,8 @@ CREATING_PATHS = frozenset({
 METERED_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/responses/compact",
                            "/v1/embeddings", "/v1/moderations"})
 METERED_PREFIXES = ("/v1/images/", "/v1/audio/")
-STREAM_KEEP_BYTES = 4 * 1024 * 1024
-RUNNING = frozenset({"queued", "in_progress"})  # a background response's status before it ends  # raw stream kept for estimating when no usage arrives
+STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no usage arrives
+RUNNING = frozenset({"queued", "in_progress"})  # a background response's status before it ends
 
 
 class _StreamState:

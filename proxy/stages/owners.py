@@ -209,9 +209,8 @@ class Owners(Stage):
             rest = []
         if not ex.admin:
             self._check_form(ex, path, collection, kind)
-            if kind is not None and rest:
-                if not self.visible(ex, rest[0]):
-                    raise kind.missing(rest[0])
+            if kind is not None and rest and not self.visible(ex, rest[0]):
+                raise kind.missing(rest[0])
             if ex.method in ("POST", "PUT", "PATCH") and ex.body:
                 self._check_body(ex)
         if kind is None:

@@ -22,8 +22,8 @@ from ..config import Config
 from ..errors import GatewayError
 from ..exchange import Exchange
 from . import Stage
-from .scopes import Selector
 from .retry import MAX_HINT_S, hinted_wait, parse_duration
+from .scopes import Selector
 
 
 class RateLimited(GatewayError):
@@ -375,7 +375,7 @@ class RateLimiter:
     def _refusal(self, scopes: list[Scope], waits: list[float | None], tokens: int) -> RateLimited:
         known = [w for w in waits if w is not None]
         retry = max(known, default=1.0) or 1.0
-        blocking = [s for s, w in zip(scopes, waits) if w is None or w > 0]
+        blocking = [s for s, w in zip(scopes, waits, strict=False) if w is None or w > 0]
         if blocking:
             scope = blocking[0]
             if waits[scopes.index(scope)] is None:

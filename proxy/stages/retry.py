@@ -4,6 +4,7 @@ jitter, overridden by what the upstream asks for (`retry-after-ms`, `retry-after
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import math
@@ -61,10 +62,8 @@ def hinted_wait(status: int, headers: Mapping[str, str], now: Callable[[], float
     wait = None
     value = headers.get("retry-after-ms")
     if value:
-        try:
+        with contextlib.suppress(ValueError):
             wait = _capped(float(value) / 1000)
-        except ValueError:
-            pass
     value = headers.get("retry-after")
     if wait is None and value:
         try:

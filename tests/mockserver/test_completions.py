@@ -10,9 +10,8 @@ import openai
 import pytest
 
 from proxy.wire.tokens import count_text, encoding_for_model
-from tests.openapi import requires_spec, validate
-
 from tests.http import conforms, error_of, post, sse_payloads
+from tests.openapi import requires_spec, validate
 
 MODEL = "gpt-3.5-turbo-instruct"
 VOLCANO = "Volcanoes erupt because"
@@ -163,7 +162,7 @@ def test_logprobs_describe_each_token(url: str) -> None:
     assert len(logprobs["token_logprobs"]) == 20 and all(v <= 0 for v in logprobs["token_logprobs"])
     offsets = [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     assert logprobs["text_offset"] == offsets
-    for token, value, top in zip(tokens, logprobs["token_logprobs"], logprobs["top_logprobs"]):
+    for token, value, top in zip(tokens, logprobs["token_logprobs"], logprobs["top_logprobs"], strict=False):
         assert len(top) == 3 and top[token] == value
         assert all(v <= value for v in top.values())
 

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mockserver.app import make_app
 from mockserver.settings import MockSettings
 from proxy.wire.tokens import count_text
-
-from tests.servers import ServerThread
 from tests.http import Reply, joined_deltas, post, sse_payloads
+from tests.servers import ServerThread
 
 STARTUP_S = 20.0
 SHUTDOWN_S = 5.0
@@ -137,7 +137,7 @@ def test_separate_processes_answer_byte_identically(runs: dict[int, Run], seed: 
 def test_seed_changes_the_answers(runs: dict[int, Run]) -> None:
     default, seeded = runs[0].replies, runs[1].replies
 
-    assert all(r.body != d.body for r, d in zip(seeded, default))
+    assert all(r.body != d.body for r, d in zip(seeded, default, strict=False))
     chat, other = seeded[0].json(), default[0].json()
     assert chat["choices"][0]["message"]["content"] != other["choices"][0]["message"]["content"]
     assert chat["id"] != other["id"]
@@ -199,7 +199,7 @@ def test_chat_is_a_function_of_the_request(mock_server: ServerThread, body: dict
     reasoning = usage["completion_tokens_details"]["reasoning_tokens"]
     assert usage["completion_tokens"] == sum(count_text(t, body["model"]) for t in texts) + reasoning
     limit = body.get("max_tokens", body.get("max_completion_tokens"))
-    for choice, full in zip(completion["choices"], unlimited["choices"]):
+    for choice, full in zip(completion["choices"], unlimited["choices"], strict=False):
         assert full["message"]["content"].startswith(choice["message"]["content"])
         if choice["finish_reason"] == "length":
             assert limit is not None

@@ -138,7 +138,8 @@ def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
     return path, json.dumps(body).encode()
 
 
-def send(base: str, method: str, path: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+def send(base: str, method: str, path: str, data: bytes, headers: dict[str, str] | None = None) -> tuple[int,
+                                                                                                         dict, bytes]:
     parts = urlsplit(base)
     head = {"Host": "127.0.0.1", "Authorization": "Bearer sk-test", "Connection": "close",
             "Content-Type": "application/json", "Content-Length": str(len(data)), **(headers or {})}

@@ -251,7 +251,8 @@ def latency_header(draw: st.DrawFn) -> str:
     return ";".join(f"{k}={v}" for k, v in params)
 
 
-_TARGETS = [("POST", "/v1/chat/completions", SMALL_CHAT), ("POST", "/v1/chat/completions", {**SMALL_CHAT, "stream": True}),
+_TARGETS = [("POST", "/v1/chat/completions", SMALL_CHAT), ("POST", "/v1/chat/completions", {**SMALL_CHAT,
+                                                                                            "stream": True}),
             ("POST", "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x"}),
             ("POST", "/v1/responses", {"model": "gpt-4o-mini", "input": "hi", "max_output_tokens": 16}),
             ("GET", "/v1/models", None), ("GET", "/v1/files", None)]
@@ -268,7 +269,8 @@ def test_junk_fault_and_latency_headers(served: tuple[ServerThread, Delays, dict
                if value is not None}
     kind = headers.get("x-mock-fault", "").split(";")[0].strip()
     start = len(delays.seen)
-    status, resp_headers, answer = exchange(server.url, method, path, b"" if body is None else json.dumps(body).encode(),
+    status, resp_headers, answer = exchange(server.url, method, path,
+                                            b"" if body is None else json.dumps(body).encode(),
                                             headers)
     what = f"{method} {path} {headers!r}"
     assert_pacing_bounded(delays, start, timeout_asked=kind == "timeout")

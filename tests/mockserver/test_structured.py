@@ -67,7 +67,7 @@ def assert_valid(schema: dict[str, Any], value: Any) -> None:
 
 # --- the SDK's parse ---------------------------------------------------------------------------------
 
-class Priority(str, enum.Enum):
+class Priority(enum.StrEnum):
     low = "low"
     medium = "medium"
     high = "high"

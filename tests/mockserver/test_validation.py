@@ -15,7 +15,17 @@ from mockserver.app import make_app
 from mockserver.errors import MockError
 from mockserver.settings import MockSettings
 from mockserver.validation import (
-    MAX_DEPTH, Arr, Bool, Int, Nullable, Num, Obj, OneOf, Str, nested_deeper_than, type_name,
+    MAX_DEPTH,
+    Arr,
+    Bool,
+    Int,
+    Nullable,
+    Num,
+    Obj,
+    OneOf,
+    Str,
+    nested_deeper_than,
+    type_name,
 )
 from tests.openapi import requires_spec, validate
 from tests.servers import ServerThread
@@ -371,7 +381,8 @@ def test_obj_rules() -> None:
 
 def test_nullable_and_oneof_rules() -> None:
     Nullable(Int()).check(None, "f")
-    assert rejects(Nullable(Int()), "x").message == "Invalid type for 'f': expected an integer, but got a string instead."
+    assert rejects(Nullable(Int()),
+                   "x").message == "Invalid type for 'f': expected an integer, but got a string instead."
     rule = OneOf(Str(), Arr(Str(), max_len=1))
     rule.check("x", "f")
     rule.check(["x"], "f")

@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import openai
@@ -32,6 +32,10 @@ from proxy.app import PIPELINE, make_app
 from proxy.config import Config
 
 from ..servers import ServerThread
+from .scripted import Action, Script
+
+if TYPE_CHECKING:
+    from .processes import Serve
 
 UPSTREAM_KEY_ENV = "OAIGATE_TEST_UPSTREAM_KEY"
 UPSTREAM_KEY = "sk-upstream-SECRET-5f3c9a1e77d04b2c"  # must never reach a client, the ledger or a log
@@ -239,3 +243,40 @@ def echoed_headers(echoed: dict[str, Any]) -> dict[str, str]:
     pairs = [(k.lower(), v) for k, v in echoed["headers"]]
     assert len({k for k, _ in pairs}) == len(pairs), pairs
     return dict(pairs)
+
+
+@pytest.fixture
+def scripted(upstream: Callable[[web.Application], ServerThread]) -> Iterator[Callable[..., tuple[Script, str]]]:
+    """Factory: `scripted(*actions)` starts a scripted upstream; returns it and its /v1 base URL."""
+    started: list[tuple[Script, ServerThread]] = []
+
+    def start(*actions: Action) -> tuple[Script, str]:
+        script = Script(*actions)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", script.handle)
+        server = upstream(app)
+        started.append((script, server))
+        return script, server.url + "/v1"
+
+    yield start
+    for script, server in started:
+        server.call(script.release.set)  # let hanging handlers end, so the upstream stops at once
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
+    """Factory: `serve(*args)` runs `oaigate serve ARGS` in tmp_path; every process is stopped at the end."""
+    from .processes import Serve
+
+    started: list[Serve] = []
+
+    def start(*args: str) -> Serve:
+        process = Serve(list(args), tmp_path)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+        process.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -111,10 +112,8 @@ def test_random_schedules_never_overspend(steps: list[tuple[str, int, float]]) -
     held = []
     for action, amount, share in steps:
         if action == "reserve":
-            try:
+            with contextlib.suppress(BudgetExceeded):
                 held.append((b.reserve("ci", "model", amount, 0), amount))
-            except BudgetExceeded:
-                pass
         elif held:
             reservation, worst = held.pop(int(share * (len(held) - 1)))
             b.settle(reservation, int(worst * share), 0)
@@ -125,7 +124,8 @@ def test_random_schedules_never_overspend(steps: list[tuple[str, int, float]]) -
 def test_spend_is_rebuilt_from_the_ledger(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
     conn = connect(str(path))
-    rows = [("a", "2026-01-05T01:00:00.000Z", "ci", "gpt-4o", 700), ("b", "2026-01-04T23:59:59.999Z", "ci", "gpt-4o", 999),
+    rows = [("a", "2026-01-05T01:00:00.000Z", "ci", "gpt-4o", 700), ("b", "2026-01-04T23:59:59.999Z", "ci",
+                                                                     "gpt-4o", 999),
             ("c", "2026-01-05T02:00:00.000Z", "dev", "gpt-4o", 50)]
     conn.executemany("INSERT INTO requests (id, started_at, key_name, model_requested, cost_microusd, method, "
                      "endpoint, status, prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, 'POST', "

@@ -4,8 +4,9 @@ ended, then is charged once for its real usage; the same after a restart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 

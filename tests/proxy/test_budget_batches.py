@@ -4,8 +4,9 @@ released when they fail or are cancelled, the same after a restart."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import openai
 import pytest

@@ -4,8 +4,9 @@ with the real SDK or raw HTTP, against the bundled mock."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import openai
 import pytest
@@ -172,7 +173,8 @@ def test_endpoints_that_are_not_estimated_are_refused_on_a_budgeted_key(
         form = aiohttp.FormData()
         form.add_field("purpose", "fine-tune")
         form.add_field("file", b'{"messages": []}\n', filename="train.jsonl")
-        body = {**body, "training_file": json.loads(fetch("POST", gw.url + "/files", key=TINY_KEY, data=form).body)["id"]}
+        body = {**body, "training_file": json.loads(fetch("POST", gw.url + "/files", key=TINY_KEY,
+                                                          data=form).body)["id"]}
     reply = fetch("POST", gw.url + path, key=TINY_KEY, json=body)
     assert reply.status == 400 and json.loads(reply.body)["error"]["code"] == "unestimable_request"
     unbudgeted = fetch("POST", gw.url + path, key=BIG_KEY, json=body)
@@ -206,7 +208,8 @@ def test_a_huge_prompt_on_a_budgeted_key_is_refused_after_counting_only_what_it_
         gateway: Callable[..., Gateway]) -> None:
     gw = gateway(keys=KEYS)
     reply = fetch("POST", gw.url + "/chat/completions", key=TINY_KEY,
-                  json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": WORDS * 12_000}]})
+                  json={"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user",
+                                                                               "content": WORDS * 12_000}]})
     assert reply.status == 429 and json.loads(reply.body)["error"]["code"] == "budget_exceeded"
 
 

@@ -79,7 +79,8 @@ class Serve:
 class Trial:
     """One load run ended by SIGKILL: what the clients received, and what the ledger kept."""
 
-    received: list[tuple[str | None, str | None, bool]] = field(default_factory=list)  # (gateway id, upstream id, stream)
+    received: list[tuple[str | None, str | None,
+                         bool]] = field(default_factory=list)  # (gateway id, upstream id, stream)
     failed: int = 0
     ids: set[str] = field(default_factory=set)
     upstream_ids: set[str] = field(default_factory=set)
@@ -244,7 +245,8 @@ def test_every_v1_answer_names_its_ledger_row(gateway: Callable[..., Gateway]) -
     replies = [fetch("POST", gw.url + "/chat/completions", json=CHAT),
                fetch("POST", gw.url + "/chat/completions", json={**CHAT, "model": "no-such-model"}),
                fetch("GET", gw.url + "/models"),
-               fetch("POST", gw.url + "/chat/completions", data=b"{not json", headers={"Content-Type": "application/json"})]
+               fetch("POST", gw.url + "/chat/completions", data=b"{not json",
+                     headers={"Content-Type": "application/json"})]
     ids = [r.headers.get("x-oaigate-request-id") for r in replies]
     assert all(ids) and len(set(ids)) == len(ids)
     rows = {r["id"]: r for r in gw.rows(expect=len(replies))}

@@ -241,7 +241,8 @@ def test_files_round_trip_multipart_and_binary(gateway: GatewayFactory, mock: Se
     dead = stop_upstream(gw, mock)
     uploads = [load(p) for p in fixture_files(fdir) if load(p)["request"]["path"] == "/v1/files"]
     assert sorted(u["request"]["body"]["multipart"]["file"]["filename"] for u in uploads) == ["blob.bin", "one.jsonl"]
-    stored_blob = next(load(p) for p in fixture_files(fdir) if load(p)["request"]["path"].endswith(f"{blob.id}/content"))
+    stored_blob = next(load(p) for p in fixture_files(fdir)
+                       if load(p)["request"]["path"].endswith(f"{blob.id}/content"))
     assert "base64" in stored_blob["response"]["body"], "binary content is stored as base64"
 
     gw2 = replayer(gateway, dead, fdir)

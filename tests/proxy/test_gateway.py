@@ -67,7 +67,8 @@ REQUESTS = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "body"), REQUESTS, ids=[f"{m} {p} {i}" for i, (m, p, _) in enumerate(REQUESTS)])
+@pytest.mark.parametrize(("method", "path", "body"), REQUESTS, ids=[f"{m} {p} {i}" for i, (m, p,
+                                                                                           _) in enumerate(REQUESTS)])
 def test_raw_bodies_identical_to_direct(via: Gateway, mock_url: str, method: str, path: str, body: Any) -> None:
     kwargs = {} if body is None else {"json": body}
     direct = fetch(method, mock_url + path, **kwargs)
@@ -353,8 +354,8 @@ def test_healthz_and_metrics(gateway: Callable[..., Gateway]) -> None:
     gw.rows(expect=2)
     text = fetch("GET", gw.root + "/metrics", key=None).body.decode()
     key = gw.rows()[0]["key_name"]
-    assert ('oaigate_requests_total{endpoint="/v1/chat/completions",key="%s",model="gpt-4o-mini",status="200"} 2.0'
-            % key) in text
+    assert (f'oaigate_requests_total{{endpoint="/v1/chat/completions",key="{key}",model="gpt-4o-mini",'
+            f'status="200"}} 2.0') in text
     assert re.search(r'oaigate_tokens_total\{key="anon-[0-9a-f]+",kind="completion",model="gpt-4o-mini"\} [1-9]',
                      text)
     assert re.search(r'oaigate_cost_usd_total\{key="anon-[0-9a-f]+",model="gpt-4o-mini"\} [0-9.e-]+', text)

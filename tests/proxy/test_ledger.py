@@ -68,7 +68,7 @@ def test_rows_match_sdk_visible_usage_and_cost(gateway: Callable[..., Gateway]) 
     assert len(rows) == len(seen) == 5
     assert [(r["endpoint"], r["model_served"], r["prompt_tokens"], r["completion_tokens"],
              r["upstream_request_id"]) for r in rows] == seen
-    for row, (_, model, prompt, completion, _) in zip(rows, seen):
+    for row, (_, model, prompt, completion, _) in zip(rows, seen, strict=False):
         assert row["usage_source"] == "reported"
         assert row["cost_microusd"] == genai_micros(model, prompt, completion)
         assert row["cost_microusd"] > 0 or model.startswith("text-embedding")  # 4 tokens: $8e-8 rounds to 0
@@ -534,7 +534,8 @@ def test_mock_traffic_is_simulated_spend_apart_from_real(gateway: Callable[..., 
     assert "simulated" in table and f"${real_row['cost_microusd'] / 1e6:.6f}" in table
 
 
-def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A database locked for a long time: every answer gives up waiting after its timeout, and the
     given-up waits are let go, not kept until the database comes back."""
     import proxy.db.writer as writer_module

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import openai
@@ -53,9 +54,8 @@ def test_200_concurrent_requests_never_overspend(gateway: Callable[..., Gateway]
 
 def test_budget_rejection_is_not_retried_by_the_sdk(gateway: Callable[..., Gateway]) -> None:
     gw = gateway(keys=[{"name": "ci", "key": CLIENT_KEY, "budget_usd": 0.00001}])
-    with gw.client(max_retries=3) as client:
-        with pytest.raises(openai.RateLimitError) as caught:
-            client.chat.completions.create(**CHAT)
+    with gw.client(max_retries=3) as client, pytest.raises(openai.RateLimitError) as caught:
+        client.chat.completions.create(**CHAT)
     response = caught.value.response
     assert response.headers["x-should-retry"] == "false"
     error = response.json()["error"]

@@ -67,7 +67,8 @@ def test_the_plugin_is_an_entry_point_and_its_names_match_the_gateway() -> None:
 
 @pytest.mark.parametrize(("raw", "expected"), [
     ("test_chat.test_hello", "test_chat.test_hello"),
-    ("tests.api.test_chat.TestChat.test_stream[gpt-4o mini/1]", "tests.api.test_chat.TestChat.test_stream_gpt-4o_mini_1"),
+    ("tests.api.test_chat.TestChat.test_stream[gpt-4o mini/1]",
+     "tests.api.test_chat.TestChat.test_stream_gpt-4o_mini_1"),
     ("[x]", "x"),
     ("???", "cassette"),
 ])

@@ -8,7 +8,12 @@ import pytest
 
 from proxy.clock import ManualClock
 from proxy.stages.ratelimit import (
-    Bucket, RateLimited, RateLimiter, RateRule, UpstreamGovernor, format_duration,
+    Bucket,
+    RateLimited,
+    RateLimiter,
+    RateRule,
+    UpstreamGovernor,
+    format_duration,
 )
 
 
@@ -321,8 +326,9 @@ def test_queueing_is_bounded_by_the_requests_own_deadline() -> None:
 def test_with_pass_through_each_client_key_is_its_own_scope() -> None:
     """Passing the client's key upstream makes the upstream's limit that key's: one client's window at
     zero holds that client on that model only."""
-    from proxy.exchange import Exchange
     from multidict import CIMultiDict, CIMultiDictProxy
+
+    from proxy.exchange import Exchange
 
     def exchange(token: str) -> Exchange:
         ex = Exchange("POST", "/v1/chat/completions", "", CIMultiDictProxy(CIMultiDict()), b'{"model": "m"}')

@@ -21,7 +21,7 @@ from aiohttp import web
 from tests.servers import ServerThread
 
 from .conftest import CLIENT_KEY, Gateway, SleepRecorder, fetch
-from .test_retries import COMPLETION, Script, answer, hang, reset, scripted  # noqa: F401 (fixture)
+from .scripted import COMPLETION, Script, hang, reset
 
 CHAT = {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5}
 

@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -18,91 +18,14 @@ from typing import Any
 import aiohttp
 import openai
 import pytest
-from aiohttp import web
 
 from proxy.stages import retry
 from proxy.stages.retry import backoff, hinted_wait, parse_duration, should_retry
-from tests.servers import ServerThread
 
 from .conftest import CLIENT_KEY, UPSTREAM_KEY, Gateway, SleepRecorder, fetch
+from .scripted import OK, Script, answer, hang, reset
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 5}
-COMPLETION = {
-    "id": "chatcmpl-ok", "object": "chat.completion", "created": 1, "model": "gpt-4o-mini",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "logprobs": None,
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 1, "total_tokens": 10},
-}
-
-Action = Callable[[web.Request, "Script"], Awaitable[web.StreamResponse]]
-
-
-class Script:
-    """An upstream that answers its n-th request with `actions[n]` (the last action repeats)."""
-
-    def __init__(self, *actions: Action) -> None:
-        self.actions = actions
-        self.bodies: list[bytes] = []
-        self.headers: list[dict[str, str]] = []
-        self.release = asyncio.Event()  # what `hang` waits for; set when the test ends
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.bodies.append(await request.read())
-        self.headers.append(dict(request.headers))
-        action = self.actions[min(len(self.bodies), len(self.actions)) - 1]
-        return await action(request, self)
-
-    @property
-    def calls(self) -> int:
-        return len(self.bodies)
-
-
-def answer(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Action:
-    if body is None:
-        body = {"error": {"message": f"upstream says {status}", "type": "server_error", "param": None,
-                          "code": None}}
-
-    async def act(request: web.Request, script: Script) -> web.StreamResponse:
-        return web.Response(status=status, body=json.dumps(body).encode(), content_type="application/json",
-                            headers=headers)
-
-    return act
-
-
-OK = answer(200, COMPLETION)
-
-
-async def reset(request: web.Request, script: Script) -> web.StreamResponse:
-    """Close the connection before any response header is sent."""
-    assert request.transport is not None
-    request.transport.abort()
-    return web.Response(text="never sent")
-
-
-async def hang(request: web.Request, script: Script) -> web.StreamResponse:
-    """No first byte until the test is over."""
-    await script.release.wait()
-    return web.Response(text="too late")
-
-
-@pytest.fixture
-def scripted(upstream: Callable[[web.Application], ServerThread]) -> Iterator[Callable[..., tuple[Script, str]]]:
-    """Factory: `scripted(*actions)` starts a scripted upstream; returns it and its /v1 base URL."""
-    started: list[tuple[Script, ServerThread]] = []
-
-    def start(*actions: Action) -> tuple[Script, str]:
-        script = Script(*actions)
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", script.handle)
-        server = upstream(app)
-        started.append((script, server))
-        return script, server.url + "/v1"
-
-    yield start
-    for script, server in started:
-        server.call(script.release.set)  # let hanging handlers end, so the upstream stops at once
-
-
 def _sdk_chat(gw: Gateway) -> Any:
     with gw.client() as client:
         return client.chat.completions.create(**CHAT)

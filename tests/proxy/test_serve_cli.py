@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import queue
 import signal
 import subprocess
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
@@ -19,81 +16,13 @@ from aiohttp import web
 
 from tests.servers import ServerThread
 
-from .conftest import UPSTREAM_KEY, UPSTREAM_KEY_ENV, fetch, read_rows
-
-OAIGATE = str(Path(sys.executable).parent / "oaigate")
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "One word, please."}], "max_tokens": 5}
-READY = "oaigate serving on "
-
-
-class Serve:
-    """A running `oaigate serve` subprocess; stderr is collected line by line on a thread."""
-
-    def __init__(self, args: list[str], cwd: Path) -> None:
-        env = {**os.environ, UPSTREAM_KEY_ENV: UPSTREAM_KEY, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([OAIGATE, "serve", *args], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        self.stderr: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line)
-            self.lines.put(line)
-        self.lines.put(None)
-
-    def ready_url(self, timeout: float = 30.0) -> str:
-        """The `/v1` base URL from the ready line."""
-        while True:
-            line = self.lines.get(timeout=timeout)
-            assert line is not None, f"exited {self.proc.wait()} before serving: {''.join(self.stderr)}"
-            if line.startswith(READY):
-                url = line[len(READY):].split()[0]
-                assert url.startswith("http://127.0.0.1:") and url.endswith("/v1"), line
-                return url
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._reader.join(timeout)
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self.proc.stdout.close()
-        self.proc.stderr.close()
-        return code
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[..., Serve]]:
-    started: list[Serve] = []
-
-    def start(*args: str) -> Serve:
-        process = Serve(list(args), tmp_path)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        if process.proc.poll() is None:
-            process.proc.kill()
-        process.stop()
-
-
-def _config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "oaigate.toml"
-    path.write_text(text)
-    return path
-
-
-MOCK_CONFIG = f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+from .conftest import UPSTREAM_KEY, fetch, read_rows
+from .processes import CHAT, MOCK_CONFIG, READY, Serve, write_config
 
 
 def test_serve_answers_then_sigterm_exits_0_with_the_row_flushed(serve: Callable[..., Serve], tmp_path: Path) -> None:
     db = tmp_path / "ledger.db"
-    process = serve("--port", "0", "--db", str(db), "--config", str(_config(tmp_path, MOCK_CONFIG)))
+    process = serve("--port", "0", "--db", str(db), "--config", str(write_config(tmp_path, MOCK_CONFIG)))
     url = process.ready_url()
     with openai.OpenAI(base_url=url, api_key="sk-cli-test", max_retries=0, timeout=15) as client:
         completion = client.chat.completions.create(**CHAT)
@@ -131,7 +60,7 @@ def test_sigterm_drains_an_in_flight_stream(serve: Callable[..., Serve], tmp_pat
     server = upstream(app)
     db = tmp_path / "drain.db"
     process = serve("--port", "0", "--db", str(db), "--upstream", server.url + "/v1",
-                    "--config", str(_config(tmp_path, MOCK_CONFIG)))
+                    "--config", str(write_config(tmp_path, MOCK_CONFIG)))
     url = process.ready_url()
     try:
         with openai.OpenAI(base_url=url, api_key="sk-cli-test", max_retries=0, timeout=15) as client, \
@@ -159,7 +88,7 @@ def test_python_m_proxy_help() -> None:
 
 def test_non_loopback_without_keys_is_refused(serve: Callable[..., Serve], tmp_path: Path) -> None:
     process = serve("--host", "0.0.0.0", "--port", "0", "--db", str(tmp_path / "x.db"),
-                    "--config", str(_config(tmp_path, MOCK_CONFIG)))
+                    "--config", str(write_config(tmp_path, MOCK_CONFIG)))
     assert process.proc.wait(60) == 2
     process.stop()
     err = "".join(process.stderr)
@@ -176,7 +105,7 @@ def test_non_loopback_without_keys_is_refused(serve: Callable[..., Serve], tmp_p
 ], ids=["wrong-type", "unknown-key", "out-of-range", "key-without-source", "syntax"])
 def test_bad_config_exits_2_with_file_key_and_reason(serve: Callable[..., Serve], tmp_path: Path, text: str,
                                                      key: str | None, reason: str) -> None:
-    config = _config(tmp_path, text)
+    config = write_config(tmp_path, text)
     process = serve("--port", "0", "--db", str(tmp_path / "x.db"), "--config", str(config))
     assert process.proc.wait(60) == 2
     process.stop()
@@ -189,7 +118,7 @@ def test_bad_config_exits_2_with_file_key_and_reason(serve: Callable[..., Serve]
 
 
 def test_unset_key_env_exits_2(serve: Callable[..., Serve], tmp_path: Path) -> None:
-    config = _config(tmp_path, MOCK_CONFIG + '\n[[keys]]\nname = "ci"\nkey_env = "OAIGATE_TEST_SURELY_UNSET"\n')
+    config = write_config(tmp_path, MOCK_CONFIG + '\n[[keys]]\nname = "ci"\nkey_env = "OAIGATE_TEST_SURELY_UNSET"\n')
     process = serve("--port", "0", "--db", str(tmp_path / "x.db"), "--config", str(config))
     assert process.proc.wait(60) == 2
     process.stop()

@@ -19,7 +19,7 @@ from aiohttp import web
 from tests.servers import ServerThread
 
 from .conftest import read_rows
-from .test_serve_cli import MOCK_CONFIG, Serve, serve  # noqa: F401 (fixture)
+from .processes import MOCK_CONFIG, Serve
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "One word, please."}], "max_tokens": 5}
 REQUEST = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer sk-raw\r\n"

