@@ -20,7 +20,7 @@ from .clock import Clock
 from .config import Config
 from .db.writer import LedgerWriter
 from .durable import COMPLETE
-from .errors import GatewayError, InvalidRequest
+from .errors import GatewayError, InvalidRequest, NotFound
 from .exchange import Exchange
 from .stages import Stage
 from .stages.accesslog import AccessLog
@@ -268,6 +268,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
     pipeline = request.app[PIPELINE]
     ex = Exchange(request.method, request.path, request.query_string, request.headers, b"")
     try:
+        if odd_path(request.rel_url.raw_path):
+            raise NotFound(f"Invalid URL ({request.method} {request.path})")
         body_pending = True
         for stage in pipeline.before:
             if body_pending and not isinstance(stage, HEADER_STAGES):
@@ -297,6 +299,23 @@ async def handle(request: web.Request) -> web.StreamResponse:
     finally:
         ex.finished = time.perf_counter()
         pipeline.schedule_finish(ex)
+
+
+_ODD_PARTS = ("//", "/./", "/../", "\\")
+_TWO_WORD = frozenset({"chat", "fine_tuning", "audio", "images", "realtime", "organization"})
+
+
+def odd_path(raw_path: str) -> bool:
+    """A `/v1` path spelled other than the API spells it: `//`, `.`/`..`, a trailing `/`, or an endpoint
+    name (`/v1/NAME`, `/v1/chat/NAME`...) not in lower case or with an escape in it (`%2F`, `%2E`). An
+    upstream (or a proxy in front of it) may resolve such a spelling to an endpoint whose budget,
+    estimate and owner checks it would skip, so it is answered 404, as OpenAI answers it. Ids after the
+    endpoint name keep their case and escapes (`/v1/models/org%2Fmodel`)."""
+    if any(part in raw_path for part in _ODD_PARTS) or raw_path.endswith(("/", "/.", "/..")):
+        return True
+    parts = raw_path.split("/", 4)  # "", "v1", name, second...
+    names = parts[2:4] if len(parts) > 3 and parts[2] in _TWO_WORD else parts[2:3]
+    return any(name != name.lower() or "%" in name for name in names)
 
 
 async def _caller(request: web.Request) -> Exchange:

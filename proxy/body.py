@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -49,6 +50,11 @@ from .exchange import Exchange
 from .wire.fixtures import MODE_HEADER
 
 UPLOAD_TYPES = ("multipart/", "application/octet-stream")
+# The endpoints that take files: only there is a body an upload (larger limit, may stream unread). Anywhere
+# else a body is read whole and parsed whatever its Content-Type says, since an upstream may parse it as
+# JSON anyway: dressing a JSON body up as an upload must not hide it from budgets or ownership checks.
+UPLOAD_PATHS = re.compile(r"/v1/(?:files|uploads/[^/]+/parts|audio/(?:transcriptions|translations)"
+                          r"|images/(?:edits|variations)|containers/[^/]+/files|videos)")
 STREAM_ABOVE = 1024 * 1024  # smaller uploads are read whole: cheap, and they can be retried
 OFFLOAD_PARSE_BYTES = 1024 * 1024  # larger bodies are parsed as JSON in a thread, off the event loop
 # what aiohttp's server decodes by itself (the names it compares, lower-cased, to the whole header)
@@ -177,7 +183,8 @@ async def receive_body(request: web.Request, ex: Exchange, config: Config) -> No
     encoding = request.headers.get("Content-Encoding")
     if encoding is not None:
         ex.body_decoded = _decodes(encoding)
-    upload = request.headers.get("Content-Type", "").lower().startswith(UPLOAD_TYPES)
+    upload = (request.headers.get("Content-Type", "").lower().startswith(UPLOAD_TYPES)
+              and UPLOAD_PATHS.fullmatch(ex.path) is not None)
     limit = server.max_upload_bytes if upload else server.max_json_bytes
     length = request.content_length
     if length is not None and length > limit:

@@ -88,9 +88,10 @@ class Exchange:
             self.set_body(self.body)
 
     def set_body(self, body: bytes) -> None:
-        """The request body, read: parsed as JSON (`json`, `model`, `stream`) unless multipart."""
+        """The request body, read: parsed as JSON (`json`, `model`, `stream`) when it is JSON, whatever its
+        Content-Type claims (an upstream may parse it anyway; a multipart body starts with `--`)."""
         self.body = body
-        if self.body[:1] in _JSON_START and not self.headers.get("Content-Type", "").startswith("multipart/"):
+        if self.body[:1] in _JSON_START:
             try:
                 parsed = loads(self.body)
             except JSONDecodeError:

@@ -160,6 +160,9 @@ class Estimator(Stage):
             unknown.append("a conversation")
         if isinstance(body.get("prompt"), dict):
             unknown.append("a stored prompt template")
+        opaque = opaque_parts(body)
+        if opaque:
+            unknown.append(opaque)
         if unknown and applies:
             window = self.window(model)
             if window is None:
@@ -187,6 +190,27 @@ class Estimator(Stage):
             ex.json = {**body, fields[0]: completion}
             ex.body = dumps(ex.json)
         return completion * answers(ex.path, body)
+
+
+_OPAQUE_TYPES = frozenset({"item_reference", "input_file", "file"})
+
+
+def opaque_parts(body: dict[str, Any]) -> str | None:
+    """What in a request the upstream expands into tokens the gateway cannot count from the body: a
+    Responses `item_reference` (a stored item), or a file part (`input_file` / chat `file`: a PDF by id,
+    URL or inline data). Together they are bounded by the context window, like an unknown chain."""
+    found: set[str] = set()
+    for holder in (body.get("input"), body.get("messages")):
+        if not isinstance(holder, list):
+            continue
+        for item in holder:
+            if not isinstance(item, dict):
+                continue
+            parts = [item] + (item["content"] if isinstance(item.get("content"), list) else [])
+            for part in parts:
+                if isinstance(part, dict) and part.get("type") in _OPAQUE_TYPES:
+                    found.add(str(part["type"]))
+    return f"{' and '.join(sorted(found))} input" if found else None
 
 
 def answers(path: str, body: dict[str, Any]) -> int:

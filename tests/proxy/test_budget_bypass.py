@@ -147,7 +147,7 @@ def test_a_body_the_gateway_cannot_read_is_refused_on_a_budgeted_key(
     headers = {} if content_type is None else {"Content-Type": content_type}
     for _ in range(3):
         reply = fetch("POST", gw.url + "/chat/completions", key=TINY_KEY, data=body, headers=headers)
-        if content_type == "text/plain":  # read as JSON anyway: estimated, admitted, charged
+        if content_type is not None:  # JSON, whatever the Content-Type says: estimated, admitted, charged
             assert reply.status == 200 or json.loads(reply.body)["error"]["code"] == "budget_exceeded"
             continue
         error = json.loads(reply.body)["error"]
@@ -238,3 +238,30 @@ def test_a_conversation_counts_as_the_whole_context_window(gateway: Callable[...
     gw.rows(expect=2)
     (mid,) = json.loads(fetch("GET", gw.root + "/oaigate/budgets", key=BIG_KEY).body)["budgets"]
     assert mid["reserved_usd"] == "0.000000" and mid["spent_usd"] == "0.000000"
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "application/octet-stream"])
+def test_a_model_budget_cannot_be_skipped_by_an_upload_content_type(gateway: Callable[..., Gateway],
+                                                                     content_type: str) -> None:
+    """A JSON body sent as an upload is read and parsed (found in review): its model's budget applies."""
+    gw = gateway(budgets=[{"model": "gpt-4o-mini", "budget_usd": 0.000001}])
+    body = json.dumps({"model": "gpt-4o-mini", "max_tokens": 50,
+                       "messages": [{"role": "user", "content": "Tell me about rivers"}]}).encode()
+    assert fetch("POST", gw.url + "/chat/completions", json=json.loads(body)).status == 429
+    reply = fetch("POST", gw.url + "/chat/completions", data=body, headers={"Content-Type": content_type})
+    assert reply.status == 429, reply.body
+
+
+@pytest.mark.parametrize("part", [
+    {"type": "item_reference", "id": "msg_0123"},
+    {"role": "user", "content": [{"type": "input_file", "file_id": "file-abc"}]},
+], ids=["item_reference", "input_file"])
+def test_inputs_the_gateway_cannot_count_are_bounded_by_the_context_window(gateway: Callable[..., Gateway],
+                                                                          part: dict[str, Any]) -> None:
+    """The upstream expands an item reference or a file into tokens the body does not show (found in
+    review: 20 references to a 3k-token item spent 3x a token budget in one request)."""
+    gw = gateway(limits={"budget_tokens": 20_000})
+    body = {"model": "gpt-4o-mini", "input": [part] * 20, "max_output_tokens": 16}
+    reply = fetch("POST", gw.url + "/responses", json=body)
+    assert reply.status == 429, reply.body  # its bound, the model's 128k window, does not fit 20k tokens
+    assert json.loads(reply.body)["error"]["code"] == "budget_exceeded"

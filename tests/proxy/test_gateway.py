@@ -619,3 +619,35 @@ def test_a_json_answer_without_a_length_is_relayed_whole(gateway: Callable[..., 
     gw = gateway(upstream(app).url + "/v1")
     reply = fetch("GET", gw.url + "/files")
     assert reply.status == 200 and reply.body == body
+
+
+@pytest.mark.parametrize("path", ["/v1//chat/completions", "/v1/chat//completions", "/v1/chat/completions/",
+                                  "/v1/./chat/completions", "/v1/chat/completions%2F", "/v1/CHAT/completions",
+                                  "/v1/chat/Completions", "/v1/Embeddings", "/v1/chat/%2e%2e/completions"])
+def test_odd_spellings_of_an_endpoint_are_404_not_unbudgeted(gateway: Callable[..., Any],
+                                                              upstream: Callable[[web.Application], ServerThread],
+                                                              path: str) -> None:
+    """An upstream (or nginx before it) may resolve `//`, `.` or case to the endpoint: the gateway would then
+    skip its estimate and budget (found in review). OpenAI answers such paths 404; so does the gateway."""
+    reached: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        reached.append(request.path)
+        return web.json_response({"usage": {"prompt_tokens": 10_000, "completion_tokens": 10_000}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    gw = gateway(upstream(app).url + "/v1", limits={"budget_usd": 0.000001})
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
+    assert fetch("POST", gw.url + "/chat/completions", json=body).status == 429  # the real spelling: refused
+    reply = fetch("POST", gw.root + path, json=body)
+    assert reply.status == 404 and json.loads(reply.body)["error"]["message"].startswith("Invalid URL"), reply.body
+    assert reached == []
+
+
+def test_ids_keep_their_case(gateway: Callable[..., Any]) -> None:
+    gw = gateway()
+    with gw.client() as client:
+        made = client.files.create(file=("a.jsonl", b'{"a": 1}\n'), purpose="batch")
+        assert client.files.retrieve(made.id).id == made.id
+    assert fetch("GET", gw.url + "/files/file-NotThere").status == 404

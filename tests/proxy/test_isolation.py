@@ -432,3 +432,16 @@ def test_uploads_and_fine_tuning_jobs_are_owned(gateway: Callable[..., Gateway],
     with again.client(key=ALICE) as alice, again.client(key=BOB) as bob:
         assert alice.files.retrieve(file_id).id == file_id
         _not_found(lambda: bob.files.retrieve(file_id), f"No such File object: {file_id}", "id")
+
+
+@pytest.mark.parametrize("content_type", ["multipart/form-data; boundary=x", "application/octet-stream"])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_json_body_dressed_as_an_upload_is_still_checked(sdk: Callable[[str], openai.OpenAI], gw: Gateway,
+                                                            content_type: str, chunked: bool) -> None:
+    """An upstream that ignores Content-Type parses the JSON anyway: so does the gateway (found in review)."""
+    first = sdk(ALICE).responses.create(model="gpt-4o-mini", input="my secret is 42")
+    body = json.dumps({"model": "gpt-4o-mini", "input": "what is my secret?", "previous_response_id": first.id})
+    reply = fetch("POST", gw.url + "/responses", key=BOB, data=body.encode(), chunked=chunked or None,
+                  headers={"Content-Type": content_type})
+    assert reply.status == 404, reply.body
+    assert json.loads(reply.body)["error"]["code"] == "previous_response_not_found"
