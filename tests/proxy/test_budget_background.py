@@ -3,11 +3,13 @@ ended, then is charged once for its real usage; the same after a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from proxy.wire.pricing import PriceTable
@@ -28,21 +30,42 @@ def background_upstream() -> web.Application:
         return {"id": response_id, "object": "response", "status": status, "model": "gpt-4o-mini", "output": [],
                 "background": True, "usage": USAGE if status == "completed" else None}
 
-    async def create(request: web.Request) -> web.Response:
+    async def create(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         response_id = f"resp_bg{len(seen)}"
         seen[response_id] = 0
         assert body["background"] is True
-        return web.json_response(card(response_id, "queued"))
+        if not body.get("stream"):
+            return web.json_response(card(response_id, "queued"))
+        # streamed: it goes on upstream (and is billed in full) whether or not the client stays
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        events = [{"type": "response.created", "response": card(response_id, "queued")},
+                  {"type": "response.in_progress", "response": card(response_id, "in_progress")}]
+        events += [{"type": "response.output_text.delta", "delta": "dragons "}] * 100
+        try:
+            for event in events:
+                await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return reply
 
     async def retrieve(request: web.Request) -> web.Response:
         response_id = request.match_info["id"]
+        if response_id not in seen:
+            return web.json_response({"error": {"message": "not found", "type": "invalid_request_error"}}, status=404)
         seen[response_id] += 1
         return web.json_response(card(response_id, "in_progress" if seen[response_id] == 1 else "completed"))
+
+    async def delete(request: web.Request) -> web.Response:
+        seen.pop(request.match_info["id"], None)
+        return web.json_response({"id": request.match_info["id"], "object": "response.deleted", "deleted": True})
 
     app = web.Application()
     app.router.add_post("/v1/responses", create)
     app.router.add_get("/v1/responses/{id}", retrieve)
+    app.router.add_delete("/v1/responses/{id}", delete)
     return app
 
 
@@ -80,3 +103,43 @@ def test_a_background_response_is_reserved_until_it_ends_then_charged_once(
     rebuilt = budget_of(gateway(base, keys=keys, db=db).root)
     assert (rebuilt["spent_usd"], rebuilt["spent_tokens"]) == (live["spent_usd"], live["spent_tokens"]) \
         == (f"{cost / 1e6:.6f}", 3_000)
+
+
+BACKGROUND = {"model": "gpt-4o-mini", "input": "write a long essay", "background": True, "max_output_tokens": 3000}
+FULL_COST = PriceTable().cost_micros("gpt-4o-mini", Usage(1_000, 2_000))
+
+
+def read_first_delta_then_leave(url: str) -> str:
+    """A streamed background request whose client disconnects after the first delta; the response id."""
+    async def go() -> str:
+        async with aiohttp.ClientSession() as session, session.post(
+                url + "/responses", headers={"Authorization": f"Bearer {KEY}"},
+                json={**BACKGROUND, "stream": True}) as reply:
+            assert reply.status == 200
+            seen = b""
+            async for chunk in reply.content.iter_any():
+                seen += chunk
+                if b"response.output_text.delta" in seen:
+                    break
+            first = seen.split(b"\n\n")[0].split(b"data: ", 1)[1]
+            return json.loads(first)["response"]["id"]
+
+    return asyncio.run(go())
+
+
+def test_a_streamed_background_response_cut_by_its_client_is_charged_in_full_when_it_ends(
+        gateway: Callable[..., Gateway], upstream: Callable[..., Any], tmp_path: Path) -> None:
+    base = upstream(background_upstream()).url + "/v1"
+    gw = gateway(base, keys=[{"name": "bg", "key": KEY, "budget_usd": 0.01}])
+    response_id = read_first_delta_then_leave(gw.url)
+    (row,) = gw.rows(expect=1)
+    assert (row["usage_source"], row["cost_microusd"], row["object_id"]) == ("pending", None, response_id)
+    held = budget_of(gw.root)
+    assert float(held["reserved_usd"]) > 0 and held["spent_usd"] == "0.000000"
+    for _ in range(2):  # in_progress, then completed: charged for all of it, not for the deltas relayed
+        fetch("GET", gw.url + f"/responses/{response_id}", key=KEY)
+    rows = gw.rows(expect=3)
+    assert [(r["method"], r["cost_microusd"]) for r in rows if r["cost_microusd"]] == [("SETTLE", FULL_COST)]
+    live = budget_of(gw.root)
+    assert (live["reserved_usd"], live["spent_usd"]) == ("0.000000", f"{FULL_COST / 1e6:.6f}")
+
