@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from proxy.clock import Clock
+from proxy.stages.budget import BudgetBook, BudgetRule
+from proxy.stages.forward import Upstream
+from proxy.stages.pending import Pending, PendingResponses
 from proxy.wire.pricing import PriceTable
 from proxy.wire.usage import Usage
 
@@ -143,3 +148,75 @@ def test_a_streamed_background_response_cut_by_its_client_is_charged_in_full_whe
     live = budget_of(gw.root)
     assert (live["reserved_usd"], live["spent_usd"]) == ("0.000000", f"{FULL_COST / 1e6:.6f}")
 
+
+def test_a_background_response_deleted_before_the_poll_is_charged_its_reservation(
+        gateway: Callable[..., Gateway], upstream: Callable[..., Any], tmp_path: Path) -> None:
+    server = upstream(background_upstream())
+    gw = gateway(server.url + "/v1", keys=[{"name": "bg", "key": KEY, "budget_usd": 0.01}],
+                 limits={"batch_poll_s": 0.2})
+    response_id = json.loads(fetch("POST", gw.url + "/responses", key=KEY, json=BACKGROUND).body)["id"]
+    reserved = budget_of(gw.root)["reserved_usd"]
+    assert float(reserved) > 0
+    fetch("DELETE", server.url + f"/v1/responses/{response_id}", key=None)  # gone before the poll sees it end
+    rows = gw.rows(expect=2)
+    settle = rows[-1]
+    assert (settle["method"], settle["object_id"], settle["usage_source"]) == ("SETTLE", response_id, "reserved")
+    assert settle["cost_microusd"] == round(float(reserved) * 1e6) > 0
+    live = budget_of(gw.root)
+    assert (live["reserved_usd"], live["spent_usd"]) == ("0.000000", reserved)
+
+
+def test_a_background_response_is_polled_on_the_upstream_that_serves_it(
+        gateway: Callable[..., Gateway], upstream: Callable[..., Any], echo: str) -> None:
+    routed = upstream(background_upstream()).url + "/v1"
+    gw = gateway(echo, keys=[{"name": "bg", "key": KEY, "budget_usd": 0.01}], limits={"batch_poll_s": 0.2},
+                 routes=[{"model": "gpt-4o-mini", "base_url": routed, "name": "routed"}])
+    response_id = json.loads(fetch("POST", gw.url + "/responses", key=KEY, json=BACKGROUND).body)["id"]
+    deadline = time.monotonic() + 10
+    while budget_of(gw.root)["reserved_usd"] != "0.000000" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    settle = gw.rows(expect=2)[-1]
+    assert (settle["method"], settle["object_id"], settle["upstream"]) == ("SETTLE", response_id, "routed")
+    assert (settle["usage_source"], settle["cost_microusd"]) == ("reported", FULL_COST)
+
+
+def test_a_background_response_the_poll_cannot_see_is_charged_its_reservation_after_a_bound(
+        upstream: Callable[..., Any]) -> None:
+    """An upstream that keeps failing: after `max_failures` polls in a row, the worst case, never $0."""
+    async def broken(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "down"}}, status=503)
+
+    app = web.Application()
+    app.router.add_get("/v1/responses/{id}", broken)
+    base = upstream(app).url + "/v1"
+
+    class Writer:
+        def __init__(self) -> None:
+            self.rows: list[dict[str, Any]] = []
+
+        def submit(self, row: dict[str, Any]) -> None:
+            self.rows.append(row)
+
+    writer = Writer()
+
+    async def go() -> None:
+        book = BudgetBook([BudgetRule(None, None, 1_000_000, None, "total")], Clock())
+        worst = Usage(1_000, 2_000)
+        micros = PriceTable().cost_micros("gpt-4o-mini", worst)
+        async with aiohttp.ClientSession() as session:
+            pending = PendingResponses(book, PriceTable(), session, Upstream("down", base), writer,  # type: ignore[arg-type]
+                                       Clock(), max_failures=3)
+            pending.open["resp_x"] = Pending("k", "gpt-4o-mini", book.reserve("k", "gpt-4o-mini", micros, 3_000),
+                                             None, worst, micros)
+            for _ in range(2):
+                await pending.poll_once()
+            assert "resp_x" in pending.open and writer.rows == []
+            await pending.poll_once()
+        assert pending.open == {}
+        (row,) = writer.rows
+        assert (row["method"], row["usage_source"], row["cost_microusd"], row["prompt_tokens"],
+                row["completion_tokens"]) == ("SETTLE", "reserved", micros, 1_000, 2_000)
+        (account,) = book.status()
+        assert (account["reserved_usd"], account["spent_usd"]) == ("0.000000", f"{micros / 1e6:.6f}")
+
+    asyncio.run(go())
