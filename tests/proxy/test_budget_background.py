@@ -220,3 +220,37 @@ def test_a_background_response_the_poll_cannot_see_is_charged_its_reservation_af
         assert (account["reserved_usd"], account["spent_usd"]) == ("0.000000", f"{micros / 1e6:.6f}")
 
     asyncio.run(go())
+
+
+def test_a_background_stream_cut_before_its_id_is_charged_its_reservation(
+        gateway: Callable[..., Gateway], upstream: Callable[..., Any]) -> None:
+    """No id was seen, so it can never be looked up: its worst case is charged at once, not what was relayed."""
+    async def create(request: web.Request) -> web.StreamResponse:
+        reply = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await reply.prepare(request)
+        event = {"type": "response.output_text.delta", "delta": "dragons "}
+        try:
+            for _ in range(100):
+                await reply.write(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        return reply
+
+    app = web.Application()
+    app.router.add_post("/v1/responses", create)
+    gw = gateway(upstream(app).url + "/v1", keys=[{"name": "bg", "key": KEY, "budget_usd": 0.01}])
+
+    async def go() -> None:
+        async with aiohttp.ClientSession() as session, session.post(
+                gw.url + "/responses", headers={"Authorization": f"Bearer {KEY}"},
+                json={**BACKGROUND, "stream": True}) as reply:
+            assert reply.status == 200
+            await reply.content.readuntil(b"\n\n")
+
+    asyncio.run(go())
+    (row,) = gw.rows(expect=1)
+    assert row["usage_source"] == "reserved" and row["completion_tokens"] == 3_000
+    live = budget_of(gw.root)
+    assert live["reserved_usd"] == "0.000000" and live["spent_usd"] == f"{row['cost_microusd'] / 1e6:.6f}"
+    assert row["cost_microusd"] > PriceTable().cost_micros("gpt-4o-mini", Usage(row["prompt_tokens"], 10))
