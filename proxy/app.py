@@ -220,7 +220,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         batches = BatchBudgets(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                chains=chains.context, pass_through=up.pass_through)
         pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
-                                   remember=chains.remember)
+                                   remember=chains.remember, upstreams=app[UPSTREAMS].distinct)
         budget.pending = pending
         if config.ledger.enabled:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)

@@ -3,6 +3,8 @@
 Usage comes from the response (the JSON body's `usage`, or the stream event that carries it),
 parsed on the side of the relay. When the upstream reports none, it is estimated with the
 tokenizer (off the event loop) and flagged `usage_source = "estimated"`, never recorded as $0.
+A `background: true` response not seen ended (queued, or its stream cut by the client) is charged
+later, when it ends, for its final usage (`pending`), never for the part relayed.
 """
 
 from __future__ import annotations
@@ -99,7 +101,9 @@ class Meter(Stage):
             if _creates_object(ex):
                 ex.object_id = state.object_id
             ex.usage = state.usage
-            if ex.usage is not None:
+            if _background(ex) and not (ex.stream_ended and state.usage is not None):
+                _settle_later(ex)  # cut before its end: it runs on upstream, billed in full
+            elif ex.usage is not None:
                 ex.usage_source = "reported"
             elif _is_generation(ex):  # not for a file download or any other non-generation stream
                 ex.usage = await asyncio.to_thread(_estimate_stream, ex, b"".join(state.raw))
@@ -116,7 +120,7 @@ class Meter(Stage):
             if found is not None:
                 ex.usage, ex.usage_source = found, "reported"
             elif ex.path == "/v1/responses" and isinstance(body, dict) and body.get("status") in RUNNING:
-                ex.settle_later, ex.usage_source = True, "pending"  # `background`: charged when it ends
+                _settle_later(ex)  # `background`: charged when it ends
             elif _is_generation(ex):
                 ex.usage = await asyncio.to_thread(_estimate_json, ex, body)
                 ex.usage_source = "estimated"
@@ -125,6 +129,21 @@ class Meter(Stage):
 def is_metered(ex: Exchange) -> bool:
     """A request whose usage is its own cost (see METERED_PATHS)."""
     return ex.method == "POST" and (ex.path in METERED_PATHS or ex.path.startswith(METERED_PREFIXES))
+
+
+def _background(ex: Exchange) -> bool:
+    """A `background: true` Responses request: it runs to its end upstream, whether the client stays or not."""
+    return ex.method == "POST" and ex.path == "/v1/responses" and (ex.json or {}).get("background") is True
+
+
+def _settle_later(ex: Exchange) -> None:
+    """A background response not ended yet: `pending` charges it when it ends, by its id. With no id
+    (cut before its first event) it can never be looked up: charged its worst case now, when known."""
+    ex.usage, ex.usage_source = None, "pending"
+    if ex.object_id is not None:
+        ex.settle_later = True
+    elif ex.estimate is not None:
+        ex.usage, ex.usage_source = usage_of.Usage(ex.estimate.prompt, ex.estimate.completion), "reserved"
 
 
 def _decompress(data: bytes) -> bytes:
