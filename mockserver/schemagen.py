@@ -28,6 +28,11 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeGuard
+from urllib.parse import unquote
+
+from . import textgen
+from .errors import MockError
+from .rng import RequestRandom
 
 if TYPE_CHECKING:  # typeshed types the parser under its public (deprecated since 3.11) names
     import sre_constants as sre
@@ -35,11 +40,6 @@ if TYPE_CHECKING:  # typeshed types the parser under its public (deprecated sinc
 else:
     import re._constants as sre
     import re._parser as sre_parse
-from urllib.parse import unquote
-
-from . import textgen
-from .errors import MockError
-from .rng import RequestRandom
 
 _DEEP = 5  # past this depth optional parts are left out and nullable values are null
 _DEEPEST = 64  # a schema that can only recurse gets null here instead of a RecursionError
