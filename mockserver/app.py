@@ -44,11 +44,11 @@ from .models import Catalogue
 from .ratelimit import RATE_HEADERS, RequestLimit
 from .ratelimit import add_headers as add_rate_headers
 from .settings import MockSettings
-from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, endpoint
+from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, Handler, endpoint
 from .streaming import cut
 
 log = logging.getLogger("oaigate.mock")
-RATE_LIMIT = web.AppKey("rate_limit", RequestLimit | None)
+RATE_LIMIT = web.AppKey[RequestLimit | None]("rate_limit")
 
 HANG_S = 600.0  # how long a `timeout` fault holds the request before giving up on the client
 
@@ -155,8 +155,9 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app.router.add_post("/v1/completions", endpoint(completions.create))
     app.router.add_post("/v1/embeddings", endpoint(embeddings.create))
     app.router.add_post("/v1/moderations", endpoint(moderations.create))
-    app[dispatch.LINE_HANDLERS] = {"/v1/chat/completions": chat.create, "/v1/completions": completions.create,
-                                   "/v1/embeddings": embeddings.create, "/v1/moderations": moderations.create}
+    line_handlers: dict[str, Handler] = {"/v1/chat/completions": chat.create, "/v1/completions": completions.create,
+                                         "/v1/embeddings": embeddings.create, "/v1/moderations": moderations.create}
+    app[dispatch.LINE_HANDLERS] = line_handlers
     control.setup(app)
     rules.setup(app, file_rules, settings.rules)
     files.setup(app)

@@ -199,9 +199,10 @@ class Job:
 
     def add_usage(self, body: Any) -> None:
         """Add a response body's token usage (chat, completions, embeddings or responses) to the batch's."""
-        usage = body.get("usage") if isinstance(body, dict) else None
-        if not isinstance(usage, dict):
+        raw = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(raw, dict):
             return
+        usage: dict[str, Any] = raw
         self.usage["input"] += usage.get("prompt_tokens", usage.get("input_tokens", 0))
         self.usage["output"] += usage.get("completion_tokens", usage.get("output_tokens", 0))
         details_in = usage.get("prompt_tokens_details") or usage.get("input_tokens_details") or {}
@@ -382,9 +383,10 @@ async def create(call: Call) -> web.StreamResponse:
     REQUEST.check(call.body, "")
     app = call.request.app
     endpoint_ = call.body["endpoint"]
-    if endpoint_ not in app[LINE_HANDLERS]:
+    line_handlers = app[LINE_HANDLERS]
+    if endpoint_ not in line_handlers:
         raise invalid(f"The mock does not run batches for '{endpoint_}'; it runs "
-                      f"{', '.join(sorted(app[LINE_HANDLERS]))}.", "endpoint", "unsupported_value")
+                      f"{', '.join(sorted(line_handlers))}.", "endpoint", "unsupported_value")
     input_file = app[FILES].get(call.body["input_file_id"], "input_file_id")
     if input_file.purpose != "batch":
         raise invalid(f"Invalid 'input_file_id': file '{input_file.id}' has purpose '{input_file.purpose}'; a batch "

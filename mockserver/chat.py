@@ -397,6 +397,7 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
     for index in range(body.get("n") or 1):
         choice_rnd = rnd.child("choice", index)
         thinking = choice_rnd.choice((64, 128, 192, 256, 320)) if model.reasoning else 0
+        room: int | None
         if limit is not None and thinking >= limit:
             thinking, room = limit, 0
         else:

@@ -165,7 +165,8 @@ async def create(call: Call) -> web.StreamResponse:
         choices = []
         for index, output in enumerate(outputs):
             prefix = texts[index // n] if echo else ""
-            logprobs = None if entries[index] is None else _logprobs(entries[index], len(prefix))
+            entry = entries[index]
+            logprobs = None if entry is None else _logprobs(entry, len(prefix))
             choices.append(choice(index, prefix + output.text, logprobs, output.finish_reason))
         return await call.reply({**head, "choices": choices, "usage": usage},
                                 chunks=max(len(o.pieces) for o in outputs) + 1)
@@ -181,8 +182,9 @@ async def create(call: Call) -> web.StreamResponse:
         if echo:
             frames.append(frame(choice(index, texts[index // n], None, None)))
             offset = len(texts[index // n])
+        entry = entries[index]
         for position, piece in enumerate(output.pieces):
-            logprobs = None if entries[index] is None else _logprobs(entries[index][position:position + 1], offset)
+            logprobs = None if entry is None else _logprobs(entry[position:position + 1], offset)
             frames.append(frame(choice(index, piece, logprobs, None)))
             offset += len(piece)
         frames.append(frame(choice(index, "", None, output.finish_reason)))

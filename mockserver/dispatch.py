@@ -32,8 +32,8 @@ class _LineRequest:
 
     def __init__(self, app: web.Application, method: str, url: str, size: int) -> None:
         self.app, self.method, self.path, self.content_length = app, method, url, size
-        self.headers = CIMultiDictProxy(CIMultiDict())
-        self.query = MultiDictProxy(MultiDict())
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+        self.query: MultiDictProxy[str] = MultiDictProxy(MultiDict())
 
     def get(self, key: Any, default: Any = None) -> Any:
         return default

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -72,7 +73,7 @@ _ENDPOINT_HINT: dict[Kind, str] = {
 class Catalogue:
     """The built-in models plus the configured extras (treated as chat models)."""
 
-    def __init__(self, extra: list[str] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, extra: Sequence[str] = ()) -> None:
         self._models = {m.id: m for m in _CATALOGUE}
         for model_id in extra:
             self._models.setdefault(model_id, ModelInfo(model_id, "chat", 1735689600, owned_by="user"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, get_args
 
 from aiohttp import web
@@ -31,7 +32,7 @@ REQUEST = Obj(
 _WORD = r"[\w'-]+"
 
 
-def _hits(text: str, words: dict[str, str]) -> set[str]:
+def _hits(text: str, words: Mapping[str, str]) -> set[str]:
     """Categories of the configured words (or multi-word phrases) found in `text`, case-insensitively."""
     lowered = text.lower()
     tokens = set(re.findall(_WORD, lowered))

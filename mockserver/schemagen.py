@@ -25,16 +25,21 @@ import fractions
 import itertools
 import math
 import re
-import re._constants as sre
-import re._parser as sre_parse
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 from urllib.parse import unquote
 
 from . import textgen
 from .errors import MockError
 from .rng import RequestRandom
+
+if TYPE_CHECKING:  # typeshed types the parser under its public (deprecated since 3.11) names
+    import sre_constants as sre
+    import sre_parse
+else:
+    import re._constants as sre
+    import re._parser as sre_parse
 
 _DEEP = 5  # past this depth optional parts are left out and nullable values are null
 _DEEPEST = 64  # a schema that can only recurse gets null here instead of a RecursionError
@@ -128,7 +133,7 @@ def check_strict_schema(
             continue
         if node.get("additionalProperties") is not False:
             raise fail(context, "'additionalProperties' is required to be supplied and to be false.")
-        properties = node.get("properties") if isinstance(node.get("properties"), dict) else {}
+        properties = _dict_at(node, "properties")
         required = _required(node)
         every = "'required' is required to be supplied and to be an array including every key in properties."
         missing = [key for key in properties if key not in required]
@@ -208,8 +213,20 @@ def _is_multiple(value: float, step: float) -> bool:
     return value % step == 0
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _dict_at(node: dict[str, Any], key: str) -> dict[str, Any]:
+    """`node[key]` if it is an object, else `{}` (schemas are user input)."""
+    value = node.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _list_at(node: dict[str, Any], key: str) -> list[Any]:
+    """`node[key]` if it is an array, else `[]`."""
+    value = node.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _limit(schema: dict[str, Any], key: str, default: Any = None) -> Any:
@@ -333,8 +350,8 @@ class _Generator:
                 and (not _number(step) or step <= 0 or _is_multiple(value, step)))
 
     def _valid_object(self, schema: dict[str, Any], value: dict[str, Any], depth: int) -> bool:
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-        patterns = schema.get("patternProperties") if isinstance(schema.get("patternProperties"), dict) else {}
+        properties = _dict_at(schema, "properties")
+        patterns = _dict_at(schema, "patternProperties")
         if any(key not in value for key in _required(schema)):
             return False
         if not _limit(schema, "minProperties", 0) <= len(value) <= _limit(schema, "maxProperties", math.inf):
@@ -359,7 +376,7 @@ class _Generator:
 
     @staticmethod
     def _item_schemas(schema: dict[str, Any]) -> tuple[list[Any], Any]:
-        prefix = schema.get("prefixItems") if isinstance(schema.get("prefixItems"), list) else []
+        prefix = _list_at(schema, "prefixItems")
         items = schema.get("items", True)
         if isinstance(items, list):
             return items, schema.get("additionalItems", True)
@@ -441,7 +458,7 @@ class _Generator:
         return first
 
     def _object(self, schema: dict[str, Any], name: str, depth: int) -> dict[str, Any]:
-        properties = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        properties = _dict_at(schema, "properties")
         required = _required(schema)
         extra = schema.get("additionalProperties", True)
         low, high = min(int(_limit(schema, "minProperties", 0)), _MAX_ITEMS), _limit(schema, "maxProperties")
@@ -538,12 +555,10 @@ class _Generator:
         snake = _snake(name)
         start, end = next((span for pattern, span in _NUMBER_RANGES if pattern.search(snake)), _DEFAULT_RANGE)
         width = end - start
-        if low is None and high is None:
-            return start, end
+        if high is None:
+            return (start, end) if low is None else (low, (end if low <= end else low + width))
         if low is None:
             return (start if high >= start else high - width), high
-        if high is None:
-            return low, (end if low <= end else low + width)
         return low, high
 
     def _take_number(self, accept: Callable[[float], bool]) -> float | None:

@@ -19,6 +19,17 @@ ModerationCategory = Literal[
     "violence/graphic",
 ]
 
+_FLAGGED_WORDS: dict[str, ModerationCategory] = {
+    "kill": "violence",
+    "murder": "violence",
+    "bomb": "violence",
+    "hate": "hate",
+    "suicide": "self-harm",
+    "nsfw": "sexual",
+    "steal": "illicit",
+    "harass": "harassment",
+}
+
 
 class MockSettings(BaseModel):
     """How the mock behaves. Every field has a default, so an empty `[mock]` section works."""
@@ -39,16 +50,7 @@ class MockSettings(BaseModel):
         description="Extra model ids to accept and list, beside the built-in catalogue.",
     )
     flagged_words: dict[str, ModerationCategory] = Field(
-        default_factory=lambda: {
-            "kill": "violence",
-            "murder": "violence",
-            "bomb": "violence",
-            "hate": "hate",
-            "suicide": "self-harm",
-            "nsfw": "sexual",
-            "steal": "illicit",
-            "harass": "harassment",
-        },
+        default_factory=lambda: dict(_FLAGGED_WORDS),
         description="Moderation word list: a word found in the input flags it under that category.",
     )
     rate_limit_requests: int | None = Field(

@@ -26,7 +26,7 @@ SETTINGS = web.AppKey("settings", MockSettings)
 CATALOGUE = web.AppKey("catalogue", Catalogue)
 CLOCK = web.AppKey("clock", VirtualClock)
 FAULTS = web.AppKey("faults", FaultCounter)
-SLEEP = web.AppKey("sleep", Sleep)
+SLEEP = web.AppKey[Sleep]("sleep")  # a callable type: the subscript form (aiohttp's way for non-classes)
 
 _PARSE_ERROR = (
     "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your "

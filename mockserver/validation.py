@@ -39,7 +39,7 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
     while current:
         if level > limit:
             return True
-        deeper = []
+        deeper: list[Any] = []
         for container in current:
             items = container.values() if isinstance(container, dict) else container
             kinds = set(map(type, items))  # C speed over long flat arrays (token lists)

@@ -10,7 +10,7 @@ import click
 
 from mockserver import cli as mock_cli
 
-from .config import Config, ConfigError, check_base_url, lacks_api_version, load_config
+from .config import Config, ConfigError, FixtureMode, check_base_url, lacks_api_version, load_config
 from .logs import LEVELS, configure
 
 
@@ -52,7 +52,7 @@ _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
               help="info adds an access log line per request (never a key or a body).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="json: one JSON object per line, for log collectors.")
-def serve(config: Path | None, host: str | None, port: int | None, upstream: str | None, mode: str | None,
+def serve(config: Path | None, host: str | None, port: int | None, upstream: str | None, mode: FixtureMode | None,
           fixtures: Path | None, db: Path | None, log_level: str, log_format: str) -> None:
     """Run the gateway: point any OpenAI SDK's base_url at http://HOST:PORT/v1."""
     from .app import PIPELINE, make_app
@@ -67,7 +67,7 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
             settings.upstream.base_url = check_base_url(upstream)
         except ValueError as exc:
             _fail(f"--upstream: {exc}")
-    settings.fixtures.mode = mode or settings.fixtures.mode  # type: ignore[assignment]
+    settings.fixtures.mode = mode or settings.fixtures.mode
     settings.fixtures.dir = str(fixtures) if fixtures else settings.fixtures.dir
     settings.ledger.path = str(db) if db else settings.ledger.path
     if not settings.server.host.startswith(_LOOPBACK) and not settings.keys and not settings.server.allow_remote:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -43,7 +44,7 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
     _table(rows)
 
 
-def _table(rows: list[dict[str, object]]) -> None:
+def _table(rows: list[dict[str, Any]]) -> None:
     from rich import box
     from rich.table import Table
 

@@ -25,6 +25,7 @@ PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"))
 MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_file"))
 
 Period = Literal["day", "week", "month", "total"]
+FixtureMode = Literal["live", "record", "replay", "record-missing"]
 
 
 class Section(BaseModel):
@@ -133,7 +134,7 @@ class MatchConfig(Section):
 
 
 class FixturesConfig(Section):
-    mode: Literal["live", "record", "replay", "record-missing"] = "live"
+    mode: FixtureMode = "live"
     dir: str = Field("fixtures", description="Folder holding recorded fixtures (one subfolder per cassette).")
     cassette: str = Field("default", description="Cassette used when a request names none.")
     ignore_fields: list[str] = Field(["user", "metadata"], description="Body fields left out of matching.")

@@ -48,13 +48,15 @@ class AuthenticationError(GatewayError):
 
 
 class InvalidRequest(GatewayError):
-    status, type, code = 400, INVALID_REQUEST, None
+    status, type = 400, INVALID_REQUEST
+    code: str | None = None
 
 
 class NotFound(GatewayError):
     """OpenAI's answer for an object that is not there; the gateway's for one that is not the caller's."""
 
-    status, type, code = 404, INVALID_REQUEST, None
+    status, type = 404, INVALID_REQUEST
+    code: str | None = None
 
 
 class RequestTimeout(GatewayError):

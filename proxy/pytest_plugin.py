@@ -20,7 +20,7 @@ import hashlib
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ import pytest
 
 if TYPE_CHECKING:
     import openai
+    from pluggy import Result
 
     from .background import BackgroundServer
 
@@ -76,7 +77,9 @@ def pytest_report_header(config: pytest.Config) -> str | None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None],
+) -> Generator[None, Result[pytest.TestReport], None]:
     """A replay miss in a cassette test gets a short section saying how to record it."""
     outcome = yield
     if call.excinfo is None or item.get_closest_marker(MARKER) is None:
@@ -179,7 +182,8 @@ class OaigateGateway(OaigateServer):
         """Replay `cassette` from the start: a test sees its recordings in order, whatever ran before."""
         from .app import PIPELINE
 
-        self.server.app[PIPELINE].fixtures.rewind(cassette)  # type: ignore[index]
+        assert self.server.app is not None  # started: the app exists
+        self.server.app[PIPELINE].fixtures.rewind(cassette)
 
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until the exchanges so far are finished, so their recordings are on disk."""
@@ -187,7 +191,8 @@ class OaigateGateway(OaigateServer):
 
         from .app import PIPELINE
 
-        pipeline = self.server.app[PIPELINE]  # type: ignore[index]
+        assert self.server.app is not None  # started: the app exists
+        pipeline = self.server.app[PIPELINE]
 
         async def drained() -> None:
             for _ in range(3):  # a stream's handler may still be returning when its client has read the end

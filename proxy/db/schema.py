@@ -63,29 +63,29 @@ _V1_VIEWS = {view: sql.replace("CASE WHEN simulated THEN 0 ELSE cost_microusd EN
 
 
 def _v1(db: sqlite_utils.Database) -> None:
-    db["requests"].create(_V1_COLUMNS, pk="id", not_null={"started_at", "endpoint", "status"})
-    db["requests"].create_index(["started_at"])
-    db["requests"].create_index(["key_name", "started_at"])
+    db.table("requests").create(_V1_COLUMNS, pk="id", not_null={"started_at", "endpoint", "status"})
+    db.table("requests").create_index(["started_at"])
+    db.table("requests").create_index(["key_name", "started_at"])
     for name, sql in _V1_VIEWS.items():
         db.create_view(name, sql, replace=True)
 
 
 def _v2(db: sqlite_utils.Database) -> None:
     """What a replayed fixture would have cost live (its own cost is 0)."""
-    db["requests"].add_column("replayed_cost_microusd", int)
+    db.table("requests").add_column("replayed_cost_microusd", int)
 
 
 def _v3(db: sqlite_utils.Database) -> None:
     """The id of the object a request created (file, batch, response, stored completion...): who owns
     it, and what a chained request builds on."""
-    db["requests"].add_column("object_id", str)
-    db["requests"].create_index(["object_id"])
+    db.table("requests").add_column("object_id", str)
+    db.table("requests").create_index(["object_id"])
 
 
 def _v4(db: sqlite_utils.Database) -> None:
     """Rows answered by oaigate's mock or a replayed fixture are `simulated`: the views count their cost
     apart (`simulated_microusd`), never as real spend."""
-    db["requests"].add_column("simulated", int, not_null_default=0)
+    db.table("requests").add_column("simulated", int, not_null_default=0)
     for name, sql in VIEWS.items():
         db.create_view(name, sql, replace=True)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 
 from ..config import KeyConfig
 from ..errors import AuthenticationError
@@ -13,7 +14,7 @@ from ..wire.configfile import ConfigError
 from . import Stage
 
 
-def token_of(headers: object) -> str | None:
+def token_of(headers: Mapping[str, str]) -> str | None:
     """The bearer token from `Authorization`, or Azure-style `api-key`."""
     get = headers.get
     auth = get("Authorization", "")

@@ -110,8 +110,9 @@ def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CI
         headers["Authorization"] = f"Bearer {token}"
     for name, configured in (("OpenAI-Organization", upstream.organization), ("OpenAI-Project", upstream.project)):
         value = ex.headers.get(name) if pass_through else None
-        if value or configured:
-            headers[name] = value or configured  # type: ignore[assignment]
+        chosen = value or configured
+        if chosen:
+            headers[name] = chosen
     headers["Accept-Encoding"] = "identity"
     return headers
 
@@ -239,9 +240,9 @@ class Forward:
             failure: Exception | None = None
             try:
                 first_byte_s = min(self.timeouts.first_byte_s, max(deadline - time.monotonic(), 0))
-                async with asyncio.timeout(first_byte_s) as wait:
+                async with asyncio.timeout(first_byte_s) as first_byte:
                     if ex.body_stream is not None:  # the first-byte wait starts once the streamed body is sent
-                        ex.body_stream.hold(wait, self.timeouts.first_byte_s, deadline)
+                        ex.body_stream.hold(first_byte, self.timeouts.first_byte_s, deadline)
                     response = await self.session.request(
                         ex.method, url, data=body or (ex.body_stream and ex.body_stream.chunks()),
                         headers=headers, allow_redirects=False,

@@ -72,9 +72,9 @@ def hinted_wait(status: int, headers: Mapping[str, str], now: Callable[[], float
             wait = _http_date_wait(value, now)
     if wait is not None or status != 429:
         return wait
-    resets = [parse_duration(headers[h]) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+    parsed = [parse_duration(headers[h]) for h in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
               if headers.get(h)]
-    resets = [r for r in resets if r is not None]
+    resets = [r for r in parsed if r is not None]
     if resets:
         return min(max(resets), MAX_HINT_S)
     return None

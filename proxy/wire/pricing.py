@@ -108,9 +108,8 @@ def _lookup(model: str, provider: str, batch: bool = False) -> PriceOverride | _
     except LookupError:
         return None
     rates = found.model_price
-    flat_or_none = (Decimal, type(None))
-    if isinstance(rates.input_mtok, Decimal) and all(
-        isinstance(r, flat_or_none) for r in (rates.output_mtok, rates.cache_read_mtok)
-    ):
-        return PriceOverride(rates.input_mtok, rates.output_mtok or Decimal(0), rates.cache_read_mtok)
+    output, cache_read = rates.output_mtok, rates.cache_read_mtok
+    if (isinstance(rates.input_mtok, Decimal) and isinstance(output, Decimal | None)
+            and isinstance(cache_read, Decimal | None)):
+        return PriceOverride(rates.input_mtok, output or Decimal(0), cache_read)
     return _GenaiPrice(model, provider, batch)

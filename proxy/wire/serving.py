@@ -121,7 +121,7 @@ class GuardedServer(Server):
         self.open = 0
         self.refused = 0
 
-    def __call__(self) -> RequestHandler | _Refuse:  # type: ignore[override]
+    def __call__(self) -> RequestHandler | _Refuse:  # type: ignore[override]  # a refusal protocol, by design
         if self.open >= self.max_connections:
             self.refused += 1
             return _Refuse()
@@ -156,10 +156,11 @@ class GuardedRunner(web.AppRunner):
                  max_connections: int = MAX_CONNECTIONS, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", KEEPALIVE_TIMEOUT_S)
         super().__init__(app, **kwargs)
-        self._guard = {"header_timeout_s": header_timeout_s, "max_connections": max_connections}
+        self._header_timeout_s, self._max_connections = header_timeout_s, max_connections
 
     async def _make_server(self) -> Server:
-        return GuardedServer(await super()._make_server(), **self._guard)
+        return GuardedServer(await super()._make_server(), header_timeout_s=self._header_timeout_s,
+                             max_connections=self._max_connections)
 
 
 async def serve(
