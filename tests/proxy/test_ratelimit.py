@@ -161,9 +161,11 @@ EXPIRED_S = 2 * MAX_HINT_S + 1  # past the longest any evidence lasts (a count, 
 durations = st.one_of(st.floats(0.001, 120).map(lambda s: f"{s:.3f}s"), st.integers(1, 90_000).map(lambda m: f"{m}ms"),
                       st.sampled_from(["", "soon", "1m0s", "-1s"]))
 counts = st.one_of(st.integers(-3, 600).map(str), st.sampled_from(["", "x", "nan", "inf", "1e3", "0.5"]))
+# A stated limit below 3 rightly holds a third request in one window: the properties below admit 3 at once.
+limits = st.one_of(st.integers(3, 600).map(str), st.sampled_from(["", "x", "nan", "inf", "1e3"]))
 header_sets = st.fixed_dictionaries({}, optional={
     "x-ratelimit-remaining-requests": counts, "x-ratelimit-reset-requests": durations,
-    "x-ratelimit-limit-requests": counts, "x-ratelimit-remaining-tokens": counts,
+    "x-ratelimit-limit-requests": limits, "x-ratelimit-remaining-tokens": counts,
     "x-ratelimit-reset-tokens": durations, "retry-after": st.sampled_from(["1", "60", "3600", "nan", "x"]),
     "retry-after-ms": st.integers(0, 120_000).map(str)})
 models = st.sampled_from(["gpt-4o", "gpt-4o-mini", None])
@@ -351,3 +353,18 @@ def test_the_governor_forgets_expired_evidence_past_its_bound() -> None:
         governor.observe(200, {"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"},
                          float(i), f"model-{i}")
     assert len(governor._states) <= UpstreamGovernor.MAX_KEYS + 1
+
+
+def test_a_stated_limit_of_one_holds_the_second_request_of_a_window_until_an_answer() -> None:
+    """What the properties leave out: an upstream that says it takes one request per window gets one."""
+    governor = UpstreamGovernor()
+    governor.observe(200, {}, 0.0, "warm-up")
+    governor.observe(200, {"x-ratelimit-limit-requests": "1", "x-ratelimit-remaining-requests": "0",
+                           "x-ratelimit-reset-requests": "1s"}, 0.0, "m")
+    now = EXPIRED_S
+    assert governor.wait(now, "m") == 0.0
+    governor.admitted(now, "m")
+    assert governor.wait(now, "m") is None  # held (softly) until the first one is answered
+    governor.finished("m")
+    governor.observe(200, {}, now + 0.1, "m")  # an answer with no count: nothing known, nothing held
+    assert governor.wait(now + 0.1, "m") == 0.0
