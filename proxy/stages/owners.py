@@ -116,7 +116,7 @@ REFERENCES: dict[str, Kind] = {
 }
 # A body that matches neither cannot hold a reference (a key can only be spelled out or \u-escaped)
 _REFERENCE_HINT = re.compile(rb'"(?:file_ids?|input_file_id|training_file|validation_file|previous_response_id|'
-                             rb'vector_store_ids?|assistant_id|conversation|container(?:_id)?|video)"\s*:')
+                             rb'vector_store_ids?|assistant_id|conversation|container(?:_id)?|video)"\s*:|"type"\s*:\s*"file_id"')
 _ESCAPE = re.compile(rb"\\u")
 
 
@@ -309,6 +309,10 @@ class Owners(Stage):
             if isinstance(node, list):
                 stack.extend(item for item in node if isinstance(item, (dict, list)))
                 continue
+            if node.get("type") == "file_id":  # an eval run's source: `{"type": "file_id", "id": ...}`
+                seen += 1
+                if isinstance(node.get("id"), str) and not self.visible(ex, node["id"]):
+                    raise FILE.missing(node["id"])
             for name, value in node.items():
                 kind = REFERENCES.get(name)
                 if name == "container":  # a code interpreter's: a container id, or what to make one with

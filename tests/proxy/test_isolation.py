@@ -562,3 +562,14 @@ def test_container_references_in_a_body_are_checked(objects_gw: Gateway) -> None
     _refused(fetch("POST", objects_gw.url + "/responses", key=BOB,
                    json={"model": "gpt-4o-mini", "input": "Run it.", "tools": [auto]}),
              "No such File object: file-not-bobs", "file_ids")
+
+
+def test_an_eval_runs_file_source_is_checked(objects_gw: Gateway) -> None:
+    eval_id = json.loads(fetch("POST", objects_gw.url + "/evals", key=BOB, json={"name": "bob's"}).body)["id"]
+    for spaced in (False, True):
+        body = json.dumps({"name": "run", "data_source": {"type": "jsonl", "source": {
+            "type": "file_id", "id": "file-not-bobs"}}}, separators=(",", ":") if not spaced else None)
+        _refused(fetch("POST", f"{objects_gw.url}/evals/{eval_id}/runs", key=BOB, data=body.encode(),
+                       headers={"Content-Type": "application/json"}), "No such File object: file-not-bobs", "id")
+    assert fetch("POST", f"{objects_gw.url}/evals/{eval_id}/runs", key=ROOT, json={"data_source": {
+        "type": "jsonl", "source": {"type": "file_id", "id": "file-not-bobs"}}}).status == 200
