@@ -118,6 +118,16 @@ REFERENCES: dict[str, Kind] = {
 _REFERENCE_HINT = re.compile(rb'"(?:file_ids?|input_file_id|training_file|validation_file|previous_response_id|'
                              rb'vector_store_ids?|assistant_id|conversation|container(?:_id)?|video)"\s*:|"type"\s*:\s*"file_id"')
 _ESCAPE = re.compile(rb"\\u")
+# Form fields naming an object, by path (an SDK sends `{"id": ...}` as `video[id]`). Such a form from a
+# non-admin key is read whole up to `body.FORM_WHOLE_BYTES` to be checked; a larger one is refused.
+FORM_REFERENCES: dict[str, dict[str, Kind]] = {
+    "/v1/videos/edits": {"video": VIDEO, "video[id]": VIDEO},
+    "/v1/videos/extensions": {"video": VIDEO, "video[id]": VIDEO},
+    "/v1/audio/voices": {"consent": VOICE_CONSENT},
+}
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_DISPOSITION = re.compile(rb"(?im)^content-disposition:[^\r\n]*")
+_FIELD_NAME = re.compile(rb';\s*name="([^"]*)"')
 
 
 @dataclass(slots=True, eq=False)
@@ -153,6 +163,25 @@ def _children(item: dict[str, Any]) -> list[str]:
     if item.get("object") == "fine_tuning.job" and isinstance(item.get("fine_tuned_model"), str):
         found.append(item["fine_tuned_model"])
     return found
+
+
+def _form_fields(body: bytes, content_type: str) -> list[tuple[str, bytes]] | None:
+    """The fields of a multipart form that are not files; None when it cannot be read plainly."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return None
+    fields = []
+    for part in body.split(b"--" + found.group(1).encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            return fields
+        head, sep, value = part.partition(b"\r\n\r\n")
+        disposition = _DISPOSITION.search(head)
+        name = _FIELD_NAME.search(disposition.group(0)) if disposition is not None else None
+        if not sep or name is None or b"name*=" in disposition.group(0):
+            return None
+        if b"filename" not in disposition.group(0):
+            fields.append((name.group(1).decode("utf-8", "replace"), value.removesuffix(b"\r\n")))
+    return None  # no closing delimiter
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes | None:
@@ -245,7 +274,7 @@ class Owners(Stage):
                     raise NotFound(f"Invalid URL ({ex.method} {path})")
                 if ex.method not in ("GET", "HEAD") and not self.visible(ex, rest[0]):
                     raise catalogue.missing(rest[0])
-            if ex.method in ("POST", "PUT", "PATCH") and ex.body:
+            if ex.method in ("POST", "PUT", "PATCH") and (ex.body or ex.body_stream is not None):
                 self._check_body(ex)
         if kind is None:
             return
@@ -285,8 +314,10 @@ class Owners(Stage):
         read differently (a repeated member, a \\u-escaped name) is sent re-serialized, as checked. A
         body that names a reference but is not a JSON object the gateway can read is refused."""
         body = ex.json
-        if body is None and ex.headers.get("Content-Type", "").startswith("multipart/"):
-            return  # form fields and file bytes (never scanned: up to 512 MB): no references in them
+        content_type = ex.headers.get("Content-Type", "")
+        if body is None and content_type.startswith("multipart/"):
+            self._check_form_fields(ex, content_type)
+            return  # other form fields and file bytes (never scanned: up to 512 MB): no references in them
         hinted = len(_REFERENCE_HINT.findall(ex.body))
         escaped = b"\\" in ex.body and _ESCAPE.search(ex.body) is not None
         if not hinted and not escaped:
@@ -335,6 +366,20 @@ class Owners(Stage):
                     stack.append(value)
         if seen != hinted or (seen and escaped):
             ex.body = dumps(body)
+
+    def _check_form_fields(self, ex: Exchange, content_type: str) -> None:
+        references = FORM_REFERENCES.get(ex.path)
+        if references is None:
+            return
+        fields = _form_fields(ex.body, content_type) if ex.body_stream is None else None
+        if fields is None:
+            raise InvalidRequest("The gateway could not read this form to check the objects it names: send it "
+                                 "as JSON, or its fields in a plain multipart/form-data body under 16 MB.")
+        for name, value in fields:
+            kind = references.get(name)
+            object_id = value.decode("utf-8", "replace")
+            if kind is not None and not self.visible(ex, object_id):
+                raise kind.missing(object_id, name.split("[")[0])
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         watch = self._watch.get(id(ex))

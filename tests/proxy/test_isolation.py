@@ -449,8 +449,8 @@ PREFIXES = {"containers": "cntr_", "videos": "video_", "videos/characters": "cha
 
 
 def _collections_app() -> web.Application:
-    """Any collection of PREFIXES: POST creates, GET lists or retrieves, DELETE deletes; a video's remix is a
-    new video. Anything else is answered with the path it was sent to."""
+    """Any collection of PREFIXES: POST creates, GET lists or retrieves, DELETE deletes; a video's remix, edit
+    or extension is a new video. Anything else is answered with the path it was sent to."""
     made: dict[str, dict[str, Any]] = {}
 
     async def handle(request: web.Request) -> web.Response:
@@ -459,7 +459,8 @@ def _collections_app() -> web.Application:
         collection = next((c for c in sorted(PREFIXES, key=len, reverse=True)
                            if tail == c or tail.startswith(c + "/")), None)
         rest = tail[len(collection) + 1:].split("/") if collection and tail != collection else []
-        if collection and request.method == "POST" and (not rest or rest[1:] == ["remix"]):
+        if collection and request.method == "POST" and (not rest or rest[1:] == ["remix"]
+                                                        or rest in (["edits"], ["extensions"])):
             object_id = f"{PREFIXES[collection]}{len(made) + 1}"
             made[object_id] = {"id": object_id, "object": collection.rsplit("/", 1)[-1].rstrip("s")}
             return web.json_response(made[object_id])
@@ -573,3 +574,45 @@ def test_an_eval_runs_file_source_is_checked(objects_gw: Gateway) -> None:
                        headers={"Content-Type": "application/json"}), "No such File object: file-not-bobs", "id")
     assert fetch("POST", f"{objects_gw.url}/evals/{eval_id}/runs", key=ROOT, json={"data_source": {
         "type": "jsonl", "source": {"type": "file_id", "id": "file-not-bobs"}}}).status == 200
+
+
+def test_references_in_form_fields_are_checked(objects_gw: Gateway) -> None:
+    import io
+
+    import aiohttp
+
+    consent = json.loads(fetch("POST", objects_gw.url + "/audio/voice_consents", key=ALICE, json={}).body)["id"]
+    video = json.loads(fetch("POST", objects_gw.url + "/videos", key=ALICE, json={"prompt": "a cat"}).body)["id"]
+
+    def voice(size: int = 10) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("name", "mine")
+        form.add_field("consent", consent)
+        form.add_field("audio_sample", io.BytesIO(b"\0" * size), filename="sample.wav", content_type="audio/wav")
+        return form
+
+    def edit(field: str) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("prompt", "a dog")
+        form.add_field(field, video)
+        form.add_field("padding", b"x", filename="x.bin", content_type="application/octet-stream")
+        return form
+
+    _refused(fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=voice()),
+             f"Voice consent with id '{consent}' not found.", "consent")
+    for field in ("video[id]", "video"):
+        _refused(fetch("POST", objects_gw.url + "/videos/edits", key=BOB, data=edit(field)),
+                 f"Video with id '{video}' not found.", "video")
+    assert fetch("POST", objects_gw.url + "/audio/voices", key=ALICE, data=voice()).status == 200
+    assert fetch("POST", objects_gw.url + "/videos/edits", key=ALICE, data=edit("video[id]")).status == 200
+    # past the 1 MB other uploads stream from, such a form is still read whole and checked
+    _refused(fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=voice(2 * 1024 * 1024)),
+             f"Voice consent with id '{consent}' not found.", "consent")
+
+    async def chunked() -> Any:  # no length: streamed, so it cannot be checked, so it is refused
+        yield (f'--b0und\r\nContent-Disposition: form-data; name="consent"\r\n\r\n{consent}\r\n'
+               '--b0und--\r\n').encode()
+
+    streamed = fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=chunked(),
+                     headers={"Content-Type": "multipart/form-data; boundary=b0und"})
+    assert streamed.status == 400 and consent.encode() not in streamed.body
