@@ -8,7 +8,9 @@ it arrives (`forward` sends it), so memory stays flat whatever the file's size.
 - **Limits.** File uploads (`multipart/*`, `application/octet-stream`) may be up to
   `[server] max_upload_bytes`; anything else (JSON...) up to `max_json_bytes`. A `Content-Length`
   over the limit is refused with 413 before a byte is read; a chunked body is read up to the limit
-  and then refused. Limits count decoded bytes.
+  and then refused. Limits count decoded bytes. With `[[keys]]`, a form that names an object in a field
+  (`owners.FORM_REFERENCES`: a video edit's `video[id]`, a voice's `consent`) is read whole up to
+  `FORM_WHOLE_BYTES` so its fields can be checked; past that, or without a length, it is refused.
 - **Encodings.** aiohttp's server undoes `Content-Encoding: gzip` and `deflate` (and `br`, `zstd`
   when their packages are installed) as the body arrives, a bounded piece at a time, so a zip bomb
   hits the limit, not memory. The upstream gets the decoded bytes without `Content-Encoding`.
@@ -53,9 +55,11 @@ UPLOAD_TYPES = ("multipart/", "application/octet-stream")
 # The endpoints that take files: only there is a body an upload (larger limit, may stream unread). Anywhere
 # else a body is read whole and parsed whatever its Content-Type says, since an upstream may parse it as
 # JSON anyway: dressing a JSON body up as an upload must not hide it from budgets or ownership checks.
-UPLOAD_PATHS = re.compile(r"/v1/(?:files|uploads/[^/]+/parts|audio/(?:transcriptions|translations)"
-                          r"|images/(?:edits|variations)|containers/[^/]+/files|videos)")
+UPLOAD_PATHS = re.compile(r"/v1/(?:files|uploads/[^/]+/parts|audio/(?:transcriptions|translations|voices)"
+                          r"|images/(?:edits|variations)|containers/[^/]+/files|videos(?:/edits|/extensions)?"
+                          r"|skills(?:/[^/]+/versions)?)")
 STREAM_ABOVE = 1024 * 1024  # smaller uploads are read whole: cheap, and they can be retried
+FORM_WHOLE_BYTES = 16 * 1024 * 1024  # forms naming an object (owners.FORM_REFERENCES): read whole to be checked
 OFFLOAD_PARSE_BYTES = 1024 * 1024  # larger bodies are parsed as JSON in a thread, off the event loop
 # what aiohttp's server decodes by itself (the names it compares, lower-cased, to the whole header)
 DECODED = frozenset({"gzip", "deflate"} | ({"br"} if HAS_BROTLI else set()) | ({"zstd"} if HAS_ZSTD else set()))
@@ -189,7 +193,10 @@ async def receive_body(request: web.Request, ex: Exchange, config: Config) -> No
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(limit, upload)
-    if upload and (length is None or length > STREAM_ABOVE) and _fixtures_live(ex, config):
+    from .stages.owners import FORM_REFERENCES
+
+    whole = FORM_WHOLE_BYTES if config.keys and ex.path in FORM_REFERENCES else STREAM_ABOVE
+    if upload and (length is None or length > whole) and _fixtures_live(ex, config):
         ex.body_stream = StreamedBody(request.content, limit, server.body_timeout_s,
                                       None if ex.body_decoded else length, upload)
         return

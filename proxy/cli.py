@@ -127,8 +127,8 @@ def _summary(settings: Config) -> list[str]:
 
 
 def _upstream_warnings(settings: Config, config_file: str) -> list[str]:
-    """What is probably wrong with the upstreams, said once at start; an unset key with
-    `upstream.require_key` is an error."""
+    """What is probably wrong with the upstreams (and a per-caller limit that limits nothing), said once at
+    start; an unset key with `upstream.require_key` is an error."""
     import os
 
     from .stages.route import display_name
@@ -147,6 +147,12 @@ def _upstream_warnings(settings: Config, config_file: str) -> list[str]:
                   f"(upstream.api_key_env) is not set")
         warnings.append(f"the environment variable {up.api_key_env} (upstream.api_key_env) is not set: requests go "
                         f"to {display_name(up.base_url)} without a key (set upstream.require_key = true to refuse)")
+    sections = (("budgets", settings.budgets), ("rate_limits", settings.rate_limits))
+    per_caller = [f"[[{kind}]]" for kind, scopes in sections if any(scope.key == "*" for scope in scopes)]
+    if per_caller and not settings.keys:
+        warnings.append(f'key = "*" in {" and ".join(per_caller)} without [[keys]]: a caller is its bearer token, so '
+                        f"a client that sends another token gets a fresh budget or limit; this caps nothing by itself "
+                        f"(add [[keys]], or a budget without key)")
     return warnings
 
 

@@ -26,6 +26,8 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "respo
 CREATING_PATHS = frozenset({
     "/v1/files", "/v1/batches", "/v1/responses", "/v1/chat/completions", "/v1/uploads",
     "/v1/fine_tuning/jobs", "/v1/conversations", "/v1/vector_stores", "/v1/assistants", "/v1/threads",
+    "/v1/containers", "/v1/videos", "/v1/videos/characters", "/v1/videos/edits", "/v1/videos/extensions",
+    "/v1/evals", "/v1/skills", "/v1/audio/voice_consents", "/v1/chatkit/sessions",
 })
 # Only a request that makes something is charged: these POSTs. A GET of a stored response, chat
 # completion or batch (or a cancel, an update) shows the same `usage` again and is never priced, so

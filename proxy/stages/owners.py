@@ -2,7 +2,8 @@
 
 One upstream key serves every gateway key, so the upstream cannot tell alice's files from bob's: the
 gateway does. Every object created through it (files, batches, stored responses and chat completions,
-uploads, fine-tuning jobs, conversations, vector stores, assistants, threads) is recorded with the
+uploads, fine-tuning jobs, conversations, vector stores, assistants, threads, containers, videos, evals,
+skills, voice consents, ChatKit sessions: `COLLECTIONS`) is recorded with the
 key that created it, in the ledger (`object_id` and `key_name`, by `meter` and `ledger`) and in memory
 here: loaded from the ledger at start (off the event loop) and updated the moment a creating answer is
 seen (`chunk`, before the client holds the id), so a fast client's next request already finds it.
@@ -11,6 +12,9 @@ seen (`chunk`, before the client holds the id), so a fast client's next request 
   (`previous_response_id`, `input_file_id`, `file_id`, `training_file`, `vector_store_ids`...) that is
   another key's, or that the gateway never saw created, gets the 404 OpenAI gives for a missing
   object (fail closed); nothing is sent upstream.
+- A path with an id in a collection this module does not know (`/v1/<collection>/<id>...`) is refused
+  the same way (`Invalid URL`): nobody could own what is in it. Only read-only catalogues
+  (`/v1/models/{model}`) and a few fixed paths that only look like ids (`ENDPOINTS`) go through.
 - List answers (`GET /v1/files`, `/v1/batches`, `/v1/chat/completions`, ...) keep only the caller's
   items (`filter_lists`, an aiohttp middleware: a stage cannot rewrite a body). A list answer without
   a length, which would be relayed as it arrives, is cut rather than relayed unfiltered.
@@ -71,28 +75,59 @@ CONVERSATION = Kind("Conversation with id '{id}' not found.")
 VECTOR_STORE = Kind("No vector store found with id '{id}'.")
 ASSISTANT = Kind("No assistant found with id '{id}'.")
 THREAD = Kind("No thread found with id '{id}'.")
+CONTAINER = Kind("Container with id '{id}' not found.")
+VIDEO = Kind("Video with id '{id}' not found.")
+CHARACTER = Kind("Character with id '{id}' not found.")
+EVAL = Kind("Eval with id '{id}' not found.")
+SKILL = Kind("Skill with id '{id}' not found.")
+VOICE_CONSENT = Kind("Voice consent with id '{id}' not found.")
+CHATKIT_SESSION = Kind("ChatKit session with id '{id}' not found.")
+CHATKIT_THREAD = Kind("ChatKit thread with id '{id}' not found.")
+MODEL = Kind("The model '{id}' does not exist", "model", "model_not_found")
 
-# `/v1/<collection>/<id>/...`: the collections whose objects have owners
+# `/v1/<collection>/<id>/...`: the collections whose objects have owners. Every collection of the OpenAPI
+# description a key can create objects in (`POST /v1/<collection>`, then `GET /v1/<collection>/{id}`), and
+# ChatKit threads (made by ChatKit clients, never through the gateway: only admin keys see them).
 COLLECTIONS: dict[str, Kind] = {
     "files": FILE, "batches": BATCH, "responses": RESPONSE, "chat/completions": CHAT_COMPLETION,
     "uploads": UPLOAD, "fine_tuning/jobs": FINE_TUNING_JOB, "conversations": CONVERSATION,
-    "vector_stores": VECTOR_STORE, "assistants": ASSISTANT, "threads": THREAD,
+    "vector_stores": VECTOR_STORE, "assistants": ASSISTANT, "threads": THREAD, "containers": CONTAINER,
+    "videos": VIDEO, "videos/characters": CHARACTER, "evals": EVAL, "skills": SKILL,
+    "audio/voice_consents": VOICE_CONSENT, "chatkit/sessions": CHATKIT_SESSION, "chatkit/threads": CHATKIT_THREAD,
 }
-_TWO_SEGMENTS = frozenset({"chat", "fine_tuning"})
+# first segments whose collections are two segments long (`/v1/audio/speech`, `/v1/chat/completions`)
+_TWO_SEGMENTS = frozenset({"chat", "fine_tuning", "audio", "chatkit", "images", "realtime"})
 # operations where an id would be: `/v1/threads/runs` (a new thread and its run), `/v1/responses/compact`...
-_OPERATIONS = {"threads": frozenset({"runs"}), "responses": frozenset({"input_tokens", "compact"})}
+_OPERATIONS = {"threads": frozenset({"runs"}), "responses": frozenset({"input_tokens", "compact"}),
+               "videos": frozenset({"edits", "extensions"})}
+# Paths that look like `/v1/<collection>/<id>` but name no object; any other path with an id in a
+# collection the gateway does not know is refused to non-admin keys (fail closed: nobody owns it)
+ENDPOINTS = frozenset({"/v1/fine_tuning/alpha/graders/run", "/v1/fine_tuning/alpha/graders/validate",
+                       "/v1/realtime/translations/client_secrets"})
+# read-only catalogues: anybody reads `/v1/models/{model}`; deleting a fine-tuned model takes its job's owner
+CATALOGUES: dict[str, Kind] = {"models": MODEL}
 LIST_PATHS = frozenset("/v1/" + c for c in COLLECTIONS)  # GET on a collection lists it
 
 # Body members naming an object (anywhere in the JSON, except under `annotations`: citations only describe)
 REFERENCES: dict[str, Kind] = {
     "file_id": FILE, "file_ids": FILE, "input_file_id": FILE, "training_file": FILE, "validation_file": FILE,
     "previous_response_id": PREVIOUS_RESPONSE, "vector_store_id": VECTOR_STORE, "vector_store_ids": VECTOR_STORE,
-    "assistant_id": ASSISTANT,
+    "assistant_id": ASSISTANT, "container_id": CONTAINER,
 }
 # A body that matches neither cannot hold a reference (a key can only be spelled out or \u-escaped)
 _REFERENCE_HINT = re.compile(rb'"(?:file_ids?|input_file_id|training_file|validation_file|previous_response_id|'
-                             rb'vector_store_ids?|assistant_id|conversation)"\s*:')
+                             rb'vector_store_ids?|assistant_id|conversation|container(?:_id)?|video)"\s*:|"type"\s*:\s*"file_id"')
 _ESCAPE = re.compile(rb"\\u")
+# Form fields naming an object, by path (an SDK sends `{"id": ...}` as `video[id]`). Such a form from a
+# non-admin key is read whole up to `body.FORM_WHOLE_BYTES` to be checked; a larger one is refused.
+FORM_REFERENCES: dict[str, dict[str, Kind]] = {
+    "/v1/videos/edits": {"video": VIDEO, "video[id]": VIDEO},
+    "/v1/videos/extensions": {"video": VIDEO, "video[id]": VIDEO},
+    "/v1/audio/voices": {"consent": VOICE_CONSENT},
+}
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_DISPOSITION = re.compile(rb"(?im)^content-disposition:[^\r\n]*")
+_FIELD_NAME = re.compile(rb';\s*name="([^"]*)"')
 
 
 @dataclass(slots=True, eq=False)
@@ -104,6 +139,7 @@ class _Watch:
     must_filter: bool = False  # a list for a non-admin key: only whole bodies can be filtered
     upload_complete: bool = False
     new_thread: bool = False  # `POST /v1/threads/runs`: the run's thread is new, and the caller's
+    record: bool = False  # a creating request `meter` does not record (a remix): the ledger keeps its id here
     sse: SSEParser | None = None
     raw: list[bytes] = field(default_factory=list)
     size: int = 0
@@ -124,7 +160,30 @@ def _children(item: dict[str, Any]) -> list[str]:
     made = item.get("file")
     if isinstance(made, dict) and isinstance(made.get("id"), str):
         found.append(made["id"])
+    if item.get("object") == "fine_tuning.job" and isinstance(item.get("fine_tuned_model"), str):
+        found.append(item["fine_tuned_model"])
     return found
+
+
+def _form_fields(body: bytes, content_type: str) -> list[tuple[str, bytes]] | None:
+    """The fields of a multipart form that are not files; None when it cannot be read plainly."""
+    found = _BOUNDARY.search(content_type)
+    if found is None:
+        return None
+    fields: list[tuple[str, bytes]] = []
+    for part in body.split(b"--" + found.group(1).encode("latin-1"))[1:]:
+        if part.startswith(b"--"):
+            return fields
+        head, sep, value = part.partition(b"\r\n\r\n")
+        disposition = _DISPOSITION.search(head)
+        if disposition is None:
+            return None
+        name = _FIELD_NAME.search(disposition.group(0))
+        if not sep or name is None or b"name*=" in disposition.group(0):
+            return None
+        if b"filename" not in disposition.group(0):
+            fields.append((name.group(1).decode("utf-8", "replace"), value.removesuffix(b"\r\n")))
+    return None  # no closing delimiter
 
 
 def _decoded(body: bytes, encoding: str | None) -> bytes | None:
@@ -199,8 +258,8 @@ class Owners(Stage):
         if not path.startswith("/v1/"):
             return
         segments = path[4:].split("/")
-        lowered = segments[0].lower()
-        split = 2 if lowered in _TWO_SEGMENTS and len(segments) > 1 else 1
+        two = "/".join(segments[:2])
+        split = 2 if len(segments) > 1 and (segments[0].lower() in _TWO_SEGMENTS or two.lower() in COLLECTIONS) else 1
         collection = "/".join(segments[:split])
         rest = segments[split:]
         kind = COLLECTIONS.get(collection)
@@ -211,13 +270,22 @@ class Owners(Stage):
             self._check_form(ex, path, collection, kind)
             if kind is not None and rest and not self.visible(ex, rest[0]):
                 raise kind.missing(rest[0])
-            if ex.method in ("POST", "PUT", "PATCH") and ex.body:
+            if kind is None and rest and path not in ENDPOINTS:
+                catalogue = CATALOGUES.get(collection)
+                if catalogue is None:  # nobody owns what is in it: fail closed
+                    raise NotFound(f"Invalid URL ({ex.method} {path})")
+                if ex.method not in ("GET", "HEAD") and not self.visible(ex, rest[0]):
+                    raise catalogue.missing(rest[0])
+            if ex.method in ("POST", "PUT", "PATCH") and (ex.body or ex.body_stream is not None):
                 self._check_body(ex)
         if kind is None:
             return
         watch = _Watch()
         if operation:
-            watch.register = watch.new_thread = ex.method == "POST" and path == "/v1/threads/runs"
+            watch.register = ex.method == "POST" and (path in CREATING_PATHS or path == "/v1/threads/runs")
+            watch.new_thread = ex.method == "POST" and path == "/v1/threads/runs"
+        elif collection == "videos" and rest[1:] == ["remix"]:
+            watch.register = watch.record = ex.method == "POST"  # a new video, the caller's
         elif not rest:
             if ex.method == "POST" and path in CREATING_PATHS:
                 store = ex.json.get("store") if ex.json is not None else None
@@ -248,8 +316,10 @@ class Owners(Stage):
         read differently (a repeated member, a \\u-escaped name) is sent re-serialized, as checked. A
         body that names a reference but is not a JSON object the gateway can read is refused."""
         body = ex.json
-        if body is None and ex.headers.get("Content-Type", "").startswith("multipart/"):
-            return  # form fields and file bytes (never scanned: up to 512 MB): no references in them
+        content_type = ex.headers.get("Content-Type", "")
+        if body is None and content_type.startswith("multipart/"):
+            self._check_form_fields(ex, content_type)
+            return  # other form fields and file bytes (never scanned: up to 512 MB): no references in them
         hinted = len(_REFERENCE_HINT.findall(ex.body))
         escaped = b"\\" in ex.body and _ESCAPE.search(ex.body) is not None
         if not hinted and not escaped:
@@ -258,6 +328,7 @@ class Owners(Stage):
             raise InvalidRequest("We could not parse the JSON body of your request. The OpenAI API expects a "
                                  "JSON payload, but what was sent was not valid JSON.")
         seen = 0
+        videos = ex.path.startswith("/v1/videos")
         if ex.path.startswith("/v1/responses") and "conversation" in body:  # also input_tokens, compact
             seen += 1
             conversation = body["conversation"]
@@ -271,9 +342,24 @@ class Owners(Stage):
             if isinstance(node, list):
                 stack.extend(item for item in node if isinstance(item, (dict, list)))
                 continue
+            if node.get("type") == "file_id":  # an eval run's source: `{"type": "file_id", "id": ...}`
+                seen += 1
+                if isinstance(node.get("id"), str) and not self.visible(ex, node["id"]):
+                    raise FILE.missing(node["id"])
             for name, value in node.items():
                 kind = REFERENCES.get(name)
-                if kind is not None:
+                if name == "container":  # a code interpreter's: a container id, or what to make one with
+                    seen += 1
+                    if isinstance(value, str) and not self.visible(ex, value):
+                        raise CONTAINER.missing(value, name)
+                    if isinstance(value, (dict, list)):
+                        stack.append(value)
+                elif name == "video":  # `/v1/videos/edits`, `/v1/videos/extensions`: `{"id": ...}`
+                    seen += 1
+                    video = value.get("id") if videos and isinstance(value, dict) else None
+                    if isinstance(video, str) and not self.visible(ex, video):
+                        raise VIDEO.missing(video, name)
+                elif kind is not None:
                     seen += 1
                     for object_id in (value if isinstance(value, list) else [value]):
                         if isinstance(object_id, str) and not self.visible(ex, object_id):
@@ -282,6 +368,20 @@ class Owners(Stage):
                     stack.append(value)
         if seen != hinted or (seen and escaped):
             ex.body = dumps(body)
+
+    def _check_form_fields(self, ex: Exchange, content_type: str) -> None:
+        references = FORM_REFERENCES.get(ex.path)
+        if references is None:
+            return
+        fields = _form_fields(ex.body, content_type) if ex.body_stream is None else None
+        if fields is None:
+            raise InvalidRequest("The gateway could not read this form to check the objects it names: send it "
+                                 "as JSON, or its fields in a plain multipart/form-data body under 16 MB.")
+        for name, value in fields:
+            kind = references.get(name)
+            object_id = value.decode("utf-8", "replace")
+            if kind is not None and not self.visible(ex, object_id):
+                raise kind.missing(object_id, name.split("[")[0])
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         watch = self._watch.get(id(ex))
@@ -344,6 +444,8 @@ class Owners(Stage):
             return
         if watch.register and isinstance(payload.get("id"), str):
             self.register(payload["id"], ex.principal)
+            if watch.record and ex.object_id is None:
+                ex.object_id = payload["id"]
             if watch.new_thread and isinstance(payload.get("thread_id"), str):
                 self.register(payload["thread_id"], ex.principal)
         if not watch.derive:

@@ -394,8 +394,11 @@ def _objects_app() -> web.Application:
 
     async def get_job(request: web.Request) -> web.Response:
         job = made[request.match_info["id"]]
-        job.update(status="succeeded", result_files=[job["_result"]])
+        job.update(status="succeeded", result_files=[job["_result"]], fine_tuned_model=f"ft:{job['model']}:{job['id']}")
         return web.json_response({k: v for k, v in job.items() if k != "_result"})
+
+    async def delete_model(request: web.Request) -> web.Response:
+        return web.json_response({"id": request.match_info["id"], "object": "model", "deleted": True})
 
     app = web.Application()
     app.router.add_post("/v1/uploads", create_upload)
@@ -403,6 +406,7 @@ def _objects_app() -> web.Application:
     app.router.add_get("/v1/files/{id}", get_object)
     app.router.add_post("/v1/fine_tuning/jobs", create_job)
     app.router.add_get("/v1/fine_tuning/jobs/{id}", get_job)
+    app.router.add_delete("/v1/models/{id}", delete_model)
     return app
 
 
@@ -423,10 +427,14 @@ def test_uploads_and_fine_tuning_jobs_are_owned(gateway: Callable[..., Gateway],
         job = alice.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=file_id)
         _not_found(lambda: bob.fine_tuning.jobs.retrieve(job.id), f"Could not find fine tune: {job.id}",
                    "fine_tune_id", "fine_tune_not_found")
-        (result,) = alice.fine_tuning.jobs.retrieve(job.id).result_files
+        done = alice.fine_tuning.jobs.retrieve(job.id)
+        (result,) = done.result_files
         assert alice.files.retrieve(result).id == result  # the job's result file is alice's too
         _not_found(lambda: bob.files.retrieve(result), f"No such File object: {result}", "id")
-    gw.rows(expect=11)
+        model = done.fine_tuned_model  # and so is its model: only she may delete it
+        _not_found(lambda: bob.models.delete(model), f"The model '{model}' does not exist", "model", "model_not_found")
+        assert alice.models.delete(model).deleted
+    gw.rows(expect=13)
     gw.stop()
     again = gateway(base, keys=KEYS, db=db)  # the uploaded file stays alice's after a restart
     with again.client(key=ALICE) as alice, again.client(key=BOB) as bob:
@@ -445,3 +453,179 @@ def test_a_json_body_dressed_as_an_upload_is_still_checked(sdk: Callable[[str], 
                   headers={"Content-Type": content_type})
     assert reply.status == 404, reply.body
     assert json.loads(reply.body)["error"]["code"] == "previous_response_not_found"
+
+
+# --- every collection a key can create objects in (a small upstream that keeps what it is sent) ----
+
+PREFIXES = {"containers": "cntr_", "videos": "video_", "videos/characters": "char_", "evals": "eval_",
+            "skills": "skill_", "audio/voice_consents": "cons_", "chatkit/sessions": "cksess_"}
+
+
+def _collections_app() -> web.Application:
+    """Any collection of PREFIXES: POST creates, GET lists or retrieves, DELETE deletes; a video's remix, edit
+    or extension is a new video. Anything else is answered with the path it was sent to."""
+    made: dict[str, dict[str, Any]] = {}
+
+    async def handle(request: web.Request) -> web.Response:
+        tail = request.path.removeprefix("/v1/")
+        parts = tail.split("/")
+        collection = next((c for c in sorted(PREFIXES, key=len, reverse=True)
+                           if tail == c or tail.startswith(c + "/")), None)
+        rest = tail[len(collection) + 1:].split("/") if collection and tail != collection else []
+        if collection and request.method == "POST" and (not rest or rest[1:] == ["remix"]
+                                                        or rest in (["edits"], ["extensions"])):
+            object_id = f"{PREFIXES[collection]}{len(made) + 1}"
+            made[object_id] = {"id": object_id, "object": collection.rsplit("/", 1)[-1].rstrip("s")}
+            return web.json_response(made[object_id])
+        if collection and request.method == "GET" and not rest:
+            prefix = PREFIXES[collection]
+            return web.json_response({"object": "list", "data": [o for k, o in made.items() if k.startswith(prefix)],
+                                      "has_more": False})
+        if collection and rest and rest[0] in made:
+            return web.json_response(made[rest[0]])
+        if collection:
+            return web.json_response({"error": {"message": "not found", "type": "invalid_request_error",
+                                                "param": None, "code": None}}, status=404)
+        return web.json_response({"id": "resp_1", "object": "response", "path": request.path, "parts": parts})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    return app
+
+
+@pytest.fixture
+def objects_gw(gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> Gateway:
+    return gateway(upstream(_collections_app()).url + "/v1", keys=KEYS)
+
+
+def _refused(reply: Any, message: str, param: str | None = None) -> None:
+    assert reply.status == 404, reply.body
+    assert json.loads(reply.body)["error"] == {"message": message, "type": "invalid_request_error",
+                                               "param": param, "code": None}
+
+
+@pytest.mark.parametrize(("collection", "message"), [
+    ("containers", "Container with id '{id}' not found."),
+    ("videos", "Video with id '{id}' not found."),
+    ("videos/characters", "Character with id '{id}' not found."),
+    ("evals", "Eval with id '{id}' not found."),
+    ("skills", "Skill with id '{id}' not found."),
+    ("audio/voice_consents", "Voice consent with id '{id}' not found."),
+])
+def test_every_collection_a_key_creates_in_is_owned(objects_gw: Gateway, collection: str, message: str) -> None:
+    url = f"{objects_gw.url}/{collection}"
+    made = json.loads(fetch("POST", url, key=ALICE, json={"name": "alice's"}).body)["id"]
+    _refused(fetch("GET", f"{url}/{made}", key=BOB), message.format(id=made))
+    _refused(fetch("DELETE", f"{url}/{made}", key=BOB), message.format(id=made))
+    _refused(fetch("GET", f"{url}/{made}/content", key=BOB), message.format(id=made))
+    assert json.loads(fetch("GET", f"{url}/{made}", key=ALICE).body)["id"] == made
+    assert json.loads(fetch("GET", f"{url}/{made}", key=ROOT).body)["id"] == made
+    if collection not in ("videos/characters",):  # no list there
+        assert json.loads(fetch("GET", url, key=BOB).body)["data"] == []
+        assert [o["id"] for o in json.loads(fetch("GET", url, key=ALICE).body)["data"]] == [made]
+    rows = objects_gw.rows(expect=8)
+    assert rows[0]["object_id"] == made and rows[0]["key_name"] == "alice"
+
+
+def test_containers_with_the_sdk_and_a_remixed_video_is_its_callers(objects_gw: Gateway) -> None:
+    with objects_gw.client(key=ALICE) as alice, objects_gw.client(key=BOB) as bob:
+        container = alice.containers.create(name="alice's")
+        _not_found(lambda: bob.containers.retrieve(container.id), f"Container with id '{container.id}' not found.")
+        assert [c.id for c in bob.containers.list()] == []
+        assert [c.id for c in alice.containers.list()] == [container.id]
+    video = json.loads(fetch("POST", objects_gw.url + "/videos", key=ALICE, json={"prompt": "a cat"}).body)["id"]
+    _refused(fetch("POST", f"{objects_gw.url}/videos/{video}/remix", key=BOB, json={"prompt": "a dog"}),
+             f"Video with id '{video}' not found.")
+    remix = json.loads(fetch("POST", f"{objects_gw.url}/videos/{video}/remix", key=ALICE,
+                             json={"prompt": "a dog"}).body)["id"]
+    assert json.loads(fetch("GET", f"{objects_gw.url}/videos/{remix}", key=ALICE).body)["id"] == remix
+    _refused(fetch("GET", f"{objects_gw.url}/videos/{remix}", key=BOB), f"Video with id '{remix}' not found.")
+    for path in ("/videos/edits", "/videos/extensions"):
+        _refused(fetch("POST", objects_gw.url + path, key=BOB, json={"video": {"id": video}, "prompt": "x"}),
+                 f"Video with id '{video}' not found.", "video")
+    owned = {row["object_id"]: row["key_name"] for row in objects_gw.rows(expect=11) if row["object_id"]}
+    assert owned == {container.id: "alice", video: "alice", remix: "alice"}  # the ledger keeps the remix's owner
+
+
+def test_a_collection_the_gateway_does_not_know_is_refused_to_non_admins(gateway: Callable[..., Gateway],
+                                                                          echo: str) -> None:
+    routed = gateway(echo, keys=KEYS)  # the echo upstream answers any path
+    for method, path in (("GET", "/things/thing_1"), ("DELETE", "/things/thing_1/parts/2"),
+                         ("POST", "/realtime/calls/rtc_1/accept"), ("GET", "/chatkit/threads/cthr_1")):
+        reply = fetch(method, routed.url + path, key=BOB, json={} if method == "POST" else None)
+        assert reply.status == 404, (path, reply.body)
+        assert set(json.loads(reply.body)["error"]) == {"message", "type", "param", "code"}
+        assert fetch(method, routed.url + path, key=ROOT).status == 200  # the admin may
+    for method, path in (("GET", "/models/gpt-4o-mini"), ("POST", "/things"), ("POST", "/images/generations"),
+                         ("POST", "/audio/speech"), ("POST", "/fine_tuning/alpha/graders/run"),
+                         ("POST", "/realtime/client_secrets"), ("POST", "/embeddings")):
+        reply = fetch(method, routed.url + path, key=BOB, json={})
+        assert reply.status == 200 and json.loads(reply.body)["path"] == "/v1" + path, (path, reply.body)
+
+
+def test_container_references_in_a_body_are_checked(objects_gw: Gateway) -> None:
+    container = json.loads(fetch("POST", objects_gw.url + "/containers", key=ALICE, json={"name": "a"}).body)["id"]
+    for tool in ({"type": "code_interpreter", "container": container},
+                 {"type": "shell", "environment": {"type": "container_reference", "container_id": container}}):
+        body = {"model": "gpt-4o-mini", "input": "Run it.", "tools": [tool]}
+        param = "container" if "container" in tool else "container_id"
+        _refused(fetch("POST", objects_gw.url + "/responses", key=BOB, json=body),
+                 f"Container with id '{container}' not found.", param)
+        assert fetch("POST", objects_gw.url + "/responses", key=ALICE, json=body).status == 200
+    auto = {"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["file-not-bobs"]}}
+    _refused(fetch("POST", objects_gw.url + "/responses", key=BOB,
+                   json={"model": "gpt-4o-mini", "input": "Run it.", "tools": [auto]}),
+             "No such File object: file-not-bobs", "file_ids")
+
+
+def test_an_eval_runs_file_source_is_checked(objects_gw: Gateway) -> None:
+    eval_id = json.loads(fetch("POST", objects_gw.url + "/evals", key=BOB, json={"name": "bob's"}).body)["id"]
+    for spaced in (False, True):
+        body = json.dumps({"name": "run", "data_source": {"type": "jsonl", "source": {
+            "type": "file_id", "id": "file-not-bobs"}}}, separators=(",", ":") if not spaced else None)
+        _refused(fetch("POST", f"{objects_gw.url}/evals/{eval_id}/runs", key=BOB, data=body.encode(),
+                       headers={"Content-Type": "application/json"}), "No such File object: file-not-bobs", "id")
+    assert fetch("POST", f"{objects_gw.url}/evals/{eval_id}/runs", key=ROOT, json={"data_source": {
+        "type": "jsonl", "source": {"type": "file_id", "id": "file-not-bobs"}}}).status == 200
+
+
+def test_references_in_form_fields_are_checked(objects_gw: Gateway) -> None:
+    import io
+
+    import aiohttp
+
+    consent = json.loads(fetch("POST", objects_gw.url + "/audio/voice_consents", key=ALICE, json={}).body)["id"]
+    video = json.loads(fetch("POST", objects_gw.url + "/videos", key=ALICE, json={"prompt": "a cat"}).body)["id"]
+
+    def voice(size: int = 10) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("name", "mine")
+        form.add_field("consent", consent)
+        form.add_field("audio_sample", io.BytesIO(b"\0" * size), filename="sample.wav", content_type="audio/wav")
+        return form
+
+    def edit(field: str) -> aiohttp.FormData:
+        form = aiohttp.FormData()
+        form.add_field("prompt", "a dog")
+        form.add_field(field, video)
+        form.add_field("padding", b"x", filename="x.bin", content_type="application/octet-stream")
+        return form
+
+    _refused(fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=voice()),
+             f"Voice consent with id '{consent}' not found.", "consent")
+    for field in ("video[id]", "video"):
+        _refused(fetch("POST", objects_gw.url + "/videos/edits", key=BOB, data=edit(field)),
+                 f"Video with id '{video}' not found.", "video")
+    assert fetch("POST", objects_gw.url + "/audio/voices", key=ALICE, data=voice()).status == 200
+    assert fetch("POST", objects_gw.url + "/videos/edits", key=ALICE, data=edit("video[id]")).status == 200
+    # past the 1 MB other uploads stream from, such a form is still read whole and checked
+    _refused(fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=voice(2 * 1024 * 1024)),
+             f"Voice consent with id '{consent}' not found.", "consent")
+
+    async def chunked() -> Any:  # no length: streamed, so it cannot be checked, so it is refused
+        yield (f'--b0und\r\nContent-Disposition: form-data; name="consent"\r\n\r\n{consent}\r\n'
+               '--b0und--\r\n').encode()
+
+    streamed = fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=chunked(),
+                     headers={"Content-Type": "multipart/form-data; boundary=b0und"})
+    assert streamed.status == 400 and consent.encode() not in streamed.body

@@ -1,5 +1,6 @@
-"""Mistakes caught when `oaigate serve` starts: bad upstream URLs, an unset upstream key, every config
-error at once, and paths in a config file resolved against its folder."""
+"""Mistakes caught when `oaigate serve` starts: bad upstream URLs, an unset upstream key, a per-caller
+budget with no `[[keys]]`, every config error at once, and paths in a config file resolved against its
+folder."""
 
 from __future__ import annotations
 
@@ -127,3 +128,24 @@ def test_the_access_log_is_off_by_default(serve: Callable[..., Serve], tmp_path:
     assert process.stop() == 0
     err = "".join(process.stderr)
     assert "GET /v1/models" not in err and "oaigate stopped" in err, err
+
+
+@pytest.mark.parametrize("section", ['[[budgets]]\nkey = "*"\nbudget_usd = 1\n',
+                                     '[[rate_limits]]\nkey = "*"\nrpm = 10\n'])
+def test_a_per_caller_limit_without_keys_warns_at_start(serve: Callable[..., Serve], tmp_path: Path,
+                                                        section: str) -> None:
+    """Without `[[keys]]` a caller is its bearer token: a client that changes it gets a fresh budget."""
+    from .conftest import UPSTREAM_KEY_ENV
+
+    config = write_config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n{section}')
+    process = serve("--port", "0", "--config", str(config))
+    process.ready_url()
+    assert process.stop() == 0
+    err = "".join(process.stderr)
+    assert 'warning: key = "*"' in err and "[[keys]]" in err and "bearer token" in err, err
+    keyed = write_config(tmp_path, f'[upstream]\nbase_url = "mock"\napi_key_env = "{UPSTREAM_KEY_ENV}"\n{section}'
+                                   '[[keys]]\nname = "dev"\nkey = "sk-dev-1"\n')
+    process = serve("--port", "0", "--config", str(keyed))
+    process.ready_url()
+    assert process.stop() == 0
+    assert 'key = "*"' not in "".join(process.stderr)
