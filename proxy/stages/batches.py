@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from . import Stage
 from .budget import BudgetBook, Reservation
 from .estimate import CAP_FIELDS, Unestimable, answers, prompt_bound
 from .forward import Upstream
+from .settling import Poller, unsettled
 
 log = logging.getLogger("oaigate.batches")
 
@@ -69,7 +69,7 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-class BatchBudgets(Stage):
+class BatchBudgets(Poller, Stage):
     """Reserves, settles and releases Batch API jobs; see the module's docstring."""
 
     def __init__(self, book: BudgetBook, prices: PriceTable, session: aiohttp.ClientSession, upstream: Upstream,
@@ -82,7 +82,7 @@ class BatchBudgets(Stage):
         self.open: dict[str, OpenBatch] = {}
         self._pending: dict[int, tuple[Reservation, str | None]] = {}
         self._settling: set[str] = set()
-        self._poller: asyncio.Task[None] | None = None
+        self.log = log
 
     # --- the request path --------------------------------------------------------------------------
 
@@ -260,14 +260,6 @@ class BatchBudgets(Stage):
         micros = self.prices.cost_micros(worst.model, worst.usage, batch=True) or 0
         batch.reservation = self.book.reserve_unchecked(batch.principal, worst.model, micros, worst.usage.total)
 
-    async def _poll(self) -> None:
-        while True:
-            await self.clock.sleep(self.poll_s)
-            try:
-                await self.poll_once()
-            except Exception:  # the poll must outlive one bad answer
-                log.exception("batch poll failed")
-
     async def start(self) -> None:
         """At start: look up the batches the ledger says are open, then poll on the clock."""
         if self.open:
@@ -275,27 +267,12 @@ class BatchBudgets(Stage):
                 await asyncio.wait_for(self.poll_once(), 30)
             except TimeoutError:
                 log.warning("open batches not all looked up at start; the poll will retry")
-        self._poller = asyncio.get_running_loop().create_task(self._poll())
-
-    async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+        await super().start()
 
     def load_ledger(self, path: str) -> int:
         """The batches created and not settled, from the ledger (once at start, off the event loop)."""
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                rows = conn.execute(
-                    "SELECT object_id, key_name FROM requests WHERE method = 'POST' AND endpoint = '/v1/batches' "
-                    "AND status = 200 AND object_id IS NOT NULL AND object_id NOT IN "
-                    "(SELECT object_id FROM requests WHERE method = ? AND object_id IS NOT NULL)",
-                    (SETTLE_METHOD,)).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            return 0
+        rows = unsettled(path, "object_id, key_name",
+                         "method = 'POST' AND endpoint = '/v1/batches' AND status = 200", SETTLE_METHOD)
         for batch_id, key_name in rows:
             self.open.setdefault(batch_id, OpenBatch(key_name, None, None))
         return len(rows)

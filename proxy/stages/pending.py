@@ -21,9 +21,7 @@ so if its usage cannot be learned its `SETTLE` row says `usage_source = "unknown
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import sqlite3
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from ..wire.usage import Usage, from_body
 from . import Stage
 from .budget import BudgetBook, Reservation
 from .forward import Upstream
+from .settling import Poller, unsettled
 
 log = logging.getLogger("oaigate.pending")
 
@@ -61,7 +60,7 @@ class Pending:
     failures: int = 0  # polls in a row that learned nothing
 
 
-class PendingResponses(Stage):
+class PendingResponses(Poller, Stage):
     """Holds background responses' reservations until they end; see the module's docstring."""
 
     def __init__(self, book: BudgetBook, prices: PriceTable, session: aiohttp.ClientSession, upstream: Upstream,
@@ -73,7 +72,7 @@ class PendingResponses(Stage):
         self.upstreams = {u.name: u for u in reversed([upstream, *upstreams])}  # by ledger name, default first
         self.remember = remember or (lambda _id, _tokens: None)
         self.open: dict[str, Pending] = {}
-        self._poller: asyncio.Task[None] | None = None
+        self.log = log
 
     def hold(self, ex: Exchange, reservation: Reservation | None) -> None:
         """Keep `ex`'s reservation until its response ends (called by `budget` instead of settling)."""
@@ -167,38 +166,10 @@ class PendingResponses(Stage):
             if pending.failures >= self.max_failures:
                 self.settle_reserved(response_id, f"{pending.failures} polls of {upstream.name} in a row failed")
 
-    async def _poll(self) -> None:
-        while True:
-            await self.clock.sleep(self.poll_s)
-            if self.open:
-                try:
-                    await self.poll_once()
-                except Exception:
-                    log.exception("poll of background responses failed")
-
-    async def start(self) -> None:
-        self._poller = asyncio.get_running_loop().create_task(self._poll())
-
-    async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
-
     def load_ledger(self, path: str) -> int:
         """Background responses made and not yet charged (at start, off the event loop)."""
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                rows = conn.execute(
-                    "SELECT object_id, key_name, COALESCE(model_requested, model_served), upstream FROM requests "
-                    "WHERE method = 'POST' AND endpoint = '/v1/responses' AND usage_source = 'pending' "
-                    "AND object_id IS NOT NULL AND object_id NOT IN "
-                    "(SELECT object_id FROM requests WHERE method = ? AND object_id IS NOT NULL)",
-                    (SETTLE_METHOD,)).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            return 0
+        rows = unsettled(path, "object_id, key_name, COALESCE(model_requested, model_served), upstream",
+                         "method = 'POST' AND endpoint = '/v1/responses' AND usage_source = 'pending'", SETTLE_METHOD)
         for response_id, key_name, model, upstream in rows:
             self.open.setdefault(response_id, Pending(key_name, model, Reservation(), self.upstreams.get(upstream)))
         return len(rows)
