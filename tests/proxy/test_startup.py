@@ -149,3 +149,14 @@ def test_a_per_caller_limit_without_keys_warns_at_start(serve: Callable[..., Ser
     process.ready_url()
     assert process.stop() == 0
     assert 'key = "*"' not in "".join(process.stderr)
+
+
+def test_the_mocks_paths_in_a_config_file_resolve_against_its_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "team"
+    (folder / "mockfx").mkdir(parents=True)
+    (folder / "rules.toml").write_text('[[rules]]\nmatch = { last_user = "hi" }\nanswer.text = "hello"\n')
+    path = folder / "oaigate.toml"
+    path.write_text('[mock]\nfixtures = "mockfx"\nrules_file = "rules.toml"\nstate_dir = "state"\n')
+    mock = load_config(path).mock  # the files exist only beside the config, not in the current folder
+    assert (Path(mock.fixtures or ""), Path(mock.rules_file or ""), Path(mock.state_dir or "")) == \
+        (folder / "mockfx", folder / "rules.toml", folder / "state")
