@@ -222,8 +222,6 @@ class Fixtures(Stage):
             recording.chunks.append((now - recording.started, data))
 
     async def finish(self, ex: Exchange) -> None:
-        if ex.fixture == "hit":
-            ex.replayed_cost_micros, ex.cost_micros = ex.cost_micros, 0  # a replay spends nothing
         recording = self._recording.pop(id(ex), None)
         if recording is None:
             return

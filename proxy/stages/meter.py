@@ -5,6 +5,8 @@ parsed on the side of the relay. When the upstream reports none, it is estimated
 tokenizer (off the event loop) and flagged `usage_source = "estimated"`, never recorded as $0.
 A `background: true` response not seen ended (queued, or its stream cut by the client) is charged
 later, when it ends, for its final usage (`pending`), never for the part relayed.
+A fixture replay (`ex.fixture == "hit"`) costs nothing: its would-be cost moves to
+`replayed_cost_micros`, so every later stage (budget, metrics, ledger) sees 0, whatever its place.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class _StreamState:
 
 
 class Meter(Stage):
-    """Fills `ex.usage`, `ex.usage_source`, `ex.model_served` and `ex.cost_micros`."""
+    """Fills `ex.usage`, `ex.usage_source`, `ex.model_served`, `ex.cost_micros` (0 for a replay) and
+    `ex.replayed_cost_micros`."""
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
@@ -83,6 +86,11 @@ class Meter(Stage):
                 state.usage = found
 
     async def finish(self, ex: Exchange) -> None:
+        await self._meter(ex)
+        if ex.fixture == "hit":  # a replay spends nothing; the ledger keeps what it would have cost live
+            ex.replayed_cost_micros, ex.cost_micros = ex.cost_micros, 0
+
+    async def _meter(self, ex: Exchange) -> None:
         state = self._streams.pop(id(ex), None)
         if ex.status is None or ex.status >= 400:
             return
