@@ -25,7 +25,7 @@ from .stages.auth import Authenticate
 from .stages.deadline import Deadline
 from .stages.fixtures import replay
 from .stages.ledger import RequestId
-from .stages.owners import OWNERS, Owners, filter_lists
+from .stages.owners import FORM_REFERENCES, OWNERS, Owners, filter_lists
 from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.serving import cut_by_shutdown
 
@@ -74,10 +74,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
         for stage in pipeline.before:
             if body_pending and not isinstance(stage, HEADER_STAGES):
                 body_pending = False
-                await receive_body(request, ex, request.app[CONFIG])
+                await receive_body(request, ex, request.app[CONFIG], FORM_REFERENCES)
             await stage.request(ex)
         if body_pending:
-            await receive_body(request, ex, request.app[CONFIG])
+            await receive_body(request, ex, request.app[CONFIG], FORM_REFERENCES)
         if ex.replay is not None:
             return await replay(request, ex, ex.replay, pace=pipeline.fixtures.config.pace, on_chunk=pipeline.chunk)
         return await pipeline.forward(request, ex, pipeline.chunk)

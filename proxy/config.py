@@ -103,7 +103,7 @@ class UpstreamConfig(Section):
     @field_validator("forward_headers")
     @classmethod
     def _forwardable(cls, names: list[str]) -> list[str]:
-        from .stages.forward import never_forwarded
+        from .upstream import never_forwarded
 
         for name in names:
             if never_forwarded(name):

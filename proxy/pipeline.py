@@ -31,7 +31,8 @@ One `/v1` request becomes one `Exchange` (see `proxy.exchange`) that goes throug
       AccessLog       one access-log line                                        stages/accesslog.py
 
 To add a stage: write a `Stage` subclass in `proxy/stages/` (one concern; hooks in
-`proxy/stages/__init__.py`), and put it in `default_pipeline` below, in `before`, `after` or both.
+`proxy/stages/__init__.py`; its per-request state in a `Slot` on the exchange, see
+`proxy.exchange.StageState`), and put it in `default_pipeline` below, in `before`, `after` or both.
 What it needs that lives longer than a request (a session, a poller, the ledger) belongs in
 `proxy.resources`, which opens and closes it.
 """
@@ -46,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from .exchange import Exchange
+from .exchange import Exchange, Slot
 from .stages import Stage
 from .stages.accesslog import AccessLog
 from .stages.budget import Budget, BudgetBook
@@ -107,6 +108,9 @@ def default_pipeline(r: Resources) -> Pipeline:
                     fixtures=r.fixtures, durable_wait_s=config.ledger.durable_wait_s)
 
 
+_COMPLETING = Slot[asyncio.Task[None]]("pipeline")  # finish hooks started by `complete`, until schedule_finish
+
+
 @dataclass(eq=False)
 class Pipeline:
     """The ordered stages around `forward`, and the finish tasks still running."""
@@ -121,7 +125,6 @@ class Pipeline:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     drained: int = 0  # exchanges still finishing when the server stopped (the shutdown line says so)
     durable_wait_s: float = 0.0
-    completing: dict[int, asyncio.Task[None]] = field(default_factory=dict)  # by id(ex), until schedule_finish
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         for stage in self.after:
@@ -132,17 +135,17 @@ class Pipeline:
         now (once: `schedule_finish` then does nothing), then wait, at most `durable_wait_s`, until its
         ledger row is committed. The hooks run in their own task, so a client leaving halfway through
         never leaves them half done."""
-        if id(ex) in self.completing:
+        if _COMPLETING in ex.state:
             return
         ex.finished = time.perf_counter()
         task = asyncio.get_running_loop().create_task(self._finish(ex, durable=True))
-        self.completing[id(ex)] = task
+        ex.state.set(_COMPLETING, task)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         await asyncio.shield(task)
 
     def schedule_finish(self, ex: Exchange) -> None:
-        if self.completing.pop(id(ex), None) is not None:
+        if ex.state.pop(_COMPLETING) is not None:
             return  # `complete` ran the finish hooks already
         task = asyncio.get_running_loop().create_task(self._finish(ex))
         self.tasks.add(task)

@@ -29,12 +29,12 @@ from .stages.budget import BudgetBook
 from .stages.budget import rules_from_config as budget_rules
 from .stages.chains import Chains
 from .stages.fixtures import Fixtures
-from .stages.forward import Upstream
 from .stages.owners import OWNERS, Owners
 from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
-from .stages.route import Target, Upstreams, upstreams_from_config, uses_mock
+from .stages.route import Upstreams, upstreams_from_config, uses_mock
+from .upstream import Target, Upstream
 from .wire.pricing import PriceTable
 from .wire.tokens import preload
 
@@ -92,9 +92,10 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def _targets(upstreams: Upstreams, adaptive: bool,
-             per_client: bool = False) -> tuple[Target, list[tuple[str, Target]]]:
+             per_client: bool = False) -> tuple[Target, list[tuple[str, Target]], UpstreamGovernor | None]:
     """One `Target` per distinct upstream; one adaptive governor per upstream URL and key (the
-    scope of a provider's own rate limit; per client key too when `per_client`, pass-through)."""
+    scope of a provider's own rate limit; per client key too when `per_client`, pass-through); and the
+    default upstream's governor."""
     governors: dict[tuple[str, str | None], UpstreamGovernor] = {}
     targets: dict[Upstream, Target] = {}
     for upstream in upstreams.distinct:
@@ -103,7 +104,9 @@ def _targets(upstreams: Upstreams, adaptive: bool,
             governor = governors.setdefault((upstream.base_url, upstream.api_key),
                                             UpstreamGovernor(per_client=per_client))
         targets[upstream] = Target(upstream, governor)
-    return targets[upstreams.default], [(pattern, targets[u]) for pattern, u in upstreams.routes]
+    default = targets[upstreams.default]
+    return default, [(pattern, targets[u]) for pattern, u in upstreams.routes], \
+        governors.get((upstreams.default.base_url, upstreams.default.api_key))
 
 
 def _observe(clock: Clock) -> Observe:
@@ -133,9 +136,9 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         if config.ledger.enabled:
             await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
             await asyncio.to_thread(chains.load_ledger, config.ledger.path)
-        default, routes = _targets(app[UPSTREAMS], limits.adaptive, up.pass_through)
+        default, routes, governor = _targets(app[UPSTREAMS], limits.adaptive, up.pass_through)
         limiter = RateLimiter(rate_rules(config), clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
-                              governor=default.governor)
+                              governor=governor)
         fixtures = Fixtures.for_config(config)
         pool = up.pool_size
         connector = aiohttp.TCPConnector(limit=pool, limit_per_host=pool, keepalive_timeout=60, ttl_dns_cache=300)

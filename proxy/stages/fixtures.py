@@ -34,7 +34,7 @@ from multidict import CIMultiDict
 from ..config import FixturesConfig
 from ..durable import COMPLETE
 from ..errors import GatewayError, InvalidRequest
-from ..exchange import Exchange
+from ..exchange import Exchange, Slot
 from ..wire.fixtures import (
     CASSETTE_HEADER,
     FIXTURE_HEADER,
@@ -100,6 +100,9 @@ def match_policy(config: FixturesConfig) -> MatchPolicy:
                        tuple(config.redact_fields))
 
 
+_RECORDING = Slot[_Recording]("fixtures")  # an answer being recorded
+
+
 class Fixtures(Stage):
     """Decides record / replay per request; `ex.replay` carries a hit to the app.
 
@@ -117,7 +120,6 @@ class Fixtures(Stage):
         self._warned = False
         self._buffered = 0  # bytes held by recordings in flight: together they never outgrow the quota
         self._cassettes: dict[str, Cassette] = {}
-        self._recording: dict[int, _Recording] = {}
         self._saved: set[Path] = set()
 
     @classmethod
@@ -202,13 +204,13 @@ class Fixtures(Stage):
                 raise error
         ex.fixture = "recorded"
         if self.quota.full:  # nothing more fits: relay as usual, keep nothing
-            self._recording[id(ex)] = _Recording(cassette, key, {}, 0, over_quota=True)
+            ex.state.set(_RECORDING, _Recording(cassette, key, {}, 0, over_quota=True))
             return
-        self._recording[id(ex)] = _Recording(cassette, key, redact_body(body, self.policy.redact),
-                                             cassette.reserve(key))
+        ex.state.set(_RECORDING, _Recording(cassette, key, redact_body(body, self.policy.redact),
+                                            cassette.reserve(key)))
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
-        recording = self._recording.get(id(ex))
+        recording = ex.state.get(_RECORDING)
         if recording is not None and not recording.over_quota:
             if self._buffered + len(data) > self.quota.remaining:  # it cannot fit: stop holding its bytes
                 self._buffered -= recording.size
@@ -222,7 +224,7 @@ class Fixtures(Stage):
             recording.chunks.append((now - recording.started, data))
 
     async def finish(self, ex: Exchange) -> None:
-        recording = self._recording.pop(id(ex), None)
+        recording = ex.state.pop(_RECORDING)
         if recording is None:
             return
         self._buffered -= recording.size
