@@ -10,7 +10,7 @@ import click
 
 from mockserver import cli as mock_cli
 
-from .config import Config, ConfigError, FixtureMode, check_base_url, lacks_api_version, load_config
+from .config import FIXTURE_MODES, Config, ConfigError, FixtureMode, check_base_url, lacks_api_version, load_config
 from .logs import LEVELS, configure
 
 
@@ -44,7 +44,7 @@ _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 @click.option("--host", help="Address to bind. Default 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4141.")
 @click.option("--upstream", help='"mock" (the embedded mock) or an OpenAI-compatible base URL ending in /v1.')
-@click.option("--mode", type=click.Choice(["live", "record", "replay", "record-missing"]),
+@click.option("--mode", type=click.Choice(FIXTURE_MODES),
               help="Fixtures: live (none), record, replay (offline, misses are errors) or record-missing.")
 @click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path), help="Fixtures folder.")
 @click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite ledger file.")

@@ -32,7 +32,7 @@ import aiohttp
 
 from ..clock import Clock
 from ..db.writer import LedgerWriter
-from ..errors import InvalidRequest
+from ..errors import InvalidRequest, Unestimable
 from ..exchange import Exchange, Slot
 from ..wire.jsoncodec import JSONDecodeError, loads
 from ..wire.pricing import PriceTable
@@ -40,7 +40,7 @@ from ..wire.tokens import PromptTooLong, count_request_prompt
 from ..wire.usage import Usage, from_body
 from . import Stage
 from .budget import BudgetBook, Reservation
-from .estimate import CAP_FIELDS, Unestimable, answers, prompt_bound
+from .estimate import CAP_FIELDS, answers, prompt_bound
 from .forward import Upstream
 from .settling import Poller, unsettled
 

@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import Clock
 from ..config import Config
-from ..errors import GatewayError, InvalidRequest
+from ..errors import BudgetExceeded, InvalidRequest
 from ..exchange import Exchange, Slot
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
@@ -39,12 +39,6 @@ CHARGED_ROWS = ("(method IS NULL OR method IN ('BATCH', 'SETTLE') OR (method = '
                     ", ".join("?" * len(METERED_PATHS)))
 CHARGED_PARAMS = tuple(sorted(METERED_PATHS))
 assert METERED_PREFIXES == ("/v1/images/", "/v1/audio/")
-
-
-class BudgetExceeded(GatewayError):
-    """429 `insufficient_quota` with `x-should-retry: false`, so SDKs do not retry it."""
-
-    status, type, code = 429, "insufficient_quota", "budget_exceeded"
 
 
 @dataclass(frozen=True, slots=True)

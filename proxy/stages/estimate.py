@@ -23,7 +23,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import InvalidRequest
+from ..errors import ContextTooLong, Unestimable
 from ..exchange import Estimate, Exchange
 from ..wire.jsoncodec import dumps
 from ..wire.pricing import PriceTable
@@ -45,16 +45,6 @@ CAP_FIELDS: dict[str, tuple[str, ...] | None] = {
 REFUSED_PREFIXES = ("/v1/images/", "/v1/audio/", "/v1/fine_tuning/jobs", "/v1/realtime", "/v1/videos",
                     "/v1/containers", "/v1/threads/runs", "/v1/evals/")
 _LEGACY_COMPLETIONS_DEFAULT = 16
-
-
-class Unestimable(InvalidRequest):
-    """400: a budgeted request whose cost the gateway cannot bound."""
-
-    code = "unestimable_request"
-
-
-class ContextTooLong(InvalidRequest):
-    code = "context_length_exceeded"
 
 
 def refused_path(method: str, path: str) -> bool:

@@ -31,9 +31,9 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..config import FixturesConfig
+from ..config import FIXTURE_MODES, FixturesConfig
 from ..durable import COMPLETE
-from ..errors import GatewayError, InvalidRequest
+from ..errors import FixtureMiss, InvalidRequest, OverrideRefused
 from ..exchange import Exchange, Slot
 from ..wire.fixtures import (
     CASSETTE_HEADER,
@@ -63,20 +63,10 @@ INLINE_BODY_BYTES = 64 * 1024
 MIN_SCRUBBED = 6  # shorter redacted strings are not searched for in answers
 _STRUCTURAL = frozenset({"type", "role", "object", "status"})
 
-MODES = ("live", "record", "replay", "record-missing")
+MODES = FIXTURE_MODES
 KEPT_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-version", "openai-processing-ms", "retry-after",
                          "retry-after-ms", "x-should-retry")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class FixtureMiss(GatewayError):
-    type, code = "invalid_request_error", "fixture_not_found"
-
-
-class OverrideRefused(GatewayError):
-    """A request asked for another fixtures mode or cassette where the config does not allow it."""
-
-    status, type, code = 403, "permission_error", "fixtures_override_not_allowed"
 
 
 NOT_RECORDED = "not_recorded"  # the ledger's `fixture` for a recording that was not kept

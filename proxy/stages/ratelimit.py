@@ -20,15 +20,11 @@ from typing import cast
 
 from ..clock import Clock
 from ..config import Config
-from ..errors import GatewayError
+from ..errors import RateLimited
 from ..exchange import Exchange, Slot
 from . import Stage
 from .retry import MAX_HINT_S, hinted_wait, parse_duration
 from .scopes import Selector
-
-
-class RateLimited(GatewayError):
-    status, type, code = 429, "requests", "rate_limit_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
