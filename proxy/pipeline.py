@@ -158,7 +158,7 @@ class Pipeline:
             except Exception:  # a broken stage must not lose the others' work
                 log.exception("stage %s failed to finish exchange %s", type(stage).__name__, ex.id)
         if durable and self.writer is not None and self.durable_wait_s > 0:
-            # the ledger stage (last) has just submitted this exchange's row: the latest ticket covers it
+            # the ledger stage (only the access log follows) has submitted this row: the latest ticket covers it
             await self.writer.wait_written(self.writer.accepted, self.durable_wait_s)
 
     async def drain(self) -> None:
