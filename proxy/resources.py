@@ -51,7 +51,6 @@ class Resources:
     """The app-wide objects the stages are built over (see `proxy.pipeline.default_pipeline`)."""
 
     config: Config
-    clock: Clock
     sleep: Sleep  # retry waits
     authenticate: Authenticate
     owners: Owners
@@ -151,7 +150,7 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
             await asyncio.to_thread(pending.load_ledger, config.ledger.path)
         app[PIPELINE] = pipeline = default_pipeline(Resources(
-            config=config, clock=clock, sleep=sleep, authenticate=authenticate, owners=app[OWNERS],
+            config=config, sleep=sleep, authenticate=authenticate, owners=app[OWNERS],
             default=default, routes=routes, observe=_observe(clock) if limits.adaptive else None, writer=writer,
             prices=prices, book=book, chains=chains, limiter=limiter, session=session, fixtures=fixtures,
             batches=batches, pending=pending))
