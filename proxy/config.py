@@ -9,7 +9,7 @@ from __future__ import annotations
 import zoneinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,6 +26,7 @@ MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_f
 
 Period = Literal["day", "week", "month", "total"]
 FixtureMode = Literal["live", "record", "replay", "record-missing"]
+FIXTURE_MODES: tuple[FixtureMode, ...] = get_args(FixtureMode)  # the one list of fixtures modes
 
 
 class Section(BaseModel):
@@ -105,7 +106,7 @@ class UpstreamConfig(Section):
     @field_validator("forward_headers")
     @classmethod
     def _forwardable(cls, names: list[str]) -> list[str]:
-        from .stages.forward import never_forwarded
+        from .upstream import never_forwarded
 
         for name in names:
             if never_forwarded(name):

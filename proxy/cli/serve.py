@@ -1,53 +1,39 @@
-"""The `oaigate` command line: one click group, a command per job."""
+"""`oaigate serve` (the gateway) and `oaigate mock` (the mock server)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import click
 
 from mockserver import cli as mock_cli
 
-from .config import Config, ConfigError, FixtureMode, check_base_url, lacks_api_version, load_config
-from .logs import LEVELS, configure
+from ..config import FIXTURE_MODES, Config, ConfigError, FixtureMode, check_base_url, lacks_api_version
+from ..logs import LEVELS, configure
+from .common import EXIT_CONFIG, config_option, db_option, fail, load
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="oaigate")
-def cli() -> None:
-    """oaigate: a local gateway for the OpenAI API, and a deterministic mock of it."""
-
-
-def _load(config: Path | None) -> Config:
-    try:
-        return load_config(config)
-    except ConfigError as exc:
-        _fail(f"config error: {exc}")
-
-
-@cli.command("mock")
+@click.command("mock")
 @mock_cli.mock_options
 def mock(config: Path | None, host: str | None, port: int | None, fixtures: Path | None, seed: int | None,
          rules: Path | None, allow_remote: bool | None) -> None:
     """Run the deterministic mock of the OpenAI API (no network, no key needed)."""
-    mock_cli.start(_load(config).mock, host, port, fixtures, seed, rules, allow_remote)
+    mock_cli.start(load(config).mock, host, port, fixtures, seed, rules, allow_remote)
 
 
 _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 
 
-@cli.command("serve")
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config file. Default: ./config.toml if present, else built-in defaults.")
+@click.command("serve")
+@config_option()
 @click.option("--host", help="Address to bind. Default 127.0.0.1.")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port to bind (0: any free port). Default 4141.")
 @click.option("--upstream", help='"mock" (the embedded mock) or an OpenAI-compatible base URL ending in /v1.')
-@click.option("--mode", type=click.Choice(["live", "record", "replay", "record-missing"]),
+@click.option("--mode", type=click.Choice(FIXTURE_MODES),
               help="Fixtures: live (none), record, replay (offline, misses are errors) or record-missing.")
 @click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path), help="Fixtures folder.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help="SQLite ledger file.")
+@db_option("SQLite ledger file.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="warning", show_default=True,
               help="info adds an access log line per request (never a key or a body).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -59,11 +45,11 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
           fixtures: Path | None, db: Path | None, log_level: str, log_format: str, workers: int | None,
           worker_index: int | None) -> None:
     """Run the gateway: point any OpenAI SDK's base_url at http://HOST:PORT/v1."""
-    from .app import PIPELINE, make_app
-    from .wire.serving import run
+    from ..app import PIPELINE, make_app
+    from ..wire.serving import run
 
     configure(log_level, log_format)
-    settings = _load(config)
+    settings = load(config)
     settings.server.workers = workers or settings.server.workers
     settings.server.host = host or settings.server.host
     settings.server.port = settings.server.port if port is None else port
@@ -71,30 +57,30 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         try:
             settings.upstream.base_url = check_base_url(upstream)
         except ValueError as exc:
-            _fail(f"--upstream: {exc}")
+            fail(f"--upstream: {exc}", EXIT_CONFIG)
     settings.fixtures.mode = mode or settings.fixtures.mode
     settings.fixtures.dir = str(fixtures) if fixtures else settings.fixtures.dir
     settings.ledger.path = str(db) if db else settings.ledger.path
     if not settings.server.host.startswith(_LOOPBACK) and not settings.keys and not settings.server.allow_remote:
-        _fail(f"refusing to bind {settings.server.host} with no [[keys]] configured: anyone who can reach it "
-              "could spend through it. Add [[keys]] or set server.allow_remote = true.")
+        fail(f"refusing to bind {settings.server.host} with no [[keys]] configured: anyone who can reach it "
+             "could spend through it. Add [[keys]] or set server.allow_remote = true.", EXIT_CONFIG)
     if worker_index is None and settings.server.workers > 1:
         sys.exit(_supervise(settings, config, upstream, mode, fixtures, db, log_level, log_format))
     try:
         app = make_app(settings, config_file=str(config or "config.toml"), worker=worker_index or 0)
     except ConfigError as exc:
-        _fail(f"config error: {exc}")
+        fail(f"config error: {exc}", EXIT_CONFIG)
     if worker_index is None:
         for warning in _upstream_warnings(settings, str(config or "config.toml")):
             click.echo(f"oaigate: warning: {warning}", err=True)
 
     def ready(url: str) -> None:
         if worker_index is not None:
-            from .workers import notify_ready
+            from ..workers import notify_ready
 
             notify_ready()
             return
-        from .stages.route import display_name
+        from ..stages.route import display_name
 
         base = settings.upstream.base_url
         routes = f" (+{len(settings.routes)} routes)" if settings.routes else ""
@@ -134,23 +120,23 @@ def _supervise(settings: Config, config: Path | None, upstream: str | None, mode
                fixtures: Path | None, db: Path | None, log_level: str, log_format: str) -> int:
     """`--workers N` (N > 1): check that the workers can share what they must, hold the port, start the
     workers and supervise them until a stop signal (see `proxy.workers`)."""
-    from .workers import Supervisor, WorkersError, reserve_port
+    from ..workers import Supervisor, WorkersError, reserve_port
 
     count = settings.server.workers
     budgets, rates = _limited(settings)
     if (budgets or rates) and not settings.state.url:
-        _fail(f"config error: --workers {count} with {budgets} budget(s) and {rates} rate limit(s) but no [state] "
-              f"url: each worker would enforce its own copy, so together they could spend {count}x a budget. Set "
-              f'[state] url = "redis://127.0.0.1:6379/0" (shared by all workers), or run one worker.')
+        fail(f"config error: --workers {count} with {budgets} budget(s) and {rates} rate limit(s) but no [state] "
+             f"url: each worker would enforce its own copy, so together they could spend {count}x a budget. Set "
+             f'[state] url = "redis://127.0.0.1:6379/0" (shared by all workers), or run one worker.', EXIT_CONFIG)
     if settings.ledger.enabled and not settings.ledger.path.startswith("postgresql:"):
-        from .db.schema import connect
+        from ..db.schema import connect
 
         connect(settings.ledger.path, settings.ledger.synchronous).close()  # migrate once, before the workers
     host = settings.server.host
     try:
         held = reserve_port(host, settings.server.port)
     except WorkersError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
         click.echo(f"oaigate: cannot listen on {host}:{settings.server.port}: {exc.strerror or exc}", err=True)
         return 1
@@ -188,7 +174,7 @@ def _supervise(settings: Config, config: Path | None, upstream: str | None, mode
 
 def _summary(settings: Config) -> list[str]:
     """What this gateway will do, said once at start (no secrets: key names and counts only)."""
-    from .stages.route import display_name
+    from ..stages.route import display_name
 
     up = settings.upstream
     upstreams = ["mock (embedded)" if up.base_url == "mock" else display_name(up.base_url)]
@@ -208,7 +194,7 @@ def _upstream_warnings(settings: Config, config_file: str) -> list[str]:
     start; an unset key with `upstream.require_key` is an error."""
     import os
 
-    from .stages.route import display_name
+    from ..stages.route import display_name
 
     warnings = []
     up = settings.upstream
@@ -220,8 +206,8 @@ def _upstream_warnings(settings: Config, config_file: str) -> list[str]:
                             f"{url.rstrip('/')}/v1")
     if up.base_url != "mock" and not os.environ.get(up.api_key_env) and not up.pass_through:
         if up.require_key:
-            _fail(f"config error: {config_file}: upstream.require_key: the environment variable {up.api_key_env} "
-                  f"(upstream.api_key_env) is not set")
+            fail(f"config error: {config_file}: upstream.require_key: the environment variable {up.api_key_env} "
+                 f"(upstream.api_key_env) is not set", EXIT_CONFIG)
         warnings.append(f"the environment variable {up.api_key_env} (upstream.api_key_env) is not set: requests go "
                         f"to {display_name(up.base_url)} without a key (set upstream.require_key = true to refuse)")
     sections = (("budgets", settings.budgets), ("rate_limits", settings.rate_limits))
@@ -231,23 +217,3 @@ def _upstream_warnings(settings: Config, config_file: str) -> list[str]:
                         f"a client that sends another token gets a fresh budget or limit; this caps nothing by itself "
                         f"(add [[keys]], or a budget without key)")
     return warnings
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"oaigate: {message}", err=True)
-    sys.exit(2)
-
-
-from .cli_budgets import budgets  # noqa: E402
-from .cli_fixtures import fixtures  # noqa: E402
-from .cli_ledger import ledger, spend  # noqa: E402
-
-cli.add_command(spend)
-cli.add_command(ledger)
-cli.add_command(budgets)
-cli.add_command(fixtures)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    cli(prog_name="oaigate")

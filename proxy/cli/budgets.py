@@ -9,28 +9,23 @@ from typing import Any
 
 import click
 
-from .clock import Clock, ManualClock
-from .config import ConfigError, load_config
-from .stages.budget import BudgetBook, rules_from_config
+from ..clock import Clock, ManualClock
+from ..stages.budget import BudgetBook, rules_from_config
+from .common import config_option, db_option, load, now_option, print_table
 
 
 @click.command("budgets")
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config file with the budgets. Default: ./config.toml if present.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ledger file. Default: [ledger] path of the config.")
+@config_option("Config file with the budgets. Default: ./config.toml if present.")
+@db_option("Ledger file. Default: [ledger] path of the config.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="An aligned table, or JSON for scripts.")
-@click.option("--now", "now", hidden=True, help="Pretend it is this ISO-8601 instant (for tests).")
+@now_option
 def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> None:
     """Budgets and what is left of them: limit, spent, remaining, when each resets.
 
     Spend comes from the ledger, so this works with the gateway stopped; money held by requests in
     flight shows only in a running gateway's GET /oaigate/budgets."""
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        raise click.ClickException(f"config error: {exc}") from None
+    settings = load(config)
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
     book.load_ledger(str(db or settings.ledger.path), settings.resolved_aliases())
@@ -47,8 +42,6 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
 def _table(rows: list[dict[str, Any]]) -> None:
     from rich import box
     from rich.table import Table
-
-    from .cli_ledger import print_table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("scope", "period", "limit", "spent", "remaining", "resets at"):
