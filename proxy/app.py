@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from aiohttp import web
@@ -37,9 +38,11 @@ AUTHENTICATE = web.AppKey("authenticate", Authenticate)
 
 
 def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep = asyncio.sleep,
-             clock: Clock | None = None) -> web.Application:
+             clock: Clock | None = None, worker: int = 0) -> web.Application:
     """Build the gateway. Nothing is opened until the app starts (see `cleanup_ctx`). `sleep` (retry
-    waits) and `clock` (budget periods, rate limits) are replaceable so tests control time."""
+    waits) and `clock` (budget periods, rate limits) are replaceable so tests control time. `worker`:
+    this process's index under `serve --workers`; only worker 0 resumes the batches and background
+    responses that the ledger shows open, so they are polled and settled once."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
     app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
@@ -47,7 +50,7 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     if owners.enabled:
         app.middlewares.append(filter_lists)
     app.cleanup_ctx.append(upstream_ctx)
-    app.cleanup_ctx.append(pipeline_ctx(authenticate, sleep, clock or Clock()))
+    app.cleanup_ctx.append(pipeline_ctx(authenticate, sleep, clock or Clock(), resume_open=worker == 0))
     app.cleanup_ctx.append(owners.ctx)  # after the pipeline's: the ledger writer has migrated the schema
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -159,7 +162,7 @@ async def healthz(request: web.Request) -> web.Response:
                                           "dropped": writer.dropped, "write_failures": writer.failures,
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
                                           "synchronous": writer.synchronous}
-    body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
+    body = {"status": "ok", "service": "oaigate", "pid": os.getpid(), "upstream": request.app[UPSTREAM].name,
             "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
     return web.Response(body=dumps(body), content_type="application/json")
 

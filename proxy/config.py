@@ -51,6 +51,8 @@ class ServerConfig(Section):
                                   "application/octet-stream body (OpenAI's 512 MB file limit plus multipart framing).")
     body_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next piece of a request body "
                                   "(an idle timeout, not a total one); then 408.")
+    workers: int = Field(1, ge=1, le=256, description="Gateway processes on the one port (SO_REUSEPORT), "
+                         "supervised; with more than 1, budgets and rate limits need [state] url.")
 
 
 def check_base_url(value: str) -> str:
@@ -277,6 +279,11 @@ class PriceConfig(Section):
     cached_input_per_mtok: Decimal | None = Field(None, ge=0, description="USD per million cached prompt tokens.")
 
 
+class StateConfig(Section):
+    url: str | None = Field(None, description="redis://HOST:PORT/DB: budgets and limits shared by every gateway "
+                            "process using it. Unset: in-process.")
+
+
 class Config(Section):
     """The whole file. Every section is optional."""
 
@@ -285,6 +292,7 @@ class Config(Section):
     ledger: LedgerConfig = LedgerConfig()
     fixtures: FixturesConfig = FixturesConfig()
     limits: LimitsConfig = LimitsConfig()
+    state: StateConfig = StateConfig()
     keys: list[KeyConfig] = []
     budgets: list[BudgetConfig] = []
     rate_limits: list[RateLimitConfig] = []

@@ -118,9 +118,10 @@ def _observe(clock: Clock) -> Observe:
     return observe
 
 
-def pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
-                 clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The `cleanup_ctx` that opens the `Resources`, sets `app[PIPELINE]` and closes them again."""
+def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
+                 resume_open: bool = True) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The `cleanup_ctx` that opens the `Resources`, sets `app[PIPELINE]` and closes them again.
+    `resume_open`: poll the batches and background responses the ledger shows open (worker 0 only)."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         writer = LedgerWriter(config.ledger.path, synchronous=config.ledger.synchronous) \
@@ -146,7 +147,7 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                                chains=chains.context, pass_through=up.pass_through)
         pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                    remember=chains.remember, upstreams=app[UPSTREAMS].distinct)
-        if config.ledger.enabled:
+        if config.ledger.enabled and resume_open:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
             await asyncio.to_thread(pending.load_ledger, config.ledger.path)
         app[PIPELINE] = pipeline = default_pipeline(Resources(

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -224,7 +223,7 @@ class BatchBudgets(Poller, Stage):
             return
         now = _iso(self.clock.wall())
         self.writer.submit({
-            "id": "gw_" + uuid.uuid4().hex, "started_at": now, "finished_at": now, "key_name": batch.principal,
+            "id": "gw_settle_" + batch_id, "started_at": now, "finished_at": now, "key_name": batch.principal,
             "method": SETTLE_METHOD, "endpoint": f"/v1/batches/{batch_id}", "model_requested": model,
             "model_served": model, "status": 200, "stream": 0, "prompt_tokens": usage.prompt,
             "completion_tokens": usage.completion, "cached_tokens": usage.cached, "reasoning_tokens": usage.reasoning,
