@@ -36,6 +36,7 @@ from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger, RequestId
 from .stages.meter import Meter
 from .stages.metrics import Metrics
+from .stages.models import UpstreamModels
 from .stages.owners import OWNERS, Owners, filter_lists
 from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
@@ -195,7 +196,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             await asyncio.to_thread(writer.start)
         await asyncio.to_thread(preload)
         limits = config.limits
-        prices = PriceTable(config.price_overrides())
+        prices = PriceTable(config.price_overrides(), windows=limits.context_windows)
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         chains = Chains()
         if config.ledger.enabled:
@@ -222,6 +223,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                    remember=chains.remember, upstreams=app[UPSTREAMS].distinct)
         budget.pending = pending
+        budget.models = UpstreamModels(session, clock, limits.models_ttl_s, up.pass_through)
         if config.ledger.enabled:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
             await asyncio.to_thread(pending.load_ledger, config.ledger.path)
@@ -230,7 +232,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                     Route(config.resolved_aliases(), routes, default),
                     *app[OWNERS].stages,
                     Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
-                              budgeted=budget.budgeted), budget, batches, ratelimit, fixtures],
+                              budgeted=budget.budgeted, check_window=limits.check_context_window),
+                    budget, batches, ratelimit, fixtures],
             forward=forward,
             after=[Meter(prices), *app[OWNERS].stages, chains, batches, fixtures, budget, pending, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []) + [AccessLog()],

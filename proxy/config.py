@@ -172,6 +172,21 @@ class LimitsConfig(LimitFields):
     adaptive: bool = Field(True, description="Slow admission when the upstream says it is near its rate limit.")
     batch_poll_s: float = Field(60.0, gt=0, description="How often open batches on a budgeted key are looked up "
                                 "upstream to settle their reservation when they end.")
+    check_context_window: bool = Field(True, description="Answer OpenAI's 400 context_length_exceeded, before any "
+                                       "upstream call, to a request whose prompt plus requested output exceeds "
+                                       "the model's context window.")
+    context_windows: dict[str, int] = Field(default_factory=dict, description="Context windows in tokens by model "
+                                            "name, over the maintained model table's.")
+    models_ttl_s: float = Field(600.0, gt=0, description="How long an upstream's /v1/models list is kept (to tell "
+                                "a model it does not serve, 404, from one with no known price).")
+
+    @field_validator("context_windows")
+    @classmethod
+    def _positive_windows(cls, windows: dict[str, int]) -> dict[str, int]:
+        for model, window in windows.items():
+            if window <= 0:
+                raise ValueError(f"context_windows: {model!r} must be a positive number of tokens")
+        return windows
 
     @model_validator(mode="after")
     def _known_timezone(self) -> LimitsConfig:

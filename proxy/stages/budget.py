@@ -294,9 +294,10 @@ class BudgetBook:
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
-    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None) -> None:
+    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None, models: Any = None) -> None:
         self.book, self.prices = book, prices
         self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
+        self.models = models  # `models.UpstreamModels`: tells an unpriced model from one never served
         self._held: dict[int, Reservation] = {}
 
     def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
@@ -313,7 +314,15 @@ class Budget(Stage):
             return
         worst = Usage(ex.estimate.prompt, ex.estimate.completion)
         micros = self.prices.cost_micros(ex.model, worst)
-        self._held[id(ex)] = self.book.reserve(ex.principal, ex.model, micros, worst.total)
+        try:
+            self._held[id(ex)] = self.book.reserve(ex.principal, ex.model, micros, worst.total)
+        except InvalidRequest as exc:
+            if exc.code == "unknown_model_price" and ex.model and ex.target is not None and self.models:
+                from .models import model_not_found
+
+                if await self.models.serves(ex, ex.target.upstream, ex.model) is False:
+                    raise model_not_found(ex.model) from None
+            raise
 
     async def finish(self, ex: Exchange) -> None:
         reservation = self._held.pop(id(ex), None)
