@@ -31,6 +31,8 @@ from .stages.budget import rules_from_config as budget_rules
 from .stages.chains import Chains
 from .stages.deadline import Deadline
 from .stages.estimate import Estimator
+from .stages.fallback import Fallbacks, readmission
+from .stages.fallback import rules_from_config as fallback_rules
 from .stages.fixtures import Fixtures, replay
 from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger, RequestId
@@ -227,13 +229,15 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         if config.ledger.enabled:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
             await asyncio.to_thread(pending.load_ledger, config.ledger.path)
+        route = Route(config.resolved_aliases(), routes, default)
+        estimator = Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
+                              budgeted=budget.budgeted, check_window=limits.check_context_window)
+        if config.fallbacks:
+            forward.fallbacks = estimator.fallbacks = Fallbacks(
+                fallback_rules(config.fallbacks), route.select, readmission(estimator, budget, ratelimit))
         app[PIPELINE] = Pipeline(
-            before=[Deadline(config.upstream.timeout_s), RequestId(), authenticate,
-                    Route(config.resolved_aliases(), routes, default),
-                    *app[OWNERS].stages,
-                    Estimator(limits.default_max_tokens, needs_estimate, prices=prices, chains=chains.context,
-                              budgeted=budget.budgeted, check_window=limits.check_context_window),
-                    budget, batches, ratelimit, fixtures],
+            before=[Deadline(config.upstream.timeout_s), RequestId(), authenticate, route, *app[OWNERS].stages,
+                    estimator, budget, batches, ratelimit, fixtures],
             forward=forward,
             after=[Meter(prices), *app[OWNERS].stages, chains, batches, fixtures, budget, pending, ratelimit, metrics]
             + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []) + [AccessLog()],

@@ -285,6 +285,33 @@ class RouteConfig(Section):
         return check_base_url(value)
 
 
+FallbackKind = Literal["429", "5xx", "timeout", "connection", "context_length_exceeded", "content_filter"]
+
+
+class FallbackConfig(Section):
+    """One `[[fallbacks]]` entry: when `model` still fails after its retries, try each of `to` in turn."""
+
+    model: str = Field(min_length=1, description="A model name or glob, matched after aliases (the first "
+                       "matching entry applies).")
+    to: list[str] = Field(min_length=1, description="Models tried in order; each is routed by [[routes]] and "
+                          "admitted (budgets, rate limits) as its own request would be.")
+    on: list[FallbackKind] = Field(["429", "5xx", "timeout", "connection"], min_length=1,
+                                   description="Failures that fall back: 429, 5xx, timeout, connection, "
+                                   "context_length_exceeded, content_filter.")
+
+    @field_validator("model")
+    @classmethod
+    def _glob(cls, value: str) -> str:
+        return check_glob(value)
+
+    @field_validator("to")
+    @classmethod
+    def _names(cls, models: list[str]) -> list[str]:
+        if any(not m.strip() for m in models):
+            raise ValueError("fallback models must be non-empty model names")
+        return models
+
+
 class PriceConfig(Section):
     input_per_mtok: Decimal = Field(ge=0, description="USD per million prompt tokens.")
     output_per_mtok: Decimal = Field(Decimal(0), ge=0, description="USD per million completion tokens.")
@@ -304,6 +331,7 @@ class Config(Section):
     rate_limits: list[RateLimitConfig] = []
     prices: dict[str, PriceConfig] = {}
     routes: list[RouteConfig] = []
+    fallbacks: list[FallbackConfig] = []
     aliases: dict[str, str] = Field(default_factory=dict, description="Model aliases: the name a client sends "
                                     "-> the model the gateway forwards (may itself be an alias).")
     mock: MockSettings = MockSettings()

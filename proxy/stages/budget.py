@@ -324,6 +324,14 @@ class Budget(Stage):
                     raise model_not_found(ex.model) from None
             raise
 
+    async def move(self, ex: Exchange) -> None:
+        """A request moving to another model (a fallback): its reservation is given back and taken again
+        for the new model, refused (raises) when the budgets cannot pay for it."""
+        reservation = self._held.pop(id(ex), None)
+        if reservation is not None:
+            self.book.settle(reservation, 0, 0)
+        await self.request(ex)
+
     async def finish(self, ex: Exchange) -> None:
         reservation = self._held.pop(id(ex), None)
         if ex.settle_later and self.pending is not None:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidRequest
 from ..exchange import Exchange
@@ -31,6 +31,9 @@ from ..wire.pricing import PriceTable
 from ..wire.tokens import PromptTooLong, count_request_prompt
 from ..wire.usage import Usage
 from . import Stage
+
+if TYPE_CHECKING:
+    from .fallback import Fallbacks
 
 OFFLOAD_BYTES = 32 * 1024  # larger bodies are tokenized in a thread, off the event loop
 
@@ -137,6 +140,7 @@ class Estimator(Stage):
                  budgeted: Callable[[Exchange], tuple[bool, int | None]] | None = None,
                  check_window: bool = False) -> None:
         self.default_max_tokens, self.enabled, self.check_window = default_max_tokens, enabled, check_window
+        self.fallbacks: Fallbacks | None = None  # `fallback.Fallbacks`: a model with a larger window
         self.prices = prices
         self.chains = chains or (lambda _: None)
         self.budgeted = budgeted or (lambda _: (False, None))
@@ -145,6 +149,18 @@ class Estimator(Stage):
         return self.prices.context_window(model) if self.prices is not None else None
 
     async def request(self, ex: Exchange) -> None:
+        """Estimates (and pre-checks) `ex`; over its model's window, a `[[fallbacks]]` entry whose `on`
+        names context_length_exceeded moves it to its next model first (nothing is admitted yet)."""
+        while True:
+            try:
+                return await self._request(ex)
+            except ContextTooLong:
+                model = self.fallbacks.next_model(ex, "context_length_exceeded") if self.fallbacks else None
+                if model is None:
+                    raise
+                self.fallbacks.rewrite(ex, model)  # type: ignore[union-attr]
+
+    async def _request(self, ex: Exchange) -> None:
         if not self.enabled:
             if self.check_window and windowed(ex):
                 await self._check_window(ex, self.window(ex.model), 0)

@@ -39,3 +39,9 @@ class MockUpstream:
     def calls(self, path: str, method: str | None = None) -> list[dict[str, Any]]:
         """The journalled requests to `path` (and `method`), oldest first."""
         return [e for e in self.journal() if e["path"] == path and (method is None or e["method"] == method)]
+
+
+def add_rule(mock: MockUpstream, rule: dict[str, Any]) -> None:
+    """Script the mock (`POST /_mock/rules`)."""
+    reply = fetch("POST", mock.server.url + "/_mock/rules", key=None, json=rule)
+    assert reply.status == 200, reply.body
