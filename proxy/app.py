@@ -16,6 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from .body import receive_body
+from .cache_store import SQLiteCacheStore
 from .clock import Clock
 from .config import Config
 from .db.writer import LedgerWriter
@@ -28,12 +29,15 @@ from .stages.auth import Authenticate
 from .stages.batches import BatchBudgets
 from .stages.budget import Budget, BudgetBook
 from .stages.budget import rules_from_config as budget_rules
+from .stages.cache import Cache
+from .stages.cache import default_path as default_cache_path
+from .stages.cache import serve as serve_cached
 from .stages.chains import Chains
 from .stages.deadline import Deadline
 from .stages.estimate import Estimator
 from .stages.fallback import Fallbacks, readmission
 from .stages.fallback import rules_from_config as fallback_rules
-from .stages.fixtures import Fixtures, replay
+from .stages.fixtures import Fixtures, match_policy, replay
 from .stages.forward import Forward, Timeouts, Upstream
 from .stages.ledger import Ledger, RequestId
 from .stages.meter import Meter
@@ -235,12 +239,13 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         if config.fallbacks:
             forward.fallbacks = estimator.fallbacks = Fallbacks(
                 fallback_rules(config.fallbacks), route.select, readmission(estimator, budget, ratelimit))
+        caches = [await _cache(config, clock, metrics)] if config.cache.enabled else []
         app[PIPELINE] = Pipeline(
             before=[Deadline(config.upstream.timeout_s), RequestId(), authenticate, route, *app[OWNERS].stages,
-                    estimator, budget, batches, ratelimit, fixtures],
+                    *caches, estimator, budget, batches, ratelimit, fixtures],
             forward=forward,
-            after=[Meter(prices), *app[OWNERS].stages, chains, batches, fixtures, budget, pending, ratelimit, metrics]
-            + ([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []) + [AccessLog()],
+            after=[Meter(prices), *caches, *app[OWNERS].stages, chains, batches, fixtures, budget, pending, ratelimit,
+                   metrics, *([Ledger(writer, config.ledger.log_bodies)] if writer is not None else []), AccessLog()],
             metrics=metrics,
             writer=writer,
             budgets=book,
@@ -258,10 +263,21 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             await app[PIPELINE].drain()
             await fixtures.save_hits()
             await session.close()
+            for cache in caches:
+                await cache.store.close()
             if writer is not None:
                 await asyncio.to_thread(writer.close)
 
     return ctx
+
+
+async def _cache(config: Config, clock: Clock, metrics: Metrics) -> Cache:
+    """The response cache's stage, its SQLite store opened (off the event loop)."""
+    store = SQLiteCacheStore(config.cache.path or default_cache_path(config.ledger.path), config.cache.max_bytes)
+    await asyncio.to_thread(store.open)
+    cache = Cache(config.cache, store, clock, match_policy(config.fixtures).ignored)
+    cache.register(metrics.registry)
+    return cache
 
 
 HEADER_STAGES: tuple[type[Stage], ...] = (Deadline, RequestId, Authenticate)  # run before the body is read
@@ -283,6 +299,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 body_pending = False
                 await receive_body(request, ex, request.app[CONFIG])
             await stage.request(ex)
+            if ex.cache == "hit":  # answered from the cache: nothing to admit, nothing to forward
+                return await serve_cached(request, ex, pipeline.chunk)
         if body_pending:
             await receive_body(request, ex, request.app[CONFIG])
         if ex.replay is not None:

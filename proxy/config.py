@@ -21,7 +21,7 @@ from .wire.pricing import PriceOverride
 
 DEFAULT_PATH = Path("config.toml")
 # (section, key) of every file or folder a config file names: relative ones resolve against its folder
-PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"))
+PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"), ("cache", "path"))
 MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_file"))
 
 Period = Literal["day", "week", "month", "total"]
@@ -197,6 +197,34 @@ class LimitsConfig(LimitFields):
         return self
 
 
+CACHED_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+
+
+class CacheConfig(Section):
+    """`[cache]`: identical requests answered from a stored answer instead of paying twice."""
+
+    enabled: bool = Field(False, description="Answer an identical request from the response cache.")
+    ttl_s: float = Field(3600.0, gt=0, description="How long an answer is kept.")
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Size of the store; past it the oldest answers go.")
+    scope: Literal["key", "global"] = Field("key", description='"key": a key only ever gets its own cached '
+                                            'answers; "global": every key shares them.')
+    include: list[str] = Field(default_factory=lambda: list(CACHED_ENDPOINTS),
+                               description="Endpoints cached (paths or globs).")
+    deterministic_only: bool = Field(True, description="Cache only requests with temperature 0 or a seed "
+                                     "(embeddings always).")
+    path: str | None = Field(None, description="SQLite file of the cache; default: next to the ledger "
+                             "(oaigate.db -> oaigate.cache.db).")
+
+    @field_validator("include")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            check_glob(path)
+            if not path.startswith("/v1/"):
+                raise ValueError(f"include: {path!r} is not an API path such as /v1/chat/completions")
+        return paths
+
+
 class ScopeSelector(Section):
     key: str | None = Field(None, description='A key name, or "*" for each caller separately; unset: all keys.')
     model: str | None = Field(None, description="A model name or glob (gpt-4o*); unset: all models.")
@@ -332,6 +360,7 @@ class Config(Section):
     prices: dict[str, PriceConfig] = {}
     routes: list[RouteConfig] = []
     fallbacks: list[FallbackConfig] = []
+    cache: CacheConfig = CacheConfig()
     aliases: dict[str, str] = Field(default_factory=dict, description="Model aliases: the name a client sends "
                                     "-> the model the gateway forwards (may itself be an alias).")
     mock: MockSettings = MockSettings()
