@@ -77,6 +77,8 @@ class ContextTooLong(InvalidRequest):
 EXACT_COUNT_BYTES = 8 * 1024 * 1024  # over-window prompts up to this size are counted whole for the message
 # endpoints whose prompt and output share one context window, checked before any upstream call
 WINDOW_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+# parts whose tokens the body's size does not bound (images, audio, files, stored items): always counted
+_NOT_TEXT = (b"image", b"audio", b"file", b"item_reference")
 
 
 def context_error(path: str, window: int, prompt: int, completion: int, exact: bool = True) -> ContextTooLong:
@@ -220,6 +222,8 @@ class Estimator(Stage):
             return
         requested = requested_output(ex.path, ex.json)
         limit = max(window - known - requested, 0)
+        if len(ex.body) <= limit and not any(part in ex.body for part in _NOT_TEXT):
+            return  # a text token is at least one byte of the body: it fits without counting
         body, model = ex.json, ex.model or ""
         try:
             if len(ex.body) > OFFLOAD_BYTES:

@@ -13,8 +13,11 @@ from typing import Any
 import openai
 import pytest
 from aiohttp import web
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.stages.estimate import context_error
+from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt
 from tests.servers import ServerThread
 
@@ -144,3 +147,14 @@ def test_finish_reason_is_in_the_ledger(gateway: Callable[..., Gateway], mock: M
             list(short)
     rows = gw.rows(expect=3)
     assert [r["finish_reason"] for r in rows] == ["length", "stop", "max_output_tokens"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(["user", "system", "assistant"]), st.text(max_size=200)), min_size=1,
+                max_size=5),
+       st.sampled_from(["gpt-4o", "gpt-4", "gpt-3.5-turbo"]))
+@settings(max_examples=200, deadline=None)
+def test_a_text_body_never_has_more_tokens_than_bytes(messages: list[tuple[str, str]], model: str) -> None:
+    """What lets the pre-check skip counting a body smaller than the window: each token of text is at
+    least one byte of it, and the JSON around the messages outweighs their framing tokens."""
+    body = {"model": model, "messages": [{"role": role, "content": text} for role, text in messages]}
+    assert count_chat_prompt(body["messages"], model) <= len(dumps(body))
