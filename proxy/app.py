@@ -239,6 +239,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         if config.fallbacks:
             forward.fallbacks = estimator.fallbacks = Fallbacks(
                 fallback_rules(config.fallbacks), route.select, readmission(estimator, budget, ratelimit))
+            forward.fallbacks.register(metrics.registry)
         caches = [await _cache(config, clock, metrics)] if config.cache.enabled else []
         app[PIPELINE] = Pipeline(
             before=[Deadline(config.upstream.timeout_s), RequestId(), authenticate, route, *app[OWNERS].stages,

@@ -258,8 +258,13 @@ class BudgetBook:
         try:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+                # a fallback's row was charged to the model that answered, not the one requested
+                model = ("CASE WHEN fallback_from IS NULL THEN COALESCE(model_requested, model_served) "
+                         "ELSE COALESCE(model_served, model_requested) END" if "fallback_from" in columns
+                         else "COALESCE(model_requested, model_served)")
                 rows = conn.execute(
-                    "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
+                    f"SELECT key_name, {model}, started_at, cost_microusd, "
                     "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
                     f"WHERE started_at >= ? AND {CHARGED_ROWS}",
                     (_iso(earliest), *CHARGED_PARAMS),

@@ -20,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 
@@ -29,6 +29,8 @@ from ..exchange import Exchange
 from ..wire.jsoncodec import JSONDecodeError, dumps, loads
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from ..config import FallbackConfig
     from .route import Target
 
@@ -91,6 +93,16 @@ class Fallbacks:
                  admit: Callable[[Exchange], Awaitable[None]] | None = None) -> None:
         self.rules, self.select, self.admit = list(rules), select, admit
         self.switched = 0
+        self._counter: Any = None
+
+    def register(self, registry: CollectorRegistry) -> None:
+        """`oaigate_fallbacks_total{to}` on /metrics: requests moved to each configured model."""
+        from prometheus_client import Counter
+
+        self._counter = Counter("oaigate_fallbacks", "Requests moved to a fallback model, by that model.", ["to"],
+                                registry=registry)
+        for model in dict.fromkeys(m for rule in self.rules for m in rule.to):
+            self._counter.labels(model)
 
     def rule(self, ex: Exchange) -> FallbackRule | None:
         model = ex.fallback_from or ex.model
@@ -135,6 +147,8 @@ class Fallbacks:
         ex.target = self.select(model)
         ex.response_headers[FALLBACK_HEADER] = model
         self.switched += 1
+        if self._counter is not None:
+            self._counter.labels(model).inc()
 
     async def switch(self, ex: Exchange, model: str) -> None:
         """Move an admitted request to `model`, and admit it again (may raise: refused)."""

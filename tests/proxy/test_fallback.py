@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -77,6 +78,7 @@ def test_a_503_storm_falls_back_to_the_next_model_on_another_upstream(
         ("gpt-4o", "gpt-4o-mini", "gpt-4o", 2)
     assert (row["status"], row["upstream"], row["attempts"], row["stream"]) == (200, "backup", 3, int(stream))
     assert row["cost_microusd"] == served_cost(row) and row["cost_microusd"] > 0
+    assert 'oaigate_fallbacks_total{to="gpt-4o-mini"} 1.0' in fetch("GET", gw.root + "/metrics").body.decode()
 
 
 def test_the_fault_header_storm_falls_back_too(gateway: Callable[..., Gateway], a: MockUpstream) -> None:
@@ -102,6 +104,40 @@ def test_no_connection_falls_back(gateway: Callable[..., Gateway], b: MockUpstre
     assert models(b) == ["gpt-4o-mini"]
     [row] = gw.rows(expect=1)
     assert (row["fallback_from"], row["models_tried"], row["upstream"]) == ("gpt-4o", 2, "backup")
+
+
+def test_a_timeout_falls_back(gateway: Callable[..., Gateway], a: MockUpstream, b: MockUpstream) -> None:
+    add_rule(a, {"match": {"model": "gpt-4o"}, "answer": {"pacing": {"ttft_ms": 5000}}})
+    gw = two(gateway, a.url, b, upstream={"max_retries": 0, "first_byte_timeout_s": 0.3})
+    with gw.client() as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=MESSAGES)
+    assert raw.headers["x-oaigate-fallback"] == "gpt-4o-mini" and models(b) == ["gpt-4o-mini"]
+    [row] = gw.rows(expect=1)
+    assert (row["status"], row["fallback_from"], row["models_tried"], row["error_type"]) == (200, "gpt-4o", 2, None)
+
+
+def test_content_filter_falls_back_when_on_says_so(gateway: Callable[..., Gateway], a: MockUpstream,
+                                                   b: MockUpstream) -> None:
+    add_rule(a, {"match": {"model": "gpt-4o"}, "answer": {"error": {"status": 400, "code": "content_filter",
+                                                                   "message": "Flagged by the content filter."}}})
+    gw = two(gateway, a.url, b, [{"model": "gpt-4o", "to": ["gpt-4o-mini"], "on": ["content_filter"]}])
+    reply = fetch("POST", gw.url + "/chat/completions", json={"model": "gpt-4o", "messages": MESSAGES})
+    assert (reply.status, reply.headers["x-oaigate-fallback"]) == (200, "gpt-4o-mini")
+
+
+def test_spend_rebuilt_at_start_is_charged_to_the_model_that_answered(
+        gateway: Callable[..., Gateway], a: MockUpstream, b: MockUpstream, tmp_path: Path) -> None:
+    add_rule(a, STORM)
+    db = tmp_path / "rebuilt.db"
+    budgets_ = [{"model": "gpt-4o-mini", "budget_usd": 1}, {"model": "gpt-4o", "budget_usd": 1}]
+    first = two(gateway, a.url, b, db=db, budgets=budgets_)
+    with first.client() as client:
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES)
+    live = {s["scope"]: s["spent_usd"] for s in budgets(first)}
+    first.stop()
+    again = two(gateway, a.url, b, db=db, budgets=budgets_)
+    assert {s["scope"]: s["spent_usd"] for s in budgets(again)} == live
+    assert live["model:gpt-4o"] == "0.000000" and live["model:gpt-4o-mini"] != "0.000000"
 
 
 def test_a_400_is_never_fallen_back(gateway: Callable[..., Gateway], a: MockUpstream, b: MockUpstream) -> None:
