@@ -99,10 +99,10 @@ def test_the_sdk_gets_the_same_answer(gateway: Callable[..., Gateway], mock: Moc
     assert calls(mock, "/v1/embeddings") == 1
 
 
-async def _stream(url: str, body: dict[str, Any]) -> tuple[str, bytes, list[bytes]]:
+async def _stream(url: str, body: dict[str, Any], path: str = "/chat/completions") -> tuple[str, bytes, list[bytes]]:
     """A stream read raw: its cache header, its bytes, and the pieces they came in."""
     async with aiohttp.ClientSession() as session, session.post(
-            url + "/chat/completions", json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as response:
+            url + path, json=body, headers={"Authorization": f"Bearer {CLIENT_KEY}"}) as response:
         pieces = [piece async for piece in response.content.iter_any()]
         return response.headers["x-oaigate-cache"], b"".join(pieces), pieces
 
@@ -122,6 +122,18 @@ def test_a_stream_hit_replays_the_same_frames(gateway: Callable[..., Gateway], m
     assert hit["saved_microusd"] == miss["cost_microusd"] > 0 and hit["stream"] == 1
     # a non-stream request is not served a stream's answer
     assert post(gw, CHAT).headers["x-oaigate-cache"] == "miss" and calls(mock) == 2
+
+
+def test_a_responses_stream_is_replayed_too(gateway: Callable[..., Gateway], mock: MockUpstream) -> None:
+    gw = cached_gateway(gateway, mock)
+    body = {"model": "gpt-4o-mini", "input": "Say hello.", "temperature": 0, "stream": True}
+    first = asyncio.run(_stream(gw.url, body, "/responses"))
+    second = asyncio.run(_stream(gw.url, body, "/responses"))
+    assert (first[0], second[0], second[1] == first[1]) == ("miss", "hit", True)
+    assert b"response.completed" in first[1] and calls(mock, "/v1/responses") == 1
+    miss, hit = gw.rows(expect=2)
+    assert hit["saved_microusd"] == miss["cost_microusd"] > 0
+    assert hit["finish_reason"] == miss["finish_reason"] == "completed"
 
 
 def test_keys_never_share_with_scope_key_and_do_with_global(gateway: Callable[..., Gateway],
