@@ -81,14 +81,17 @@ def test_a_503_storm_falls_back_to_the_next_model_on_another_upstream(
     assert 'oaigate_fallbacks_total{to="gpt-4o-mini"} 1.0' in fetch("GET", gw.root + "/metrics").body.decode()
 
 
-def test_the_fault_header_storm_falls_back_too(gateway: Callable[..., Gateway], a: MockUpstream) -> None:
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_fault_header_storm_falls_back_too(gateway: Callable[..., Gateway], a: MockUpstream,
+                                               stream: bool) -> None:
     """`x-mock-fault: 503;times=2;id=...` reaches every upstream: both routes are the same mock here, so
     the storm's two failures are the first model's two attempts and the fallback gets the success."""
     gw = two(gateway, a.url, a)
     with gw.client() as client:
         raw = client.chat.completions.with_raw_response.create(
-            model="gpt-4o", messages=MESSAGES, extra_headers={"x-mock-fault": "503;times=2;id=storm-1"})
-    assert raw.headers["x-oaigate-fallback"] == "gpt-4o-mini" and raw.parse().model == "gpt-4o-mini"
+            model="gpt-4o", messages=MESSAGES, stream=stream, extra_headers={"x-mock-fault": "503;times=2;id=s"})
+        served = next(iter(raw.parse())).model if stream else raw.parse().model  # type: ignore[call-overload]
+    assert raw.headers["x-oaigate-fallback"] == "gpt-4o-mini" and served == "gpt-4o-mini"
     assert models(a) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
     assert [e["status"] for e in a.calls("/v1/chat/completions")] == [503, 503, 200]
 
