@@ -221,3 +221,12 @@ def test_the_store_stays_within_max_bytes(tmp_path: Path) -> None:
         await store.close()
 
     asyncio.run(go())
+
+
+def test_cache_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="include"):
+        Config.model_validate({"cache": {"include": ["chat/completions"]}})
+    with pytest.raises(ValueError, match="scope"):
+        Config.model_validate({"cache": {"scope": "team"}})
+    with pytest.raises(ValueError, match="ttl_s"):
+        Config.model_validate({"cache": {"ttl_s": 0}})
