@@ -38,6 +38,7 @@ from ..clock import Clock
 from ..durable import COMPLETE
 from ..errors import InvalidRequest
 from ..exchange import Exchange
+from ..wire import SIMULATED_HEADER
 from ..wire.fixtures.matching import canonical_query, strip
 from ..wire.jsoncodec import canonical
 from . import Stage
@@ -49,7 +50,8 @@ if TYPE_CHECKING:
     from ..config import CacheConfig
 
 CACHE_HEADER = "x-oaigate-cache"
-KEPT_HEADERS = ("content-type", "openai-version", "openai-processing-ms", "x-request-id")
+# headers a hit answers with, as the first answer had them (the mock's mark: a hit of its answer is simulated too)
+KEPT_HEADERS = ("content-type", "openai-version", "openai-processing-ms", "x-request-id", SIMULATED_HEADER)
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 _ALWAYS_DETERMINISTIC = ("/v1/embeddings", "/v1/moderations")
 

@@ -77,6 +77,8 @@ def test_an_identical_request_is_answered_once_and_byte_for_byte(gateway: Callab
     assert (miss["cache"], miss["saved_microusd"]) == ("miss", None) and miss["cost_microusd"] > 0
     assert (hit["cache"], hit["cost_microusd"], hit["saved_microusd"]) == ("hit", 0, miss["cost_microusd"])
     assert hit["upstream"] is None and hit["prompt_tokens"] is None  # spent nothing, tokens count nowhere
+    assert hit["simulated"] == miss["simulated"] == 1  # the mock's answer, replayed
+    assert hit["finish_reason"] == miss["finish_reason"] == "stop"
     metrics = fetch("GET", gw.root + "/metrics").body.decode()
     assert 'oaigate_cache_requests_total{result="hit"} 1.0' in metrics
     assert 'oaigate_cache_requests_total{result="miss"} 1.0' in metrics
