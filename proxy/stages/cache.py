@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import hashlib
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
     from ..config import CacheConfig
 
+log = logging.getLogger("oaigate.cache")
 CACHE_HEADER = "x-oaigate-cache"
 # headers a hit answers with, as the first answer had them (the mock's mark: a hit of its answer is simulated too)
 KEPT_HEADERS = ("content-type", "openai-version", "openai-processing-ms", "x-request-id", SIMULATED_HEADER)
@@ -150,7 +152,10 @@ class Cache(Stage):
                                else await asyncio.to_thread(self.key, ex))
             ex.cached = state
             if asked != "refresh":
-                state.answer = await self.store.get(state.key, self.clock.wall())
+                try:
+                    state.answer = await self.store.get(state.key, self.clock.wall())
+                except Exception:  # a broken cache never fails a request: it is a miss
+                    log.exception("the response cache could not be read")
             ex.cache = "hit" if state.answer is not None else "miss"
             if state.answer is not None and state.answer.stream != ex.stream:
                 state.answer, ex.cache = None, "miss"  # never a stream for a non-stream request, or back
@@ -184,7 +189,10 @@ class Cache(Stage):
         now = self.clock.wall()
         answer = CachedAnswer(ex.status or 0, headers, b"".join(state.chunks), ex.stream, now)
         state.chunks = []
-        await self.store.put(state.key, answer, now + self.config.ttl_s)
+        try:
+            await self.store.put(state.key, answer, now + self.config.ttl_s)
+        except Exception:
+            log.exception("the response cache could not store an answer")
 
     @staticmethod
     def _complete(ex: Exchange, state: CacheState) -> bool:

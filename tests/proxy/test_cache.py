@@ -13,12 +13,16 @@ import aiohttp
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.app import make_app
 from proxy.cache_store import CachedAnswer, SQLiteCacheStore
 from proxy.cli import cli
 from proxy.clock import ManualClock
 from proxy.config import Config
+from proxy.exchange import Exchange
+from proxy.stages.cache import Cache
+from proxy.wire.jsoncodec import dumps
 from tests.servers import ServerThread
 
 from .conftest import CLIENT_KEY, UPSTREAM_KEY_ENV, Gateway, Reply, fetch
@@ -232,3 +236,32 @@ def test_cache_config_is_checked() -> None:
         Config.model_validate({"cache": {"scope": "team"}})
     with pytest.raises(ValueError, match="ttl_s"):
         Config.model_validate({"cache": {"ttl_s": 0}})
+
+
+class BrokenStore:
+    """A store whose disk has gone: every call fails."""
+
+    async def get(self, key: str, now: float) -> CachedAnswer | None:
+        raise OSError("disk I/O error")
+
+    async def put(self, key: str, answer: CachedAnswer, expires: float) -> bool:
+        raise OSError("disk I/O error")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_broken_store_never_fails_a_request(caplog: pytest.LogCaptureFixture) -> None:
+    cache = Cache(Config.model_validate({"cache": {"enabled": True}}).cache, BrokenStore(), ManualClock())
+    ex = Exchange("POST", "/v1/chat/completions", "", CIMultiDictProxy(CIMultiDict()), dumps(CHAT))
+    ex.status, ex.stream_ended = 200, True
+
+    async def go() -> None:
+        await cache.request(ex)
+        cache.chunk(ex, b'{"id": "chatcmpl-1"}')
+        await cache.finish(ex)
+
+    asyncio.run(go())
+    assert ex.cache == "miss" and ex.response_headers["x-oaigate-cache"] == "miss"
+    assert [r.message for r in caplog.records] == ["the response cache could not be read",
+                                                   "the response cache could not store an answer"]
