@@ -23,6 +23,7 @@ from .pipeline import PIPELINE
 from .resources import CONFIG, UPSTREAM, UPSTREAMS, Sleep, pipeline_ctx, upstream_ctx
 from .stages import Stage
 from .stages.auth import Authenticate
+from .stages.cache import serve as serve_cached
 from .stages.deadline import Deadline
 from .stages.fixtures import replay
 from .stages.ledger import RequestId
@@ -79,6 +80,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 body_pending = False
                 await receive_body(request, ex, request.app[CONFIG], FORM_REFERENCES)
             await stage.request(ex)
+            if ex.cache == "hit":  # answered from the cache: nothing to admit, nothing to forward
+                return await serve_cached(request, ex, pipeline.chunk)
         if body_pending:
             await receive_body(request, ex, request.app[CONFIG], FORM_REFERENCES)
         if ex.replay is not None:

@@ -21,7 +21,7 @@ from .wire.pricing import PriceOverride
 
 DEFAULT_PATH = Path("config.toml")
 # (section, key) of every file or folder a config file names: relative ones resolve against its folder
-PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"))
+PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"), ("cache", "path"))
 MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_file"))
 
 Period = Literal["day", "week", "month", "total"]
@@ -175,6 +175,21 @@ class LimitsConfig(LimitFields):
     adaptive: bool = Field(True, description="Slow admission when the upstream says it is near its rate limit.")
     batch_poll_s: float = Field(60.0, gt=0, description="How often open batches on a budgeted key are looked up "
                                 "upstream to settle their reservation when they end.")
+    check_context_window: bool = Field(True, description="Answer OpenAI's 400 context_length_exceeded, before any "
+                                       "upstream call, to a request whose prompt plus requested output exceeds "
+                                       "the model's context window.")
+    context_windows: dict[str, int] = Field(default_factory=dict, description="Context windows in tokens by model "
+                                            "name, over the maintained model table's.")
+    models_ttl_s: float = Field(600.0, gt=0, description="How long an upstream's /v1/models list is kept (to tell "
+                                "a model it does not serve, 404, from one with no known price).")
+
+    @field_validator("context_windows")
+    @classmethod
+    def _positive_windows(cls, windows: dict[str, int]) -> dict[str, int]:
+        for model, window in windows.items():
+            if window <= 0:
+                raise ValueError(f"context_windows: {model!r} must be a positive number of tokens")
+        return windows
 
     @model_validator(mode="after")
     def _known_timezone(self) -> LimitsConfig:
@@ -183,6 +198,34 @@ class LimitsConfig(LimitFields):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r}") from None
         return self
+
+
+CACHED_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+
+
+class CacheConfig(Section):
+    """`[cache]`: identical requests answered from a stored answer instead of paying twice."""
+
+    enabled: bool = Field(False, description="Answer an identical request from the response cache.")
+    ttl_s: float = Field(3600.0, gt=0, description="How long an answer is kept.")
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Size of the store; past it the oldest answers go.")
+    scope: Literal["key", "global"] = Field("key", description='"key": a key only ever gets its own cached '
+                                            'answers; "global": every key shares them.')
+    include: list[str] = Field(default_factory=lambda: list(CACHED_ENDPOINTS),
+                               description="Endpoints cached (paths or globs).")
+    deterministic_only: bool = Field(True, description="Cache only requests with temperature 0 or a seed "
+                                     "(embeddings always).")
+    path: str | None = Field(None, description="SQLite file of the cache; default: next to the ledger "
+                             "(oaigate.db -> oaigate.cache.db).")
+
+    @field_validator("include")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            check_glob(path)
+            if not path.startswith("/v1/"):
+                raise ValueError(f"include: {path!r} is not an API path such as /v1/chat/completions")
+        return paths
 
 
 class ScopeSelector(Section):
@@ -273,6 +316,33 @@ class RouteConfig(Section):
         return check_base_url(value)
 
 
+FallbackKind = Literal["429", "5xx", "timeout", "connection", "context_length_exceeded", "content_filter"]
+
+
+class FallbackConfig(Section):
+    """One `[[fallbacks]]` entry: when `model` still fails after its retries, try each of `to` in turn."""
+
+    model: str = Field(min_length=1, description="A model name or glob, matched after aliases (the first "
+                       "matching entry applies).")
+    to: list[str] = Field(min_length=1, description="Models tried in order; each is routed by [[routes]] and "
+                          "admitted (budgets, rate limits) as its own request would be.")
+    on: list[FallbackKind] = Field(["429", "5xx", "timeout", "connection"], min_length=1,
+                                   description="Failures that fall back: 429, 5xx, timeout, connection, "
+                                   "context_length_exceeded, content_filter.")
+
+    @field_validator("model")
+    @classmethod
+    def _glob(cls, value: str) -> str:
+        return check_glob(value)
+
+    @field_validator("to")
+    @classmethod
+    def _names(cls, models: list[str]) -> list[str]:
+        if any(not m.strip() for m in models):
+            raise ValueError("fallback models must be non-empty model names")
+        return models
+
+
 class PriceConfig(Section):
     input_per_mtok: Decimal = Field(ge=0, description="USD per million prompt tokens.")
     output_per_mtok: Decimal = Field(Decimal(0), ge=0, description="USD per million completion tokens.")
@@ -298,6 +368,8 @@ class Config(Section):
     rate_limits: list[RateLimitConfig] = []
     prices: dict[str, PriceConfig] = {}
     routes: list[RouteConfig] = []
+    fallbacks: list[FallbackConfig] = []
+    cache: CacheConfig = CacheConfig()
     aliases: dict[str, str] = Field(default_factory=dict, description="Model aliases: the name a client sends "
                                     "-> the model the gateway forwards (may itself be an alias).")
     mock: MockSettings = MockSettings()

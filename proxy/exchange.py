@@ -128,6 +128,14 @@ class Exchange:
     object_id: str | None = None  # the object a creating request made (`id` of its answer): see `meter`
     settle_later: bool = False  # a background response still running: its cost comes later (`pending`)
     stream_ended: bool = False  # the stream's last event (`[DONE]`, `response.completed`...) was relayed
+    finish_reason: str | None = None  # the first choice's, or a Responses answer's status / incomplete reason
+    # fallback: the model first tried when another one answered, and how many models were tried
+    fallback_from: str | None = None
+    models_tried: int = 1
+    # cache: hit | miss | bypass (None: no cache configured); a hit's answer, and what it would have cost
+    cache: str | None = None
+    cached: Any = None
+    saved_micros: int | None = None
     # outcome
     fixture: str | None = None
     error_type: str | None = None

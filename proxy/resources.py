@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
+from .cache_store import SQLiteCacheStore
 from .clock import Clock
 from .config import Config
 from .db.writer import LedgerWriter
@@ -27,8 +28,11 @@ from .stages.auth import Authenticate
 from .stages.batches import BatchBudgets
 from .stages.budget import BudgetBook
 from .stages.budget import rules_from_config as budget_rules
+from .stages.cache import Cache
+from .stages.cache import default_path as default_cache_path
 from .stages.chains import Chains
-from .stages.fixtures import Fixtures
+from .stages.fixtures import Fixtures, match_policy
+from .stages.models import UpstreamModels
 from .stages.owners import OWNERS, Owners
 from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimiter, UpstreamGovernor
@@ -66,6 +70,8 @@ class Resources:
     fixtures: Fixtures
     batches: BatchBudgets
     pending: PendingResponses
+    models: UpstreamModels  # the upstreams' model lists (`model_not_found` for a model none serves)
+    cache: Cache | None  # the response cache (`[cache] enabled`)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -130,7 +136,7 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
             await asyncio.to_thread(writer.start)
         await asyncio.to_thread(preload)
         limits, up = config.limits, config.upstream
-        prices = PriceTable(config.price_overrides())
+        prices = PriceTable(config.price_overrides(), windows=limits.context_windows)
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         chains = Chains()
         if config.ledger.enabled:
@@ -147,6 +153,8 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
                                chains=chains.context, pass_through=up.pass_through)
         pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                    remember=chains.remember, upstreams=app[UPSTREAMS].distinct)
+        models = UpstreamModels(session, clock, limits.models_ttl_s, up.pass_through)
+        cache = await _cache(config, clock) if config.cache.enabled else None
         if config.ledger.enabled and resume_open:
             await asyncio.to_thread(batches.load_ledger, config.ledger.path)
             await asyncio.to_thread(pending.load_ledger, config.ledger.path)
@@ -154,7 +162,7 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
             config=config, sleep=sleep, authenticate=authenticate, owners=app[OWNERS],
             default=default, routes=routes, observe=_observe(clock) if limits.adaptive else None, writer=writer,
             prices=prices, book=book, chains=chains, limiter=limiter, session=session, fixtures=fixtures,
-            batches=batches, pending=pending))
+            batches=batches, pending=pending, models=models, cache=cache))
         await batches.start()
         await pending.start()
         app[COMPLETE] = pipeline.complete
@@ -166,7 +174,16 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
             await pipeline.drain()
             await fixtures.save_hits()
             await session.close()
+            if cache is not None:
+                await cache.store.close()
             if writer is not None:
                 await asyncio.to_thread(writer.close)
 
     return ctx
+
+
+async def _cache(config: Config, clock: Clock) -> Cache:
+    """The response cache's stage, its SQLite store opened (off the event loop)."""
+    store = SQLiteCacheStore(config.cache.path or default_cache_path(config.ledger.path), config.cache.max_bytes)
+    await asyncio.to_thread(store.open)
+    return Cache(config.cache, store, clock, match_policy(config.fixtures).ignored)

@@ -252,8 +252,13 @@ class BudgetBook:
         try:
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
+                columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+                # a fallback's row was charged to the model that answered, not the one requested
+                model = ("CASE WHEN fallback_from IS NULL THEN COALESCE(model_requested, model_served) "
+                         "ELSE COALESCE(model_served, model_requested) END" if "fallback_from" in columns
+                         else "COALESCE(model_requested, model_served)")
                 rows = conn.execute(
-                    "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
+                    f"SELECT key_name, {model}, started_at, cost_microusd, "
                     "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
                     f"WHERE started_at >= ? AND {CHARGED_ROWS}",
                     (_iso(earliest), *CHARGED_PARAMS),
@@ -291,9 +296,10 @@ _HELD = Slot[Reservation]("budget")  # the worst case reserved, until settled
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
-    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None) -> None:
+    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None, models: Any = None) -> None:
         self.book, self.prices = book, prices
         self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
+        self.models = models  # `models.UpstreamModels`: tells an unpriced model from one never served
 
     def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
         """Whether a budget applies to `ex`, and the most prompt tokens it could still pay for."""
@@ -309,7 +315,23 @@ class Budget(Stage):
             return
         worst = Usage(ex.estimate.prompt, ex.estimate.completion)
         micros = self.prices.cost_micros(ex.model, worst)
-        ex.state.set(_HELD, self.book.reserve(ex.principal, ex.model, micros, worst.total))
+        try:
+            ex.state.set(_HELD, self.book.reserve(ex.principal, ex.model, micros, worst.total))
+        except InvalidRequest as exc:
+            if exc.code == "unknown_model_price" and ex.model and ex.target is not None and self.models:
+                from .models import model_not_found
+
+                if await self.models.serves(ex, ex.target.upstream, ex.model) is False:
+                    raise model_not_found(ex.model) from None
+            raise
+
+    async def move(self, ex: Exchange) -> None:
+        """A request moving to another model (a fallback): its reservation is given back and taken again
+        for the new model, refused (raises) when the budgets cannot pay for it."""
+        reservation = ex.state.pop(_HELD)
+        if reservation is not None:
+            self.book.settle(reservation, 0, 0)
+        await self.request(ex)
 
     async def finish(self, ex: Exchange) -> None:
         reservation = ex.state.pop(_HELD)

@@ -47,7 +47,8 @@ class Ledger(Stage):
             "key_name": ex.principal,
             "method": ex.method,
             "endpoint": ex.path,
-            "model_requested": ex.model_alias or ex.model,  # what the client asked for (an alias stays one)
+            # what the client asked for (an alias stays one; a fallback's row names the first model)
+            "model_requested": ex.model_alias or ex.fallback_from or ex.model,
             "model_served": ex.model_served,
             "status": ex.status if ex.status is not None else 0,
             "stream": int(ex.stream),
@@ -69,6 +70,11 @@ class Ledger(Stage):
             "object_id": ex.object_id,
             "simulated": int(ex.fixture == "hit" or (ex.upstream_headers is not None
                                                      and SIMULATED_HEADER in ex.upstream_headers)),
+            "finish_reason": ex.finish_reason,
+            "fallback_from": ex.fallback_from,
+            "models_tried": ex.models_tried,
+            "cache": ex.cache,
+            "saved_microusd": ex.saved_micros,
             "request_body": _body(ex.body) if self.log_bodies else None,
             "response_body": _body(ex.response_body) if self.log_bodies else None,
         })

@@ -442,6 +442,15 @@ class RateLimit(Stage):
         if self.limiter.rules:
             ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
 
+    async def move(self, ex: Exchange) -> None:
+        """A request moving to another model (a fallback): its slot is freed and one taken for the new
+        model, as for a new request (it may queue, or be refused)."""
+        permit = ex.state.pop(_PERMIT)
+        if permit is not None:
+            self.limiter.correct(permit, 0)
+            self.limiter.release(permit)
+        await self.request(ex)
+
     async def finish(self, ex: Exchange) -> None:
         permit = ex.state.pop(_PERMIT)
         if permit is None:
