@@ -45,7 +45,7 @@ def make_rows(count: int, days: float, now: datetime, seed: int = 7) -> list[dic
         cost = None
         if ok and per_in is not None and per_out is not None:
             cost = (prompt or 0) * per_in // 1000 + (completion or 0) * per_out // 1000
-        simulated = int(ok and rng.random() < 0.05)
+        simulated = int(rng.random() < 0.05 and ok and cost is not None)
         latency = rng.uniform(80, 4000)
         rows.append({
             "id": f"gw_seed{seed}_{n:08d}", "started_at": ledger_time(started),
@@ -56,7 +56,7 @@ def make_rows(count: int, days: float, now: datetime, seed: int = 7) -> list[dic
             "cached_tokens": (rng.randint(0, prompt // 2) if prompt and rng.random() < 0.2 else 0) if ok else None,
             "reasoning_tokens": (rng.randint(0, completion or 0) if model == "o4-mini" else 0) if ok else None,
             "usage_source": ("reported" if rng.random() < 0.9 else "estimated") if ok else None,
-            "cost_microusd": 0 if simulated else cost,
+            "cost_microusd": 0 if simulated and cost is not None else cost,
             "replayed_cost_microusd": cost if simulated else None,
             "latency_ms": round(latency, 3), "ttfb_ms": round(latency * rng.uniform(0.05, 0.5), 3),
             "overhead_ms": round(rng.uniform(0.2, 3), 3), "upstream": "https://api.openai.com",
