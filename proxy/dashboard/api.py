@@ -230,10 +230,15 @@ def _version() -> str:
 
 
 async def status(request: web.Request) -> web.Response:
-    """The health box: upstreams, the ledger writer (rows written, backlog, dropped), fixture mode, uptime,
+    """The health box (to a caller with no key on a gateway with `[[keys]]`, only `key_required`): upstreams, the ledger writer (rows written, backlog, dropped), fixture mode, uptime,
     version; `ledger.written` changes whenever a row is written, so the page knows when to look again."""
     from ..app import CONFIG, PIPELINE, UPSTREAMS
+    from ..stages.auth import token_of
 
+    if request.app[CONFIG].keys and token_of(request.headers) is None:
+        # how the page learns it must ask for a key, without an error in the browser's console; a wrong
+        # key still gets the 401
+        return _json({"object": "oaigate.status", "key_required": True})
     try:
         who = await viewer(request)
     except GatewayError as exc:
@@ -241,7 +246,7 @@ async def status(request: web.Request) -> web.Response:
     pipeline, config = request.app[PIPELINE], request.app[CONFIG]
     writer = pipeline.writer
     return _json({
-        "object": "oaigate.status", "key": who.principal, "admin": who.key is None, "version": _version(),
+        "object": "oaigate.status", "key_required": False, "key": who.principal, "admin": who.key is None, "version": _version(),
         "uptime_s": round(time.time() - request.app[STARTED], 1),
         "upstreams": [u.name for u in request.app[UPSTREAMS].distinct],
         "fixtures": {"mode": config.fixtures.mode, "cassette": config.fixtures.cassette},

@@ -9,7 +9,7 @@ const POLL_MS = 1000, REFRESH_MS = 15000, SERIES = 6;
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
 const state = { range: "7d", split: "", metric: "cost", before: null, history: [], written: undefined,
-                refreshedAt: 0, busy: false, seen: null, status: null, started: false };
+                refreshedAt: 0, busy: false, seen: null, status: null, started: false, expanded: new Set() };
 
 class HttpError extends Error {
   constructor(status, message) { super(message); this.status = status; }
@@ -122,6 +122,8 @@ function drawTotals(spend) {
     el("div", { class: "value", title: c.id === "cost" && t.cost_usd ? "$" + t.cost_usd : null }, c.value),
     c.change ? el("div", { class: "change" }, c.change) : null,
     ...(c.notes || []).filter(Boolean).map((n) => el("div", { class: "note" }, n)))));
+  $("window").dataset.since = spend.since || "";
+  $("window").dataset.until = spend.until;
   $("window").textContent = `${spend.since ? utc(spend.since) : "Since the first request"} → ${utc(spend.until)} UTC` +
     (state.range === "all" ? "" : `; compared with the ${RANGE_WORDS[state.range]} before`);
 }
@@ -301,9 +303,11 @@ function drawRequests(page) {
       el("td", { class: "num" }, ms(row.latency_ms)));
     const toggle = () => {
       const open = tr.getAttribute("aria-expanded") === "true";
-      if (open) tr.nextSibling.remove(); else tr.after(detailRow(row, span));
+      if (open) { tr.nextSibling.remove(); state.expanded.delete(row.id); }
+      else { tr.after(detailRow(row, span)); state.expanded.add(row.id); }
       tr.setAttribute("aria-expanded", String(!open));
     };
+    if (state.expanded.has(row.id)) queueMicrotask(toggle);  // an update keeps open rows open
     tr.addEventListener("click", toggle);
     tr.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); toggle(); } });
     return tr;
@@ -398,6 +402,7 @@ async function tick(force) {
   state.busy = true;
   try {
     const status = await api("/oaigate/status");
+    if (status.key_required) { if (state.started || $("login").hidden) showLogin(""); return; }
     if (!state.started) {
       state.started = true;
       $("login").hidden = true;
