@@ -177,8 +177,8 @@ async def spend(request: web.Request) -> web.Response:
                 "total": record(queries.total_of(found)), "previous": previous and record(previous)}
 
     empty_total = record(queries.total_of({}))
-    found = await ledger(request.app, query, {"rows": [], "total": empty_total,
-                                              "previous": empty_total if where.since else None})
+    found: dict[str, Any] = await ledger(request.app, query, {"rows": [], "total": empty_total,
+                                                              "previous": empty_total if where.since else None})
     return _json({"object": "oaigate.spend", "since": where.since and ledger_time(where.since),
                   "until": ledger_time(where.until or now), "by": by, "split": split,
                   "key": where.key, "model": where.model, "endpoint": where.endpoint, **found})
@@ -199,7 +199,8 @@ async def requests(request: web.Request) -> web.Response:
         return InvalidRequest(str(exc), param="before").response()
     except GatewayError as exc:
         return exc.response()
-    rows, cursor = await ledger(request.app, lambda conn: queries.page(conn, where, limit, before), ([], None))
+    nothing: tuple[list[dict[str, Any]], str | None] = ([], None)
+    rows, cursor = await ledger(request.app, lambda conn: queries.page(conn, where, limit, before), nothing)
     return _json({"object": "list", "data": rows, "has_more": cursor is not None, "next_before": cursor})
 
 
@@ -230,8 +231,9 @@ def _version() -> str:
 
 
 async def status(request: web.Request) -> web.Response:
-    """The health box (to a caller with no key on a gateway with `[[keys]]`, only `key_required`): upstreams, the ledger writer (rows written, backlog, dropped), fixture mode, uptime,
-    version; `ledger.written` changes whenever a row is written, so the page knows when to look again."""
+    """The health box (to a caller with no key on a gateway with `[[keys]]`, only `key_required`):
+    upstreams, the ledger writer (rows written, backlog, dropped), fixture mode, uptime, version;
+    `ledger.written` changes whenever a row is written, so the page knows when to look again."""
     from ..app import CONFIG, PIPELINE, UPSTREAMS
     from ..stages.auth import token_of
 
@@ -246,7 +248,8 @@ async def status(request: web.Request) -> web.Response:
     pipeline, config = request.app[PIPELINE], request.app[CONFIG]
     writer = pipeline.writer
     return _json({
-        "object": "oaigate.status", "key_required": False, "key": who.principal, "admin": who.key is None, "version": _version(),
+        "object": "oaigate.status", "key_required": False, "key": who.principal, "admin": who.key is None,
+        "version": _version(),
         "uptime_s": round(time.time() - request.app[STARTED], 1),
         "upstreams": [u.name for u in request.app[UPSTREAMS].distinct],
         "fixtures": {"mode": config.fixtures.mode, "cassette": config.fixtures.cassette},

@@ -123,7 +123,8 @@ async def _buckets(request: web.Request, kind: str) -> tuple[list[int], dict[int
     def query(conn: Any) -> dict[Cell, Sums]:
         return cells(conn, where, "minute") if width == "minute" else rollup.cells(conn, where)
 
-    found = await ledger(request.app, query, {})
+    nothing: dict[Cell, Sums] = {}
+    found = await ledger(request.app, query, nothing)
     fields = ["model" if g == "line_item" else g for g in group_by]
     out: dict[int, dict[tuple[Any, ...], Sums]] = {}
     for cell, sums in found.items():

@@ -132,9 +132,7 @@ def _simulated(columns: Sequence[str]) -> str:
 
 def _spend_row(group: str | None, values: Sequence[Any]) -> SpendRow:
     row = SpendRow(group, *values)
-    if row.cost_microusd is None and not row.unpriced_requests:
-        return SpendRow(group, *values[:6], 0, *values[7:])
-    return row
+    return replace(row, cost_microusd=0) if row.cost_microusd is None and not row.unpriced_requests else row
 
 
 def total(conn: sqlite3.Connection, where: Filter, dialect: Dialect = SQLITE) -> SpendRow:
@@ -243,7 +241,7 @@ def cells(conn: sqlite3.Connection, where: Filter, width: Width = "hour",
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
     sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, ({_SUCCESS}), {sums} "
            f"FROM requests {clause} GROUP BY 1, 2, 3, 4, 5")
-    return {tuple(row[:5]): _sums(row[5:]) for row in conn.execute(sql, params)}  # type: ignore[misc]
+    return {tuple(row[:5]): _sums(row[5:]) for row in conn.execute(sql, params)}
 
 
 def spend_row(group: str | None, sums: Sums) -> SpendRow:

@@ -23,6 +23,8 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
+ROWS = "#rows tr.row"
+
 pytestmark = pytest.mark.browser
 
 
@@ -93,8 +95,9 @@ def tab(browser: Any) -> Iterator[Callable[..., Page]]:
 def ledger_sums(gw: Seeded, since: str, until: str, group: str | None = None) -> Any:
     conn = sqlite3.connect(gw.gateway.db)
     try:
-        select = (f"{group}, " if group else "") + ("COALESCE(SUM(CASE WHEN simulated THEN 0 ELSE cost_microusd END), 0), "
-                                                  "COUNT(*), SUM(prompt_tokens), SUM(completion_tokens)")
+        select = (f"{group}, " if group else "") + (
+            "COALESCE(SUM(CASE WHEN simulated THEN 0 ELSE cost_microusd END), 0), COUNT(*), SUM(prompt_tokens), "
+            "SUM(completion_tokens)")
         sql = f"SELECT {select} FROM requests WHERE started_at >= ? AND started_at < ?"
         if group:
             return {row[0]: row[1:] for row in conn.execute(sql + " GROUP BY 1", [since, until])}
@@ -124,7 +127,8 @@ def test_totals_and_chart_points_are_the_ledgers_sums(seeded: Callable[..., Seed
     by = "substr(started_at, 1, 13)" if range_ == "24h" else "substr(started_at, 1, 10)"
     expected = ledger_sums(gw, since, until, by)
     points = page.page.eval_on_selector_all(
-        "#chart g.point", "gs => gs.map(g => [g.dataset.bucket, Number(g.dataset.costMicro), Number(g.dataset.requests)])")
+        "#chart g.point",
+        "gs => gs.map(g => [g.dataset.bucket, Number(g.dataset.costMicro), Number(g.dataset.requests)])")
     assert len(points) >= (24 if range_ == "24h" else 7)
     shown = {bucket: (cost_, n) for bucket, cost_, n in points if n}
     cut = 13 if range_ == "24h" else 10
@@ -148,10 +152,11 @@ def test_filters_change_the_table_and_rows_expand(seeded: Callable[..., Seeded],
     page.page.select_option("#f-status", "")
     page.page.select_option("#f-key", "ci")
     page.loaded(count + 1)
-    page.page.wait_for_function("() => [...document.querySelectorAll('#rows tr.row')].every(r => r.dataset.key === 'ci')")
+    page.page.wait_for_function(f"() => [...document.querySelectorAll({ROWS!r})].every(r => r.dataset.key === 'ci')")
     assert {r["key"] for r in page.rows()} == {"ci"}
     page.page.select_option("#f-key", "")
-    page.page.wait_for_function("() => new Set([...document.querySelectorAll('#rows tr.row')].map(r => r.dataset.key)).size > 1")
+    page.page.wait_for_function(
+        f"() => new Set([...document.querySelectorAll({ROWS!r})].map(r => r.dataset.key)).size > 1")
     first = page.page.locator("#rows tr.row").first
     first.focus()
     page.page.keyboard.press("Enter")
