@@ -140,6 +140,12 @@ function buckets(spend) {
   return out;
 }
 
+function nice(value) {  // the axis top: 1, 2, 2.5 or 5 times a power of ten, at or above value
+  if (value <= 0) return 0;
+  const power = 10 ** Math.floor(Math.log10(value));
+  return [1, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10].map((m) => m * power).find((top) => top >= value);
+}
+
 function drawChart(spend) {
   const names = buckets(spend);
   const series = new Map();  // name -> total
@@ -163,7 +169,7 @@ function drawChart(spend) {
   }
   const order = [...shown, ...(other ? ["other"] : [])];
   const totals = names.map((b) => order.reduce((sum, s) => sum + (values.get(b).get(s) || 0), 0));
-  const max = Math.max(...totals, 0);
+  const max = nice(Math.max(...totals, 0));
   const W = 900, H = 260, L = 64, R = 8, T = 10, B = 28;
   const plotW = W - L - R, plotH = H - T - B, slot = plotW / Math.max(names.length, 1), barW = Math.max(slot * 0.75, 1);
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-labelledby": "chart-desc",
@@ -243,7 +249,7 @@ function drawBudgets(limits) {
     const used = byUsd ? Number(b.spent_usd) + Number(b.reserved_usd) : b.spent_tokens + b.reserved_tokens;
     const share = limit ? used / limit : 1;
     const cls = share >= 1 ? "over" : share >= limits.soft_threshold || b.soft_threshold_crossed ? "warn" : "";
-    const money = (v) => "$" + Number(v).toFixed(Number(v) >= 1 ? 2 : 6).replace(/0{1,4}$/, "");
+    const money = (v) => usd(Math.round(Number(v) * 1e6));
     const head = byUsd ? `${money(b.spent_usd)} of ${money(b.limit_usd)}` : `${count(b.spent_tokens)} of ${count(b.limit_tokens)} tokens`;
     return meter(cls, `${b.scope} · ${b.period}`, cls === "over" ? "exhausted" : cls === "warn" ? `${Math.round(share * 100)}% used` : `${Math.round(share * 100)}%`, share,
       [head + (byUsd ? `, reserved ${money(b.reserved_usd)}, remaining ${money(b.remaining_usd)}` : ""),
@@ -339,7 +345,7 @@ function drawHealth(status) {
     ["Version", status.version],
     ["Viewing as", status.key ? `${status.key}${status.admin ? " (admin: every key)" : " (own requests only)"}` : "everyone (no [[keys]])"],
   ];
-  $("health").replaceChildren(...items.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-name": k }, v)]));
+  $("health").replaceChildren(...items.map(([k, v]) => el("div", {}, el("dt", {}, k), el("dd", { "data-name": k }, v))));
   const who = $("who");
   who.hidden = false;
   who.textContent = status.key ? `${status.key}${status.admin ? " · admin" : ""}` : "open gateway";
