@@ -39,23 +39,26 @@ BODY_COLUMNS = ("request_body", "response_body")  # never sent to the page: larg
 
 _SUCCESS = "status BETWEEN 200 AND 399"
 _METERED = "(usage_source IS NOT NULL OR prompt_tokens IS NOT NULL)"
+# portable SQL (no sums of booleans): `{simulated}` is `simulated <> 0`, or `0 <> 0` on a ledger without it
 _SUMS = f"""COUNT(*),
-       COALESCE(SUM(NOT ({_SUCCESS})), 0),
+       COALESCE(SUM(CASE WHEN {_SUCCESS} THEN 0 ELSE 1 END), 0),
        COALESCE(SUM(prompt_tokens), 0),
        COALESCE(SUM(completion_tokens), 0),
        COALESCE(SUM(cached_tokens), 0),
        COALESCE(SUM(reasoning_tokens), 0),
        SUM(CASE WHEN {{simulated}} THEN 0 ELSE cost_microusd END),
-       COALESCE(SUM(cost_microusd IS NULL AND {_SUCCESS} AND {_METERED}), 0),
-       COALESCE(SUM(usage_source = 'estimated'), 0),
+       COALESCE(SUM(CASE WHEN cost_microusd IS NULL AND {_SUCCESS} AND {_METERED} THEN 1 ELSE 0 END), 0),
+       COALESCE(SUM(CASE WHEN usage_source = 'estimated' THEN 1 ELSE 0 END), 0),
        COALESCE(SUM(CASE WHEN {{simulated}} THEN COALESCE(replayed_cost_microusd, cost_microusd) END), 0)"""
 _N_SUMS = 10
 
 
 class Dialect:
-    """SQLite's spelling of the few things that differ between databases."""
+    """SQLite's spelling of the few things that differ between databases. The rest is portable SQL with
+    `?` placeholders, which `sql` turns into the driver's (a PostgreSQL dialect: `%s`)."""
 
-    placeholder = "?"
+    def sql(self, text: str) -> str:
+        return text
     _PREFIX = {"minute": 16, "hour": 13, "day": 10}  # of `2026-11-23T09:15:19.900Z`
 
     def bucket(self, width: Width) -> str:
@@ -79,7 +82,7 @@ class Dialect:
     def touched(self, conn: sqlite3.Connection, mark: Any) -> set[str]:
         """The hours (bucket text) of the rows added or replaced since `marks` gave `mark`."""
         sql = f"SELECT DISTINCT {self.bucket('hour')} FROM requests WHERE rowid >= ?"
-        return {row[0] for row in conn.execute(sql, [mark])}
+        return {row[0] for row in conn.execute(self.sql(sql), [mark])}
 
 
 SQLITE = Dialect()
@@ -127,7 +130,7 @@ class Filter:
 
 
 def _simulated(columns: Sequence[str]) -> str:
-    return "simulated" if "simulated" in columns else "0"
+    return "simulated <> 0" if "simulated" in columns else "0 <> 0"
 
 
 def _spend_row(group: str | None, values: Sequence[Any]) -> SpendRow:
@@ -139,7 +142,7 @@ def total(conn: sqlite3.Connection, where: Filter, dialect: Dialect = SQLITE) ->
     """Totals over the rows `where` selects: the numbers `oaigate spend` shows for the same range."""
     clause, params = where.where()
     sql = f"SELECT {_SUMS.format(simulated=_simulated(dialect.columns(conn)))} FROM requests {clause}"
-    return _spend_row(None, conn.execute(sql, params).fetchone())
+    return _spend_row(None, conn.execute(dialect.sql(sql), params).fetchone())
 
 
 def grouped(conn: sqlite3.Connection, where: Filter, by: Width | Split, split: Split | None = None,
@@ -155,7 +158,7 @@ def grouped(conn: sqlite3.Connection, where: Filter, by: Width | Split, split: S
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
     sql = f"SELECT {group} AS grp, {second}, {sums} FROM requests {clause} GROUP BY 1, 2 ORDER BY {order}"
     out = []
-    for row in conn.execute(sql, params):
+    for row in conn.execute(dialect.sql(sql), params):
         name = dialect.bucket_start(by, row[0]) if timed and row[0] is not None else row[0]  # type: ignore[arg-type]
         out.append((name, row[1], _spend_row(name, row[2:])))
     return out
@@ -198,22 +201,13 @@ def page(conn: sqlite3.Connection, where: Filter, limit: int, before: str | None
     sql = (f"SELECT {', '.join(columns)} FROM requests {clause} "
            f"ORDER BY started_at DESC, id DESC LIMIT ?")
     rows = [dict(zip(columns, values, strict=True))
-            for values in conn.execute(sql, [*params, *extra_params, limit + 1])]
+            for values in conn.execute(dialect.sql(sql), [*params, *extra_params, limit + 1])]
     more = len(rows) > limit
     rows = rows[:limit]
     for row in rows:
         row["cost_usd"] = cost_text(row)
     cursor = encode_cursor(rows[-1]["started_at"], rows[-1]["id"]) if more and rows else None
     return rows, cursor
-
-
-def distinct(conn: sqlite3.Connection, where: Filter, what: Literal["key", "model", "endpoint"],
-             limit: int = 200) -> list[str]:
-    """The keys, models or endpoints seen in the rows `where` selects (for the page's filters)."""
-    expr = {"key": "key_name", "model": MODEL, "endpoint": "endpoint"}[what]
-    clause, params = where.where([f"{expr} IS NOT NULL"])
-    sql = f"SELECT {expr} FROM requests {clause} GROUP BY 1 ORDER BY COUNT(*) DESC LIMIT ?"
-    return [row[0] for row in conn.execute(sql, [*params, limit])]
 
 
 Cell = tuple[str, str | None, str | None, str, int]  # bucket, key, model, endpoint, succeeded (2xx/3xx)
@@ -239,9 +233,9 @@ def cells(conn: sqlite3.Connection, where: Filter, width: Width = "hour",
     outcome: everything the page's spend views and OpenAI's usage API add up."""
     clause, params = where.where()
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
-    sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, ({_SUCCESS}), {sums} "
-           f"FROM requests {clause} GROUP BY 1, 2, 3, 4, 5")
-    return {tuple(row[:5]): _sums(row[5:]) for row in conn.execute(sql, params)}
+    sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, CASE WHEN {_SUCCESS} THEN 1 ELSE 0 END, "
+           f"{sums} FROM requests {clause} GROUP BY 1, 2, 3, 4, 5")
+    return {tuple(row[:5]): _sums(row[5:]) for row in conn.execute(dialect.sql(sql), params)}
 
 
 def spend_row(group: str | None, sums: Sums) -> SpendRow:
@@ -369,5 +363,5 @@ class Rollup:
         return found
 
 
-__all__ = ["SQLITE", "Dialect", "Filter", "Rollup", "cells", "cost_text", "decode_cursor", "distinct",
+__all__ = ["SQLITE", "Dialect", "Filter", "Rollup", "cells", "cost_text", "decode_cursor",
            "encode_cursor", "grouped", "grouped_of", "page", "total", "total_of"]
