@@ -366,11 +366,14 @@ async function loadRequests() {
 async function refresh() {
   const range = rangeParams();
   const base = { since: range.since };
-  const [spend, byModel, byKey, byEndpoint, limits] = await Promise.all([
+  let [spend, byModel, byKey, byEndpoint, limits] = await Promise.all([
     api("/oaigate/spend", { ...range, split: state.split }),
     api("/oaigate/spend", { ...base, by: "model" }), api("/oaigate/spend", { ...base, by: "key" }),
     api("/oaigate/spend", { ...base, by: "endpoint" }), api("/oaigate/limits"),
   ]);
+  if (state.range === "all" && spend.rows.length && Date.parse(spend.rows[0].day) >= Date.parse(spend.until) - 2 * 86400e3) {
+    spend = await api("/oaigate/spend", { by: "hour", split: state.split });  // two days or less: by hour
+  }
   drawTotals(spend);
   drawChart(spend);
   drawBars("by-model", byModel.rows, "model");

@@ -191,3 +191,15 @@ def test_limits_show_use(seeded: Callable[..., Seeded]) -> None:
     assert alice["rpm"] == 600 and 3 <= alice["requests_used"] <= 4 and alice["in_flight"] == 0
     assert {b["scope"] for b in limits["budgets"]} >= {"key:alice", "key:ci"}
     assert limits["soft_threshold"] == 0.8
+
+
+def test_a_limit_per_key_shows_each_callers_use(seeded: Callable[..., Seeded]) -> None:
+    gw = seeded(rate_limits=[{"key": "*", "rpm": 100}])
+    with gw.gateway.client(ALICE) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+    gw.gateway.settle()
+    _, admin = get(gw.root + "/oaigate/limits")
+    per_key = [r for r in admin["data"] if r["rpm"] == 100]
+    assert [(r["scope"], r["requests_used"]) for r in per_key] == [("key:alice", 1)]
+    _, ci = get(gw.root + "/oaigate/limits", CI)
+    assert [(r["scope"], r["requests_used"]) for r in ci["data"]] == [("key:ci", 0)]

@@ -216,9 +216,14 @@ def test_a_wrong_key_sees_the_401_message(seeded: Callable[..., Seeded], tab: Ca
 
 
 def test_an_open_gateway_on_a_phone(seeded: Callable[..., Seeded], tab: Callable[..., Page]) -> None:
-    gw = seeded(keys=())
+    gw = seeded(keys=(), days=1.5)
     page = tab(gw.root, width=390)
     page.loaded()
+    count = page.reload_count()
+    page.page.check("input[name=range][value='all']")
+    page.loaded(count + 1)
+    assert page.page.get_attribute("#chart svg", "data-by") == "hour"  # all of it is under two days: by hour
+    assert page.page.get_attribute("#total-requests", "data-value") == str(len(gw.rows))
     assert page.page.is_hidden("#login")
     overflow = page.page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     assert overflow <= 0
