@@ -54,8 +54,7 @@ def main() -> None:
           f"{(time.perf_counter() - started) * 1000:.0f} ms")
 
     def spend(by: str, split: str | None = None) -> Any:
-        found = rollup.cells(ro, month, NOW)
-        return queries.grouped_of(found, by, split), queries.total_of(found)  # type: ignore[arg-type]
+        return queries.spend_of(rollup.cells(ro, month, NOW), by, split)  # type: ignore[arg-type]
 
     cases: dict[str, Callable[[], Any]] = {
         "30-day spend by day + total": lambda: spend("day"),

@@ -168,15 +168,14 @@ async def spend(request: web.Request) -> web.Response:
     rollup = request.app[ROLLUP]
 
     def query(conn: Any) -> dict[str, Any]:
-        found = rollup.cells(conn, where, now)
-        rows = queries.grouped_of(found, by, split)  # type: ignore[arg-type]
+        rows, total = queries.spend_of(rollup.cells(conn, where, now), by, split)  # type: ignore[arg-type]
         previous = None
         if where.since is not None:
             end = where.until or now
             previous = queries.total_of(rollup.cells(conn, replace(where, since=where.since - (end - where.since),
                                                                      until=where.since), now))
         return {"rows": [{by: g, **({"split": s} if split else {}), **record(r)} for g, s, r in rows],
-                "total": record(queries.total_of(found)), "previous": previous and record(previous)}
+                "total": record(total), "previous": previous and record(previous)}
 
     empty_total = record(queries.total_of({}))
     found: dict[str, Any] = await ledger(request.app, query, {"rows": [], "total": empty_total,

@@ -130,7 +130,7 @@ async def _buckets(request: web.Request, kind: str) -> tuple[list[int], dict[int
     for cell, sums in found.items():
         if (wanted["keys"] and cell[1] not in wanted["keys"]) or (wanted["models"] and cell[2] not in wanted["models"]):
             continue
-        if kind != "costs" and not cell[4]:
+        if kind != "costs" and not sums[queries.OK_REQUESTS]:
             continue  # usage counts what was answered; costs count what `oaigate spend` counts
         text = {"minute": f"{cell[0][:16]}:00Z", "hour": f"{cell[0][:13]}:00:00Z",
                 "day": f"{cell[0][:10]}T00:00:00Z"}[width]
@@ -156,7 +156,8 @@ async def usage(request: web.Request) -> web.Response:
     results: dict[int, list[dict[str, Any]]] = {}
     for start, groups in found.items():
         for group, sums in sorted(groups.items(), key=lambda g: [str(v) for v in g[0]]):
-            requests, _, prompt, completion, cached = sums[:5]
+            requests, prompt, completion, cached = (sums[queries.OK_REQUESTS], sums[queries.OK_PROMPT],
+                                                    sums[queries.OK_COMPLETION], sums[queries.OK_CACHED])
             result: dict[str, Any] = {"object": f"organization.usage.{kind}.result", "input_tokens": prompt,
                                       "num_model_requests": requests}
             if kind == "completions":

@@ -210,17 +210,21 @@ def page(conn: sqlite3.Connection, where: Filter, limit: int, before: str | None
     return rows, cursor
 
 
-Cell = tuple[str, str | None, str | None, str, int]  # bucket, key, model, endpoint, succeeded (2xx/3xx)
-# A cell's sums: the ten of `total` (the cost as 0 when unknown), then 1 when some row had a cost. Tuples,
-# added with `plus`: a month is thousands of cells, added in C rather than field by field.
+Cell = tuple[str, str | None, str | None, str]  # bucket, key, model, endpoint
+# A cell's sums: the ten of `total` (the cost as 0 when unknown), 1 when some row had a cost, then the
+# successful requests' count, prompt, completion and cached tokens (OpenAI's usage API counts those).
+# Tuples, added with `plus`: a month is thousands of cells, added in C rather than field by field.
 Sums = tuple[int, ...]
 _COST, _PRICED = 6, 10
-ZERO: Sums = (0,) * 11
+OK_REQUESTS, OK_PROMPT, OK_COMPLETION, OK_CACHED = 11, 12, 13, 14
+ZERO: Sums = (0,) * 15
+_OK_SUMS = ", ".join(f"COALESCE(SUM(CASE WHEN {_SUCCESS} THEN {what} END), 0)"
+                     for what in ("1", "prompt_tokens", "completion_tokens", "cached_tokens"))
 
 
 def _sums(values: Sequence[Any]) -> Sums:
     cost = values[_COST]
-    return (*values[:_COST], cost or 0, *values[_COST + 1:], int(cost is not None))
+    return (*values[:_COST], cost or 0, *values[_COST + 1:_PRICED], int(cost is not None), *values[_PRICED:])
 
 
 def plus(a: Sums, b: Sums) -> Sums:
@@ -229,13 +233,13 @@ def plus(a: Sums, b: Sums) -> Sums:
 
 def cells(conn: sqlite3.Connection, where: Filter, width: Width = "hour",
           dialect: Dialect = SQLITE) -> dict[Cell, Sums]:
-    """The sums of `total` per time bucket (its text, e.g. `2026-11-23T09`), key, model, endpoint and
-    outcome: everything the page's spend views and OpenAI's usage API add up."""
+    """The sums of `total` per time bucket (its text, e.g. `2026-11-23T09`), key, model and endpoint,
+    with the successful requests' part: everything the page's spend views and OpenAI's usage API add up."""
     clause, params = where.where()
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
-    sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, CASE WHEN {_SUCCESS} THEN 1 ELSE 0 END, "
-           f"{sums} FROM requests {clause} GROUP BY 1, 2, 3, 4, 5")
-    return {tuple(row[:5]): _sums(row[5:]) for row in conn.execute(dialect.sql(sql), params)}
+    sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, {sums}, {_OK_SUMS} "
+           f"FROM requests {clause} GROUP BY 1, 2, 3, 4")
+    return {tuple(row[:4]): _sums(row[4:]) for row in conn.execute(dialect.sql(sql), params)}
 
 
 def spend_row(group: str | None, sums: Sums) -> SpendRow:
@@ -252,6 +256,21 @@ def total_of(found: dict[Cell, Sums]) -> SpendRow:
     return spend_row(None, into)
 
 
+def spend_of(found: dict[Cell, Sums], by: Width | Split,
+             split: Split | None = None) -> tuple[list[tuple[str | None, str | None, SpendRow]], SpendRow]:
+    """`grouped_of` and `total_of` in one pass over the cells (the total is summed from the groups)."""
+    group, second = _BY[by], _BY[split] if split else None
+    sums: dict[tuple[str | None, str | None], Sums] = {}
+    get = sums.get
+    for cell, values in found.items():
+        name = (group(cell), second(cell) if second else None)
+        sums[name] = plus(get(name, ZERO), values)
+    into = ZERO
+    for values in sums.values():
+        into = plus(into, values)
+    return _ordered(by, [(g, s, spend_row(g, v)) for (g, s), v in sums.items()]), spend_row(None, into)
+
+
 _BY: dict[str, Callable[[Cell], str | None]] = {
     "hour": lambda c: f"{c[0][:13]}:00:00Z", "day": lambda c: f"{c[0][:10]}T00:00:00Z",
     "key": lambda c: c[1], "model": lambda c: c[2], "endpoint": lambda c: c[3],
@@ -266,7 +285,11 @@ def grouped_of(found: dict[Cell, Sums], by: Width | Split,
     for cell, values in found.items():
         name = (group(cell), second(cell))
         sums[name] = plus(sums.get(name, ZERO), values)
-    rows = [(g, s, spend_row(g, v)) for (g, s), v in sums.items()]
+    return _ordered(by, [(g, s, spend_row(g, v)) for (g, s), v in sums.items()])
+
+
+def _ordered(by: str, rows: list[tuple[str | None, str | None, SpendRow]]) -> list[tuple[str | None, str | None,
+                                                                                       SpendRow]]:
     if by in ("hour", "day"):
         rows.sort(key=lambda r: (r[0] or "", r[1] is not None, r[1] or ""))
     else:
@@ -363,5 +386,5 @@ class Rollup:
         return found
 
 
-__all__ = ["SQLITE", "Dialect", "Filter", "Rollup", "cells", "cost_text", "decode_cursor",
+__all__ = ["SQLITE", "Dialect", "Filter", "Rollup", "cells", "cost_text", "decode_cursor", "spend_of",
            "encode_cursor", "grouped", "grouped_of", "page", "total", "total_of"]

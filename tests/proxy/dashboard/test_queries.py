@@ -82,8 +82,10 @@ def test_the_rollup_answers_what_sql_answers(ledger: sqlite3.Connection, split: 
     where = Filter(since, since + timedelta(minutes=length), key=key)
     rollup = Rollup()
     found = rollup.cells(ledger, where, NOW)
-    assert queries.grouped_of(found, by, split) == queries.grouped(ledger, where, by, split)  # type: ignore[arg-type]
+    expected = queries.grouped(ledger, where, by, split)  # type: ignore[arg-type]
+    assert queries.grouped_of(found, by, split) == expected  # type: ignore[arg-type]
     assert queries.total_of(found) == queries.total(ledger, where)
+    assert queries.spend_of(found, by, split) == (expected, queries.total(ledger, where))  # type: ignore[arg-type]
 
 
 def test_the_rollup_catches_up_with_new_replaced_and_pruned_rows(tmp_path: Path) -> None:
