@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import closing, suppress
@@ -28,6 +29,18 @@ log = logging.getLogger("oaigate.dashboard")
 ROLLUP = web.AppKey("dashboard_rollup", Rollup)
 STARTED = web.AppKey("dashboard_started", float)
 WARMING = web.AppKey("dashboard_warming", asyncio.Task[None])
+SLOTS = web.AppKey("dashboard_slots", asyncio.Semaphore)
+
+
+class Running:
+    """The connections of the queries running now: interrupted at shutdown."""
+
+    def __init__(self) -> None:
+        self.conns: set[sqlite3.Connection] = set()
+
+
+OPEN = web.AppKey("dashboard_open", Running)
+THREADS = 2  # worker threads the dashboard's queries take at most: the rest stay free for the gateway
 T = TypeVar("T")
 
 STATIC = {"app.js": "text/javascript", "style.css": "text/css", "favicon.svg": "image/svg+xml"}
@@ -55,6 +68,8 @@ def setup(app: web.Application) -> None:
 async def _startup(app: web.Application) -> None:
     """Build the hourly rollup in a thread now, so the first look at a big ledger does not wait for it."""
     app[STARTED] = time.time()
+    app[SLOTS] = asyncio.Semaphore(THREADS)
+    app[OPEN] = Running()
 
     async def warm() -> None:
         try:
@@ -66,6 +81,9 @@ async def _startup(app: web.Application) -> None:
 
 
 async def _cleanup(app: web.Application) -> None:
+    """Stop the queries still running (the rollup of a big ledger takes seconds): shutdown does not wait."""
+    for conn in list(app[OPEN].conns):
+        conn.interrupt()
     task = app[WARMING]
     if not task.done():
         task.cancel()
@@ -74,7 +92,8 @@ async def _cleanup(app: web.Application) -> None:
 
 
 async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T:
-    """`query(conn)` in a worker thread on a read-only connection; `empty` when there is no ledger yet."""
+    """`query(conn)` in a worker thread on a read-only connection (at most `THREADS` at once); `empty` when
+    there is no ledger yet."""
     from ..app import CONFIG
 
     config = app[CONFIG]
@@ -86,10 +105,15 @@ async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T
             conn = open_readonly(config.ledger.path)
         except LedgerError:
             return empty
-        with closing(conn):
-            return query(conn)
+        app[OPEN].conns.add(conn)
+        try:
+            with closing(conn):
+                return query(conn)
+        finally:
+            app[OPEN].conns.discard(conn)
 
-    return await asyncio.to_thread(run)
+    async with app[SLOTS]:
+        return await asyncio.to_thread(run)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
