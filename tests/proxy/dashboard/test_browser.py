@@ -117,6 +117,7 @@ def test_totals_and_chart_points_are_the_ledgers_sums(seeded: Callable[..., Seed
         before = page.reload_count()
         page.page.check(f"input[name=range][value='{range_}']")
         page.loaded(before + 1)
+        page.page.wait_for_selector("#chart svg[data-by='hour']")  # not an update that was under way
     window = page.page.locator("#window")
     since, until = window.get_attribute("data-since"), window.get_attribute("data-until")
     assert since and until
@@ -146,6 +147,8 @@ def test_filters_change_the_table_and_rows_expand(seeded: Callable[..., Seeded],
     count = page.reload_count()
     page.page.select_option("#f-status", "5xx")
     page.loaded(count + 1)
+    page.page.wait_for_function(
+        f"() => [...document.querySelectorAll({ROWS!r})].every(r => Number(r.dataset.status) >= 500)")
     errors = page.rows()
     assert errors and all(r["status"].startswith("5") for r in errors)
     count = page.reload_count()
@@ -167,6 +170,7 @@ def test_filters_change_the_table_and_rows_expand(seeded: Callable[..., Seeded],
     count = page.reload_count()
     older.click()
     page.loaded(count + 1)
+    page.page.wait_for_selector("#newer:not([disabled])")
     assert not {r["id"] for r in page.rows()} & {r["id"] for r in everything}
     assert page.errors == []
 
