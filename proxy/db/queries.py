@@ -319,11 +319,13 @@ class Rollup:
 
     Before each use it catches up (`Dialect.marks`): the hours of rows added or replaced since the last
     look (a late row of a long request, a background response settled hours later) are read again;
-    rows pruned from the start, or a ledger that went back, rebuild it all. Thread-safe: queries run
-    in worker threads."""
+    rows pruned from the start, or a ledger that went back, rebuild it all. Memory is bounded: past
+    `max_cells` cells (about 250 bytes each), the oldest hours are dropped and ranges reaching before
+    what is kept read that part from the table. Thread-safe: queries run in worker threads."""
 
-    def __init__(self, dialect: Dialect = SQLITE) -> None:
-        self.dialect = dialect
+    def __init__(self, dialect: Dialect = SQLITE, max_cells: int = 400_000) -> None:
+        self.dialect, self.max_cells = dialect, max_cells
+        self._floor: str | None = None  # hours before this one are not kept (the table answers for them)
         self._hours: dict[str, dict[Cell, Sums]] = {}
         self._mark: tuple[Any, Any] | None = None
         self._upto: str | None = None  # hours before this one are cached
@@ -333,14 +335,25 @@ class Rollup:
         for hour in hours:
             self._hours.pop(hour, None)
         for cell, sums in cells(conn, where, "hour", self.dialect).items():
-            self._hours.setdefault(cell[0], {})[cell] = sums
+            if self._floor is None or cell[0] >= self._floor:
+                self._hours.setdefault(cell[0], {})[cell] = sums
+
+    def _trim(self, current: str) -> None:
+        kept = sum(len(hour) for hour in self._hours.values())
+        if kept <= self.max_cells:
+            return
+        for hour in sorted(self._hours):
+            kept -= len(self._hours.pop(hour))
+            if kept <= self.max_cells * 0.9:
+                break
+        self._floor = min(self._hours, default=current)
 
     def refresh(self, conn: sqlite3.Connection, now: datetime) -> None:
         current = _hour_text(now)
         last, first = self.dialect.marks(conn)
         mark = self._mark
         if mark is None or first != mark[1] or (last or 0) < (mark[0] or 0) or self._upto is None:
-            self._hours = {}
+            self._hours, self._floor = {}, None
             self._load(conn, Filter(until=_hour_start(current)))
         else:
             stale = {h for h in self.dialect.touched(conn, mark[0] or 0) if h < current}
@@ -352,6 +365,7 @@ class Rollup:
                 start = _hour_start(hour)
                 self._load(conn, Filter(since=start, until=start + timedelta(hours=1)), [hour])
         self._mark, self._upto = (last, first), current
+        self._trim(current)
 
     def cells(self, conn: sqlite3.Connection, where: Filter, now: datetime | None = None) -> dict[Cell, Sums]:
         """`cells(conn, where, "hour")`, the closed hours taken from memory."""
@@ -366,6 +380,8 @@ class Rollup:
                 lo = _hour_start(_hour_text(where.since))
                 if lo < where.since:
                     lo += timedelta(hours=1)
+            if self._floor is not None and (lo is None or lo < _hour_start(self._floor)):
+                lo = _hour_start(self._floor)
             hi = current if where.until is None else min(current, _hour_start(_hour_text(where.until)))
             if lo is not None and lo >= hi:
                 return cells(conn, where, "hour", self.dialect)
@@ -378,7 +394,7 @@ class Rollup:
                         found.update(hour_cells)
                     else:
                         found.update((c, v) for c, v in hour_cells.items() if _matches(where, c))
-        if lo is not None and where.since is not None and where.since < lo:
+        if lo is not None and (where.since is None or where.since < lo):  # before the first whole hour kept
             found.update(cells(conn, replace(where, until=lo), "hour", self.dialect))
         if where.until is None or hi < where.until:
             for cell, sums in cells(conn, replace(where, since=hi), "hour", self.dialect).items():

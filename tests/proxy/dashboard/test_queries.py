@@ -72,15 +72,16 @@ def test_simulated_rows_are_not_spend(ledger: sqlite3.Connection) -> None:
     assert simulated > 0 and total.cost_microusd == real and total.simulated_microusd == simulated
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(split=st.sampled_from([None, "model", "key", "endpoint"]), by=st.sampled_from(["hour", "day"]),
        start=st.integers(0, 5 * 24 * 60), length=st.integers(1, 5 * 24 * 60),
-       key=st.sampled_from([None, "ci", "alice", "nobody"]))
+       key=st.sampled_from([None, "ci", "alice", "nobody"]), open_end=st.booleans(),
+       max_cells=st.sampled_from([400_000, 300, 5]))
 def test_the_rollup_answers_what_sql_answers(ledger: sqlite3.Connection, split: str | None, by: str, start: int,
-                                              length: int, key: str | None) -> None:
+                                              length: int, key: str | None, open_end: bool, max_cells: int) -> None:
     since = NOW - timedelta(days=5, minutes=-start)
-    where = Filter(since, since + timedelta(minutes=length), key=key)
-    rollup = Rollup()
+    where = Filter(None if open_end else since, since + timedelta(minutes=length), key=key)
+    rollup = Rollup(max_cells=max_cells)  # a small one keeps only the latest hours: the table answers the rest
     found = rollup.cells(ledger, where, NOW)
     expected = queries.grouped(ledger, where, by, split)  # type: ignore[arg-type]
     assert queries.grouped_of(found, by, split) == expected  # type: ignore[arg-type]
@@ -88,12 +89,13 @@ def test_the_rollup_answers_what_sql_answers(ledger: sqlite3.Connection, split: 
     assert queries.spend_of(found, by, split) == (expected, queries.total(ledger, where))  # type: ignore[arg-type]
 
 
-def test_the_rollup_catches_up_with_new_replaced_and_pruned_rows(tmp_path: Path) -> None:
+@pytest.mark.parametrize("max_cells", [400_000, 100])
+def test_the_rollup_catches_up_with_new_replaced_and_pruned_rows(tmp_path: Path, max_cells: int) -> None:
     path = tmp_path / "ledger.db"
     seed(path, rows=200, days=3, now=NOW)
     writer = connect(str(path))
     reader = open_readonly(path)
-    rollup = Rollup()
+    rollup = Rollup(max_cells=max_cells)
     later = NOW + timedelta(hours=3)  # the seeded hours are all closed now
 
     def check() -> None:
