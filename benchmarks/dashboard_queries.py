@@ -1,11 +1,12 @@
 """The dashboard's queries on a big ledger (issue 11: under 200 ms each with 1,000,000 rows):
 
-    PYTHONPATH=. python benchmarks/dashboard_queries.py [--rows 1000000] [--days 90] [--db PATH]
+    PYTHONPATH=. python benchmarks/dashboard_queries.py [--rows 1000000] [--days 90] [--db PATH] [--http]
 
 Seeds a ledger (kept at --db when given, so a second run skips the seeding), then times, on a
 read-only connection as the gateway runs them: the 30-day spend by day with its totals (what the page's
 30 d range asks), the same split by model, and the first page (50 rows) of requests, unfiltered and
-filtered by key. Prints the median and worst of 5 runs of each."""
+filtered by key. Prints the median and worst of 5 runs of each. With --http, also through a gateway
+serving that ledger: GET /oaigate/spend?since=30d and /oaigate/requests?limit=50, end to end."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=float, default=90)
     parser.add_argument("--db", type=Path)
+    parser.add_argument("--http", action="store_true")
     args = parser.parse_args()
     folder = tempfile.TemporaryDirectory()
     db = args.db or Path(folder.name) / "ledger.db"
@@ -73,6 +75,39 @@ def main() -> None:
             run()
             times.append((time.perf_counter() - started) * 1000)
         print(f"{name:40s} median {statistics.median(times):7.1f} ms   worst {max(times):7.1f} ms")
+    if args.http:
+        http(db)
+
+
+def http(db: Path) -> None:
+    import os
+    import urllib.request
+
+    from proxy.app import make_app
+    from proxy.config import Config
+    from tests.servers import ServerThread
+
+    os.environ.setdefault("OAIGATE_BENCH_UPSTREAM", "unused")
+    config = Config.model_validate({"upstream": {"base_url": "mock", "api_key_env": "OAIGATE_BENCH_UPSTREAM"},
+                                    "ledger": {"path": str(db)}})
+    started = time.perf_counter()
+    server = ServerThread(lambda: make_app(config)).start(timeout=300)
+    print(f"gateway started in {time.perf_counter() - started:.1f} s")
+    try:
+        def get(path: str) -> float:
+            begin = time.perf_counter()
+            with urllib.request.urlopen(server.url + path, timeout=120) as reply:
+                reply.read()
+            return (time.perf_counter() - begin) * 1000
+
+        first = get("/oaigate/spend?since=30d")
+        print(f"first /oaigate/spend (waits for the rollup begun at startup): {first:.0f} ms")
+        for path in ("/oaigate/spend?since=30d&by=day", "/oaigate/spend?since=30d&by=day&split=model",
+                     "/oaigate/requests?limit=50"):
+            times = [get(path) for _ in range(5)]
+            print(f"GET {path:45s} median {statistics.median(times):7.1f} ms   worst {max(times):7.1f} ms")
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":
