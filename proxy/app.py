@@ -14,6 +14,7 @@ import time
 
 from aiohttp import web
 
+from . import dashboard
 from .body import receive_body
 from .clock import Clock
 from .config import Config
@@ -56,6 +57,7 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/oaigate/budgets", budgets)
+    dashboard.setup(app)  # /dashboard, /oaigate/spend, /requests, /limits, /status, /oaigate/v1/organization/...
     app.router.add_route("*", "/v1/{tail:.*}", handle)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -388,6 +388,33 @@ class RateLimiter:
         return RateLimited(f"{message} Please try again in {millis}ms.", headers={
             "retry-after-ms": str(millis), "retry-after": str(math.ceil(retry))})
 
+    def status(self, principal: str | None = None, own_only: bool = False) -> list[dict[str, object]]:
+        """Each rule's current use (read only, for `/oaigate/limits`): with `principal`, the rules that
+        apply to it (with `own_only`, only those naming it: its key or `key = "*"`), else every rule, a
+        per-caller (`key = "*"`) one for each caller it has seen."""
+        now = self.clock.monotonic()
+        out: list[dict[str, object]] = []
+        for index, rule in enumerate(self.rules):
+            if principal is not None and (rule.key not in (("*", principal) if own_only else (None, "*", principal))):
+                continue
+            if principal is not None or rule.key != "*":
+                names = [rule.scope(principal)]
+            else:
+                names = sorted(name for (i, name) in self._scopes if i == index)
+            for name in names:
+                scope = self._scopes.get((index, name))
+                entry: dict[str, object] = {"scope": name, "model": rule.model, "rpm": rule.rpm, "tpm": rule.tpm,
+                                            "concurrent": rule.concurrent,
+                                            "in_flight": scope.in_flight if scope is not None else 0}
+                for kind, bucket in (("requests", scope and scope.requests), ("tokens", scope and scope.tokens)):
+                    used = 0
+                    if bucket:
+                        level = min(bucket.capacity, bucket.level + (now - bucket.updated) * bucket.rate)
+                        used = max(math.ceil(bucket.capacity - level), 0)
+                    entry[f"{kind}_used"] = used  # what the last minute took and has not yet refilled
+                out.append(entry)
+        return out
+
     def headers(self, principal: str | None, model: str | None) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the tightest matching scope of each kind."""
         now = self.clock.monotonic()
