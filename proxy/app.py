@@ -44,7 +44,7 @@ from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_
 from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.pricing import PriceTable
 from .wire.serving import cut_by_shutdown
-from .wire.tokens import preload
+from .wire.tokens import preload_in_background
 
 log = logging.getLogger("oaigate")
 
@@ -193,7 +193,6 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
-        await asyncio.to_thread(preload)
         limits = config.limits
         prices = PriceTable(config.price_overrides())
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
@@ -207,6 +206,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                               governor=default.governor)
         budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures.for_config(config)
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
+        if needs_estimate:  # budgets and token limits count every prompt: have the tokenizer ready soon
+            preload_in_background()  # otherwise it loads on first use (idle memory stays low)
         pool = config.upstream.pool_size
         connector = aiohttp.TCPConnector(limit=pool, limit_per_host=pool, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))

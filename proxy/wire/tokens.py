@@ -109,10 +109,23 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return _build(name)
 
 
-def preload() -> None:
-    """Load every encoding now (~0.5 s each), so no request pays for it; call it off the event loop."""
-    for name in _SPECS:
+def preload(names: tuple[str, ...] = tuple(_SPECS)) -> None:
+    """Load these encodings now (~0.5-1 s and 30-75 MB each), so no request pays for it; call it off the
+    event loop."""
+    for name in names:
         get_encoding(name)
+
+
+CURRENT = ("o200k_base",)  # the encoding of every current model (gpt-4o, gpt-4.1, gpt-5, o-series...)
+
+
+def preload_in_background(names: tuple[str, ...] = CURRENT) -> threading.Thread:
+    """Start loading `names` in a daemon thread and return at once: the gateway serves meanwhile, and a
+    request that needs an encoding before it is ready waits for it (off the loop, on `get_encoding`'s
+    lock) rather than loading it a second time. Others load on first use."""
+    thread = threading.Thread(target=preload, args=(names,), name="oaigate-tokenizer", daemon=True)
+    thread.start()
+    return thread
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:
