@@ -195,6 +195,7 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             await asyncio.to_thread(writer.start)
         limits = config.limits
         prices = PriceTable(config.price_overrides())
+        prices.warm_in_background()  # the first request is not the one to load genai-prices' table
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         chains = Chains()
         if config.ledger.enabled:
