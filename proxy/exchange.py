@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
 
+
 def new_id() -> str:
     """A request id: `gw_` and 32 hex digits, the first 12 the time in milliseconds, the rest random.
     Time-ordered, so each ledger row lands at the end of the id index instead of on a random page."""
