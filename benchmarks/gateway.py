@@ -70,8 +70,9 @@ def run_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def start_process(args: list[str], pattern: str, cwd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+def start_process(args: list[str], pattern: str, cwd: Path | None = None,
+                  root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stderr is not None
     deadline = time.monotonic() + 60
@@ -236,6 +237,8 @@ def main() -> None:
                         help="Run oaigate on the standard asyncio loop instead of uvloop (the default).")
     parser.add_argument("--no-durability-row", action="store_true",
                         help="Leave out the `durable_wait_s = 0` gateway.")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
+                        help="Also run oaigate from another checkout DIR (e.g. a worktree of an older commit).")
     parser.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("role", nargs="?", default="bench", choices=["bench", "upstream"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -261,18 +264,20 @@ def main() -> None:
                                     "--db", str(tmp / "floor.db")], serving)
         procs.append(floor)
         targets = {"floor": (url, floor.pid)}
-        configs = {"oaigate": "", "oaigate durable_wait_s=0": "[ledger]\ndurable_wait_s = 0\n",
-                   "oaigate with a budget": "[limits]\nbudget_usd = 1000\n"}
+        also = {n: ("", Path(d).resolve()) for n, d in (a.split("=", 1) for a in args.also)}
+        configs = {"oaigate": ("", ROOT), **also,
+                   "oaigate durable_wait_s=0": ("[ledger]\ndurable_wait_s = 0\n", ROOT),
+                   "oaigate with a budget": ("[limits]\nbudget_usd = 1000\n", ROOT)}
         if args.no_durability_row:
             del configs["oaigate durable_wait_s=0"]
         block_uvloop = "sys.modules['uvloop'] = None; " if args.asyncio_loop else ""
         runner = f"import sys; {block_uvloop}from proxy.cli import main; sys.argv[0] = 'oaigate'; main()"
-        for i, (name, extra) in enumerate(configs.items()):
+        for i, (name, (extra, root)) in enumerate(configs.items()):
             folder = tmp / f"gw{i}"  # an empty folder: built-in defaults, ledger oaigate.db in it
             folder.mkdir()
             (folder / "oaigate.toml").write_text(f'[upstream]\nbase_url = "{direct}"\n{extra}')
             proc, url = start_process([sys.executable, "-c", runner, "serve", "--config", "oaigate.toml",
-                                       "--port", "0"], serving, cwd=folder)
+                                       "--port", "0"], serving, cwd=folder, root=root)
             procs.append(proc)
             targets[name] = (url, proc.pid)
         time.sleep(5)  # settled: anything loaded in the background at start is loaded
