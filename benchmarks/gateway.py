@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import socket
@@ -216,7 +217,8 @@ def report(results: list[dict], idle: dict[str, float], first: dict[str, float])
         floor = med(r["floor"][key] for r in results)
         cells = []
         for n in names:
-            ratio = med(r[n][key] / r["floor"][key] for r in results if r["floor"][key] > 0)
+            ratios = [r[n][key] / r["floor"][key] for r in results if r["floor"][key] > 0]
+            ratio = med(ratios) if ratios else math.nan  # an added latency of the floor's can round to 0
             cells.append(f"{med(r[n][key] for r in results):,.3f} | **{ratio:.2f}×**")
         goal = "" if target is None else (f"≥ {target}×" if higher else f"≤ {target}×")
         print(f"| {label} | {floor:,.3f} | " + " | ".join(cells) + f" | {goal} |")
