@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
+
+
+def new_id() -> str:
+    """A request id: `gw_` and 32 hex digits, the first 12 the time in milliseconds, the rest random.
+    Time-ordered, so each ledger row lands at the end of the id index instead of on a random page."""
+    return f"gw_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
 
 _JSON_START = frozenset((b"{", b" ", b"\n", b"\r", b"\t"))
 T = TypeVar("T")
@@ -83,7 +90,7 @@ class Exchange:
     query_string: str
     headers: CIMultiDictProxy[str]
     body: bytes  # the app creates the exchange with b"" and sets the body once the key is checked (`set_body`)
-    id: str = field(default_factory=lambda: "gw_" + uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
     started_wall: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     # the one deadline (time.monotonic()) for queueing, retries, waits and the answer: see stages/deadline

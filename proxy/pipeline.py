@@ -145,9 +145,13 @@ class Pipeline:
     drained: int = 0  # exchanges still finishing when the server stopped (the shutdown line says so)
     durable_wait_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        # per response chunk, only the stages that look at chunks (most have the no-op hook)
+        self.chunk_hooks = [stage.chunk for stage in self.after if type(stage).chunk is not Stage.chunk]
+
     def chunk(self, ex: Exchange, data: bytes) -> None:
-        for stage in self.after:
-            stage.chunk(ex, data)
+        for hook in self.chunk_hooks:
+            hook(ex, data)
 
     async def complete(self, ex: Exchange) -> None:
         """A response that reached its end normally, before its last bytes go out: run the finish hooks

@@ -94,11 +94,6 @@ def _v4(db: sqlite_utils.Database) -> None:
 
 
 def _v5(db: sqlite_utils.Database) -> None:
-    """Reserved: number 5 is the index / primary-key change made on a parallel branch (it replaces this
-    placeholder when the branches merge), so this branch's migration keeps its number, 6."""
-
-
-def _v6(db: sqlite_utils.Database) -> None:
     """Why an answer ended (`finish_reason`), which model it fell back from and how many were tried, and
     whether the response cache answered it (`cache`, with what that saved, `saved_microusd`). Columns
     are added only where missing, so this runs after any other migration that rebuilt the table."""
@@ -109,7 +104,7 @@ def _v6(db: sqlite_utils.Database) -> None:
             table.add_column(name, kind)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -7,6 +7,7 @@ whole micro-dollars (1 USD = 1_000_000).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
@@ -87,6 +88,13 @@ class PriceTable:
                 log.warning("no price known for model %r: its cost is recorded as NULL", model)
         price = table[model]
         return None if price is None else to_micros(price.cost(usage))
+
+    def warm_in_background(self, model: str = "gpt-4o-mini") -> threading.Thread:
+        """Have genai-prices read its table (~50 ms, once per process) in a daemon thread now, rather than
+        on the event loop when the first request is metered. The table itself is not touched."""
+        thread = threading.Thread(target=_lookup, args=(model, self._provider), name="oaigate-prices", daemon=True)
+        thread.start()
+        return thread
 
     def context_window(self, model: str | None) -> int | None:
         """The model's context window in tokens: configured, else genai-prices'; None when unknown."""
