@@ -13,24 +13,17 @@ from proxy.wire import SIMULATED_HEADER
 from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
 from proxy.wire.tokens import preload
 
-from . import (
-    batches,
-    chat,
-    completions,
-    control,
-    dispatch,
-    embeddings,
-    files,
-    models_api,
-    moderations,
-    replay,
-    responses,
-    rules,
-    stored,
-)
-from .clock import Sleep, VirtualClock
-from .errors import MockError, readable
-from .faults import (
+from .api import models as models_api
+from .api.chat import completions as chat
+from .api.chat import legacy as completions
+from .api.chat import stored
+from .api.embeddings import embeddings, moderations
+from .api.files import batches, files
+from .api.responses import responses
+from .engine import control, dispatch, replay, rules
+from .engine.catalogue import Catalogue
+from .engine.clock import Sleep, VirtualClock
+from .engine.faults import (
     FAULT,
     FAULT_HEADER,
     LATENCY_HEADER,
@@ -40,12 +33,12 @@ from .faults import (
     parse_fault,
     parse_pacing,
 )
-from .models import Catalogue
-from .ratelimit import RATE_HEADERS, RequestLimit
-from .ratelimit import add_headers as add_rate_headers
+from .engine.ratelimit import RATE_HEADERS, RequestLimit
+from .engine.ratelimit import add_headers as add_rate_headers
+from .engine.state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, Handler, endpoint
+from .engine.streaming import cut
+from .errors import MockError, readable
 from .settings import MockSettings
-from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, Handler, endpoint
-from .streaming import cut
 
 log = logging.getLogger("oaigate.mock")
 RATE_LIMIT = web.AppKey[RequestLimit | None]("rate_limit")

@@ -10,8 +10,8 @@ from pydantic_core import PydanticCustomError
 
 from proxy.wire.configfile import ConfigError
 
-from .generation import REFUSAL_TRIGGER
-from .rules import Rule, load_file
+from .engine.generation import REFUSAL_TRIGGER
+from .engine.rules import Rule, load_file
 
 ModerationCategory = Literal[
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
@@ -78,7 +78,7 @@ class MockSettings(BaseModel):
     refusal_trigger: str = Field(
         REFUSAL_TRIGGER, description="A last user message containing this gets a refusal; empty: never.")
     rules_file: str | None = Field(
-        None, description="Scripted answers: a TOML, YAML or JSON file of rules (see `mockserver.rules`).")
+        None, description="Scripted answers: a TOML, YAML or JSON file of rules (see `mockserver.engine.rules`).")
     rules: list[Rule] = Field(
         default_factory=list, description="Scripted answers in config.toml (`[[mock.rules]]`), after the file's.")
 
