@@ -130,7 +130,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app = web.Application(middlewares=[control.journal_middleware, errors_middleware, api_middleware],
                           client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[CATALOGUE] = Catalogue(settings.models)
+    app[CATALOGUE] = Catalogue(settings.models, settings.accept_unknown_models)
     app[CLOCK] = VirtualClock(settings.clock_start)
     app[FAULTS] = FaultCounter()
     app[SLEEP] = sleep

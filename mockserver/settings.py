@@ -10,6 +10,7 @@ from pydantic_core import PydanticCustomError
 
 from proxy.wire.configfile import ConfigError
 
+from .engine.catalogue import ModelSpec
 from .engine.generation import REFUSAL_TRIGGER
 from .engine.rules import Rule, load_file
 
@@ -45,10 +46,13 @@ class MockSettings(BaseModel):
         1_735_689_600,
         description="The virtual clock's start (Unix seconds) used for every `created` field.",
     )
-    models: list[str] = Field(
+    models: list[str | ModelSpec] = Field(
         default_factory=list,
-        description="Extra model ids to accept and list, beside the built-in catalogue.",
+        description="Models to add to (or override in) the catalogue: an id, or a table "
+        "{id, kind, context_window, max_output_tokens, dimensions, reasoning}.",
     )
+    accept_unknown_models: bool = Field(
+        False, description="Answer any model name like its nearest family instead of 404 `model_not_found`.")
     flagged_words: dict[str, ModerationCategory] = Field(
         default_factory=lambda: dict(_FLAGGED_WORDS),
         description="Moderation word list: a word found in the input flags it under that category.",

@@ -23,7 +23,7 @@ from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
 from ...engine import rules, schemagen, textgen
-from ...engine.catalogue import ModelInfo
+from ...engine.catalogue import ModelInfo, context_error
 from ...engine.generation import (
     REFUSAL,
     REFUSAL_TRIGGER,
@@ -400,8 +400,12 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
     """Each choice's reply (the `script`ed one, when a rule gave one), and the prompt's token count."""
     enc = encoding_for_model(model.id)
     messages = body["messages"]
-    prompt, results = last_user_text(messages), tool_results(messages)
     limit = token_limit(body)
+    prompt_tokens = count_chat_prompt(messages, model.id, body.get("tools") or body.get("functions"))
+    too_long = context_error(model, prompt_tokens, limit)
+    if too_long is not None:
+        raise too_long
+    prompt, results = last_user_text(messages), tool_results(messages)
     stop = stop_list(body.get("stop"))
     replies = []
     for index in range(body.get("n") or 1):
@@ -417,7 +421,6 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
         else:
             reply = _reply(request_plan, prompt, results, choice_rnd, enc, room, stop, refusal_trigger, script)
         replies.append(replace(reply, reasoning=thinking))
-    prompt_tokens = count_chat_prompt(messages, model.id, body.get("tools") or body.get("functions"))
     return replies, prompt_tokens
 
 

@@ -14,7 +14,7 @@ from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_text, encoding_for_model
 
 from ...engine import rules, textgen
-from ...engine.catalogue import ModelInfo
+from ...engine.catalogue import ModelInfo, context_error
 from ...engine.generation import Output, finish, logprob_entry, stop_list
 from ...engine.rng import RequestRandom, request_random, without
 from ...engine.rules import Answer, Subject
@@ -143,6 +143,10 @@ async def create(call: Call) -> web.StreamResponse:
     completion_id = "cmpl-" + call.random("completions", without(body, _TRANSPORT_FIELDS)).token(29)
     rnd = request_random(call.settings.seed, "completions/text", without(body, _NEUTRAL_FIELDS))
     parts = await call.compute(prompts, body, model)
+    for _, count in parts:
+        too_long = context_error(model, count, body.get("max_tokens", DEFAULT_MAX_TOKENS))
+        if too_long is not None:
+            raise too_long
     scripts = [await rules.scripted(call, Subject(rules.COMPLETIONS, body["model"], text)) for text, _ in parts]
     outputs = await call.compute(generate, body, model, rnd, parts, scripts)
     texts, prompt_tokens = [text for text, _ in parts], sum(count for _, count in parts)

@@ -33,7 +33,7 @@ from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
 from ...engine import rules, schemagen, textgen
-from ...engine.catalogue import Catalogue, ModelInfo
+from ...engine.catalogue import Catalogue, ModelInfo, context_error
 from ...engine.control import on_reset
 from ...engine.dispatch import LINE_HANDLERS
 from ...engine.faults import FAULT, PACING, Pacing
@@ -241,7 +241,7 @@ def model_for(catalogue: Catalogue, model_id: str) -> ModelInfo:
     if model is None:
         raise MockError(400, f"The requested model '{model_id}' does not exist.", param="model",
                         code="model_not_found")
-    if model.kind != "chat":
+    if not model.text:
         raise MockError(400, f"The requested model '{model_id}' is not supported with the Responses API.",
                         param="model")
     return model
@@ -677,10 +677,13 @@ def subject(body: dict[str, Any], context: list[dict[str, Any]]) -> Subject:
 def _build(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]], rnd: RequestRandom, seed: int,
            created_at: int, refusal_trigger: str, script: Answer | None) -> dict[str, Any]:
     """The response object."""
-    text_rnd = request_random(seed, "responses/text", without(body, _NEUTRAL_FIELDS))
-    written = draft(body, model, context, text_rnd, refusal_trigger, script)
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
     input_tokens = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
+    too_long = context_error(model, input_tokens, body.get("max_output_tokens"), responses=True)
+    if too_long is not None:
+        raise too_long
+    text_rnd = request_random(seed, "responses/text", without(body, _NEUTRAL_FIELDS))
+    written = draft(body, model, context, text_rnd, refusal_trigger, script)
     output = _output(written, body, rnd.child("output"))
     return response_object(body, model, _hex_id("resp_", rnd), created_at, output,
                            _usage(input_tokens, written), written.incomplete)
