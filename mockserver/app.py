@@ -19,7 +19,7 @@ from .api.chat import legacy as completions
 from .api.chat import stored
 from .api.embeddings import embeddings, moderations
 from .api.files import batches, files
-from .api.responses import responses
+from .api.responses import conversations, responses
 from .engine import control, dispatch, replay, rules
 from .engine.catalogue import Catalogue
 from .engine.clock import Sleep, VirtualClock
@@ -157,6 +157,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     batches.setup(app)
     stored.setup(app)
     responses.setup(app)
+    conversations.setup(app, settings.seed)
     if settings.fixtures is not None:
         replay.setup(app, settings.fixtures)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -78,6 +78,10 @@ class MockSettings(BaseModel):
                                "and cancelling.")
     batch_request_s: float = Field(1.0, ge=0, description="Realistic pace: virtual seconds per request in progress.")
     batch_expire: bool = Field(False, description="Stall every batch halfway so it expires after its 24h window.")
+    background_pace: Literal["instant", "realistic"] = Field(
+        "instant", description="Background responses: `instant` completes at the first retrieve; `realistic` "
+        "spends `background_phase_s` virtual seconds queued and as many in progress.")
+    background_phase_s: int = Field(5, ge=0, description="Realistic pace: virtual seconds per background phase.")
     state_dir: str | None = Field(None, description="Folder to keep files and batches in across restarts.")
     refusal_trigger: str = Field(
         REFUSAL_TRIGGER, description="A last user message containing this gets a refusal; empty: never.")

@@ -1,5 +1,6 @@
-"""The Responses API: POST /v1/responses (JSON or SSE events), GET and DELETE /v1/responses/{id}, and
-GET /v1/responses/{id}/input_items.
+"""The Responses API: POST /v1/responses (JSON or SSE events), GET and DELETE /v1/responses/{id},
+GET /v1/responses/{id}/input_items, POST /v1/responses/{id}/cancel, POST /v1/responses/input_tokens
+and POST /v1/responses/compact.
 
 The context of a response is its predecessors' inputs and outputs (`previous_response_id`), then its
 own input; `instructions` are not carried over, as with OpenAI, and `input_items` lists that whole
@@ -12,10 +13,13 @@ number of tokens scaled by `reasoning.effort` and show an empty-summary `reasoni
 `max_output_tokens` counts those tokens too.
 
 Not emulated (accepted, echoed where OpenAI echoes them, otherwise ignored): built-in and custom
-tools (never called), reasoning summaries, `truncation`, `conversation` (any id is a 404: the mock
-has no conversations), `prompt`, `context_management`, `moderation`, `prompt_cache_*`,
-`service_tier`, stream obfuscation, and `include` values other than `message.output_text.logprobs`
-and `reasoning.encrypted_content`. `background: true` answers at once with the completed response.
+tools (never called), reasoning summaries, `truncation`, `prompt`, `context_management`,
+`moderation`, `prompt_cache_*`, `service_tier`, stream obfuscation, and `include` values other than
+`message.output_text.logprobs` and `reasoning.encrypted_content`.
+
+`conversation` (see `conversations`) prepends the conversation's items and appends the response's input
+and output to it. `background: true` (see `background`) answers `queued` and moves on the virtual
+clock; a streamed background request streams the finished response.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from ...engine.generation import (
 )
 from ...engine.rng import RequestRandom, request_random, without
 from ...engine.rules import Answer, Subject
-from ...engine.state import SLEEP, Call, endpoint
+from ...engine.state import CLOCK, SETTINGS, SLEEP, Call, endpoint
 from ...engine.streaming import send_stream
 from ...engine.tools import Function, ToolCall, calls, select
 from ...engine.validation import (
@@ -71,6 +75,7 @@ from ...engine.validation import (
 )
 from ...errors import MockError, invalid
 from ..files.files import answer, query_int
+from . import background, conversations
 from .store import RESPONSES, ResponseStore, Stored
 
 ROLES = ("user", "assistant", "system", "developer")
@@ -178,10 +183,12 @@ def _check_format(fmt: dict[str, Any], path: str) -> None:
         Obj(_FORMAT.fields, required=("type", "name", "schema")).check(fmt, path)
 
 
+_INPUT_ITEMS = Arr(Custom(Obj(extra=True), _check_item))
+
 REQUEST = Obj(
     {
         "model": MODEL,
-        "input": OneOf(Str(), Arr(Custom(Obj(extra=True), _check_item))),
+        "input": OneOf(Str(), _INPUT_ITEMS),
         "instructions": Nullable(Str()),
         "tools": Arr(Custom(Obj({"type": Str()}, required=("type",), extra=True), _check_tool)),
         "tool_choice": OneOf(Str(("none", "auto", "required")),
@@ -254,10 +261,11 @@ def validate(body: dict[str, Any], model: ModelInfo) -> None:
     if body.get("stream_options") is not None and not body.get("stream"):
         raise invalid("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
                       "stream_options", "invalid_value")
-    if body.get("conversation") is not None:
-        conversation = body["conversation"]
-        conversation_id = conversation if isinstance(conversation, str) else conversation["id"]
-        raise MockError(404, f"Conversation with id '{conversation_id}' not found.", param="conversation")
+    if body.get("conversation") is not None and body.get("previous_response_id"):
+        raise invalid("Mutually exclusive parameters: Ensure you are only providing one of: 'previous_response_id' "
+                      "or 'conversation'.", None, "mutually_exclusive_parameters")
+    if body.get("background") and body.get("store") is False:
+        raise invalid("Background mode requires 'store' to be true.", "background")
     if model.reasoning:
         for name in ("temperature", "top_p"):
             if body.get(name) not in (None, 1):
@@ -341,6 +349,21 @@ def _normal_item(item: dict[str, Any], rnd: RequestRandom, store: ResponseStore)
             raise MockError(404, f"Item with id '{item['id']}' not found.", param="input")
         return found
     return item
+
+
+def normalize_items(items: list[dict[str, Any]], rnd: RequestRandom, store: ResponseStore | None = None,
+                    path: str = "items") -> list[dict[str, Any]]:
+    """Items given to the Conversations API, checked and normalized as `input` items are."""
+    _INPUT_ITEMS.check(items, path)
+    return [_normal_item(item, rnd.child("item", index), store or ResponseStore())
+            for index, item in enumerate(items)]
+
+
+def conversation_id(body: dict[str, Any]) -> str | None:
+    conversation = body.get("conversation")
+    if conversation is None:
+        return None
+    return conversation if isinstance(conversation, str) else conversation["id"]
 
 
 def input_items(body: dict[str, Any], rnd: RequestRandom, store: ResponseStore) -> list[dict[str, Any]]:
@@ -578,6 +601,7 @@ def response_object(
         "output": output,
         "parallel_tool_calls": body.get("parallel_tool_calls") is not False,
         "previous_response_id": body.get("previous_response_id"),
+        **({"conversation": {"id": conversation_id(body)}} if body.get("conversation") is not None else {}),
         "prompt_cache_key": body.get("prompt_cache_key"),
         "prompt_cache_retention": body.get("prompt_cache_retention"),
         "reasoning": {"effort": reasoning.get("effort") or ("medium" if model.reasoning else None),
@@ -656,9 +680,10 @@ def frames(response: dict[str, Any], enc: tiktoken.Encoding, after: int = -1) ->
 
 # --- handlers -----------------------------------------------------------------------------------
 
-def _context(body: dict[str, Any], store: ResponseStore, rnd: RequestRandom) -> list[dict[str, Any]]:
+def _context(body: dict[str, Any], store: ResponseStore, rnd: RequestRandom,
+             conversation: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The items the response is generated from (and stored with), after OpenAI's checks."""
-    previous = _previous(body, store)
+    previous = list(conversation) if conversation is not None else _previous(body, store)
     new = input_items(body, rnd.child("input"), store)
     _check_context(previous, new)
     context = previous + new
@@ -695,16 +720,28 @@ async def create(call: Call) -> web.StreamResponse:
     model = model_for(call.catalogue, body["model"])
     validate(body, model)
     store = call.request.app[RESPONSES]
+    conversation = None
+    if conversation_id(body) is not None:
+        conversation = conversations.find(call.request.app, conversation_id(body) or "", "conversation")
     rnd = call.random("responses", without(body, _TRANSPORT_FIELDS))
-    context = await call.compute(_context, body, store, rnd)
+    if conversation is not None:  # the same input in a later turn of a conversation is a new response
+        rnd = rnd.child("conversation", len(conversation.items))
+    context = await call.compute(_context, body, store, rnd, conversation.items if conversation else None)
     script = await rules.scripted(call, subject(body, context))
     response = await call.compute(_build, body, model, context, rnd, call.settings.seed, call.clock.now(),
                                   call.settings.refusal_trigger, script)
+    if conversation is not None:
+        conversation.items.extend([*context[len(conversation.items):], *response["output"]])
+    runs = background.start(call, response) if body.get("background") else None
     if response["store"]:
-        store.put(response, tuple(context))
+        store.put(response, tuple(context), runs)
     enc = encoding_for_model(model.id)
     if body.get("stream"):
+        if runs is not None:
+            runs.seen = True
         return await call.stream(frames(response, enc))
+    if runs is not None:
+        return await call.reply(background.view(response, runs, call.clock.now(), call.settings))
     return await call.reply(response, chunks=response["usage"]["output_tokens"] + 2)
 
 
@@ -722,6 +759,11 @@ def _stored(request: web.Request) -> Stored:
 async def retrieve(request: web.Request) -> web.StreamResponse:
     """GET /v1/responses/{id}; with `stream=true` its events again, after `starting_after`."""
     stored = _stored(request)
+    if stored.background is not None:
+        now = request.app[CLOCK].now()
+        shown = background.view(stored.response, stored.background, now, request.app[SETTINGS], retrieving=True)
+        if shown["status"] != "completed" or request.query.get("stream", "").lower() not in ("true", "1"):
+            return await answer(request, shown)
     if request.query.get("stream", "").lower() not in ("true", "1"):
         return await answer(request, stored.response)
     after = query_int(request, "starting_after", -1, Int(0))
@@ -739,19 +781,79 @@ async def delete(request: web.Request) -> web.StreamResponse:
 
 async def list_input_items(request: web.Request) -> web.StreamResponse:
     """GET /v1/responses/{id}/input_items: the context items, newest first unless `order=asc`."""
+    return await answer(request, conversations.page(list(_stored(request).items), request))
+
+
+async def cancel(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses/{id}/cancel: a background response not yet finished becomes `cancelled`."""
     stored = _stored(request)
-    limit = query_int(request, "limit", 20, Int(1, 100))
-    order = request.query.get("order", "desc")
-    Str(("asc", "desc")).check(order, "order")
-    items = list(stored.items) if order == "asc" else list(reversed(stored.items))
-    start = 0
-    if "after" in request.query:
-        ids = [item.get("id") for item in items]
-        start = ids.index(request.query["after"]) + 1 if request.query["after"] in ids else len(items)
-    page = items[start:start + limit]
-    return await answer(request, {"object": "list", "data": page, "first_id": page[0].get("id") if page else None,
-                                  "last_id": page[-1].get("id") if page else None,
-                                  "has_more": start + limit < len(items)})
+    if stored.background is None:
+        raise invalid("Only responses created with background=true can be cancelled.", None)
+    now = request.app[CLOCK].now()
+    return await answer(request, background.cancel(stored.response, stored.background, now, request.app[SETTINGS]))
+
+
+_COUNT_FIELDS = ("model", "input", "previous_response_id", "tools", "text", "reasoning", "truncation",
+                 "instructions", "conversation", "tool_choice", "parallel_tool_calls", "personality")
+
+
+def _counted(call: Call, body: dict[str, Any], model: ModelInfo) -> tuple[list[dict[str, Any]], int]:
+    """The context of a would-be response and its input tokens, by the real tokenizer."""
+    store = call.request.app[RESPONSES]
+    conversation = None
+    if conversation_id(body) is not None:
+        conversation = conversations.find(call.request.app, conversation_id(body) or "", "conversation")
+    context = _context(body, store, request_random(call.settings.seed, "responses/count", body),
+                       conversation.items if conversation else None)
+    tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
+    return context, count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
+
+
+async def input_tokens(call: Call) -> web.StreamResponse:
+    """POST /v1/responses/input_tokens: what `usage.input_tokens` of that request would be."""
+    body = call.body
+    unknown = sorted(set(body) - set(_COUNT_FIELDS))
+    if unknown:
+        raise invalid(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+    REQUEST.check({"model": "gpt-4o", **{k: v for k, v in body.items() if v is not None and k != "personality"}}, "")
+    model = model_for(call.catalogue, body.get("model") or "gpt-4o")
+    validate({**body, "model": model.id, "input": body.get("input") or ""}, model)
+    call.random("responses/input_tokens", body)
+    _, tokens = await call.compute(_counted, call, body, model)
+    return await call.reply({"object": "response.input_tokens", "input_tokens": tokens})
+
+
+_COMPACT_FIELDS = ("model", "input", "previous_response_id", "instructions", "prompt_cache_key",
+                   "prompt_cache_retention", "prompt_cache_options", "service_tier", "safety_identifier")
+
+
+async def compact(call: Call) -> web.StreamResponse:
+    """POST /v1/responses/compact: the context's user messages kept as they are, everything else (the
+    assistant's turns, tool calls and results) folded into one opaque `compaction` item, as OpenAI does."""
+    body = call.body
+    unknown = sorted(set(body) - set(_COMPACT_FIELDS))
+    if unknown:
+        raise invalid(f"Unknown parameter: '{unknown[0]}'.", unknown[0], "unknown_parameter")
+    if not body.get("model"):
+        raise invalid("Missing required parameter: 'model'.", "model", "missing_required_parameter")
+    REQUEST.check({k: v for k, v in body.items() if v is not None}, "")
+    model = model_for(call.catalogue, body["model"])
+    validate({"input": "", **body}, model)
+    rnd = call.random("responses/compact", body)
+    context, tokens = await call.compute(_counted, call, body, model)
+    kept = [item for item in context if _is_user_message(item)]
+    folded = [item for item in context if not _is_user_message(item)]
+    output = list(kept)
+    summary_tokens = 0
+    if folded:
+        blob = base64.b64encode(rnd.child("compaction").randbytes(32 + 8 * len(folded))).decode()
+        output.append({"id": _hex_id("cmp_", rnd), "type": "compaction", "encrypted_content": blob})
+        summary_tokens = min(tokens, 16 * len(folded))
+    usage = {"input_tokens": tokens, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+             "output_tokens": summary_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+             "total_tokens": tokens + summary_tokens}
+    return await call.reply({"id": _hex_id("resp_", rnd), "object": "response.compaction",
+                             "created_at": call.clock.now(), "output": output, "usage": usage})
 
 
 def setup(app: web.Application) -> None:
@@ -760,6 +862,9 @@ def setup(app: web.Application) -> None:
     on_reset(app, app[RESPONSES].clear)
     app[LINE_HANDLERS]["/v1/responses"] = create
     app.router.add_post("/v1/responses", endpoint(create))
+    app.router.add_post("/v1/responses/input_tokens", endpoint(input_tokens))
+    app.router.add_post("/v1/responses/compact", endpoint(compact))
+    app.router.add_post("/v1/responses/{response_id}/cancel", cancel)
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)
     app.router.add_get("/v1/responses/{response_id}/input_items", list_input_items)

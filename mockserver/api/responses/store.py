@@ -8,11 +8,14 @@ OpenAI does, so a conversation continues even after an earlier response is delet
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from ...engine.store import BoundedStore
+
+if TYPE_CHECKING:
+    from .background import Run
 
 CAPACITY = 1000
 
@@ -23,6 +26,7 @@ class Stored:
 
     response: dict[str, Any]
     items: tuple[dict[str, Any], ...]
+    background: Run | None = None
 
 
 class ResponseStore(BoundedStore[Stored]):
@@ -31,9 +35,10 @@ class ResponseStore(BoundedStore[Stored]):
     def __init__(self, capacity: int = CAPACITY) -> None:
         super().__init__(capacity)
 
-    def put(self, response: dict[str, Any], items: tuple[dict[str, Any], ...]) -> None:
-        """Keep `response` with its input items, replacing an earlier one with its id."""
-        self.add(response["id"], Stored(response, items))
+    def put(self, response: dict[str, Any], items: tuple[dict[str, Any], ...], background: Run | None = None) -> None:
+        """Keep `response` with its input items (and its run, for a background one), replacing an earlier
+        one with its id."""
+        self.add(response["id"], Stored(response, items, background))
 
     def find_item(self, item_id: str) -> dict[str, Any] | None:
         """An input or output item of a stored response by its id (what an `item_reference` names)."""
