@@ -18,7 +18,7 @@ from .api.chat import completions as chat
 from .api.chat import legacy as completions
 from .api.chat import stored
 from .api.embeddings import embeddings, moderations
-from .api.files import batches, files
+from .api.files import batches, files, fine_tuning
 from .api.responses import conversations, responses
 from .engine import control, dispatch, replay, rules
 from .engine.catalogue import Catalogue
@@ -144,6 +144,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", models_api.list_models)
     app.router.add_get("/v1/models/{model:.+}", models_api.retrieve_model)
+    app.router.add_delete("/v1/models/{model:.+}", models_api.delete_model)
     app.router.add_post("/v1/chat/completions", endpoint(chat.create))
     app.router.add_post("/v1/completions", endpoint(completions.create))
     app.router.add_post("/v1/embeddings", endpoint(embeddings.create))
@@ -155,6 +156,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     rules.setup(app, file_rules, settings.rules)
     files.setup(app)
     batches.setup(app)
+    fine_tuning.setup(app)
     stored.setup(app)
     responses.setup(app)
     conversations.setup(app, settings.seed)

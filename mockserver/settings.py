@@ -82,6 +82,10 @@ class MockSettings(BaseModel):
         "instant", description="Background responses: `instant` completes at the first retrieve; `realistic` "
         "spends `background_phase_s` virtual seconds queued and as many in progress.")
     background_phase_s: int = Field(5, ge=0, description="Realistic pace: virtual seconds per background phase.")
+    fine_tuning_pace: Literal["instant", "realistic"] = Field(
+        "instant", description="Fine-tuning jobs: `instant` succeeds at the first retrieve; `realistic` spends "
+        "`fine_tuning_phase_s` virtual seconds validating, as many queued, and as many per epoch running.")
+    fine_tuning_phase_s: int = Field(60, ge=0, description="Realistic pace: virtual seconds per phase and epoch.")
     state_dir: str | None = Field(None, description="Folder to keep files and batches in across restarts.")
     refusal_trigger: str = Field(
         REFUSAL_TRIGGER, description="A last user message containing this gets a refusal; empty: never.")

@@ -172,6 +172,7 @@ class Catalogue:
                 spec = ModelSpec(id=spec)
             self._models[spec.id] = self._apply(spec)
         self._fine_tunes: dict[str, ModelInfo] = {}
+        self._deleted: set[str] = set()
         self.accept_unknown = accept_unknown
 
     def _apply(self, spec: ModelSpec) -> ModelInfo:
@@ -189,13 +190,21 @@ class Catalogue:
         """A fine-tuned model a job produced: listed and accepted until deleted."""
         self._fine_tunes[model.id] = model
 
+    def made_here(self, model_id: str) -> bool:
+        """Whether a job here produced this model (deleted or not)."""
+        return model_id in self._fine_tunes or model_id in self._deleted
+
     def delete_fine_tune(self, model_id: str) -> bool:
-        """Forget a fine-tune; False when it was not one of ours."""
-        return self._fine_tunes.pop(model_id, None) is not None
+        """Forget a fine-tune a job made; False when it was not one of those. A deleted one is refused."""
+        if self._fine_tunes.pop(model_id, None) is None:
+            return False
+        self._deleted.add(model_id)
+        return True
 
     def reset(self) -> None:
         """Forget the fine-tunes (for `/_mock/reset`)."""
         self._fine_tunes.clear()
+        self._deleted.clear()
 
     def get(self, model_id: str) -> ModelInfo | None:
         """The model, or its base for a fine-tune `ft:BASE:org::id`, or (with `accept_unknown`) its
@@ -204,6 +213,8 @@ class Catalogue:
             return self._models[model_id]
         if model_id in self._fine_tunes:
             return self._fine_tunes[model_id]
+        if model_id in self._deleted:
+            return None
         if model_id.startswith("ft:"):
             base = self._models.get(model_id.split(":")[1])
             if base is not None:
