@@ -18,7 +18,7 @@ from .api.chat import completions as chat
 from .api.chat import legacy as completions
 from .api.chat import stored
 from .api.embeddings import embeddings, moderations
-from .api.files import batches, files, fine_tuning
+from .api.files import batches, files, fine_tuning, uploads
 from .api.responses import conversations, responses
 from .engine import control, dispatch, replay, rules
 from .engine.catalogue import Catalogue
@@ -157,6 +157,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     files.setup(app)
     batches.setup(app)
     fine_tuning.setup(app)
+    uploads.setup(app)
     stored.setup(app)
     responses.setup(app)
     conversations.setup(app, settings.seed)
