@@ -19,6 +19,7 @@ from .api.chat import legacy as completions
 from .api.chat import stored
 from .api.embeddings import embeddings, moderations
 from .api.files import batches, files, fine_tuning, uploads
+from .api.media import audio, images
 from .api.responses import conversations, responses
 from .engine import control, dispatch, replay, rules
 from .engine.catalogue import Catalogue
@@ -158,6 +159,8 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     batches.setup(app)
     fine_tuning.setup(app)
     uploads.setup(app)
+    images.setup(app)
+    audio.setup(app)
     stored.setup(app)
     responses.setup(app)
     conversations.setup(app, settings.seed)

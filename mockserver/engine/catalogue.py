@@ -143,9 +143,9 @@ def table_models() -> tuple[ModelInfo, ...]:
     return tuple(found.values())
 
 
-# Models OpenAI lists that the price table names only by a matcher (it prices every moderation as free).
-_BESIDES_TABLE = ("omni-moderation-latest", "omni-moderation-2024-09-26", "text-moderation-latest",
-                  "text-moderation-stable")
+# Models OpenAI lists that the price table lacks or names only by a matcher (moderations, DALL·E).
+_BESIDES_TABLE = ("dall-e-2", "dall-e-3", "omni-moderation-latest", "omni-moderation-2024-09-26",
+                  "text-moderation-latest", "text-moderation-stable")
 
 _ENDPOINT_HINT: dict[Kind, str] = {
     "chat": "v1/chat/completions",

@@ -50,7 +50,16 @@ def _answer(client: openai.OpenAI, model: str, kind: str) -> Any:
         raw = client.completions.with_raw_response.create(model=model, prompt="Say hello", max_tokens=8)
     elif kind == "embedding":
         raw = client.embeddings.with_raw_response.create(model=model, input="hello", encoding_format="float")
-    else:  # image, audio, realtime: retrieved here, answered in their own endpoints' tests
+    elif kind == "image":
+        raw = client.images.with_raw_response.generate(model=model, prompt="A small boat", size="1024x1024")
+    elif kind == "speech":
+        spoken = client.audio.speech.with_raw_response.create(model=model, voice="alloy", input="Hello",
+                                                              response_format="wav")
+        assert spoken.http_response.content[:4] == b"RIFF"
+        return {"object": "audio"}
+    elif kind == "transcription":
+        raw = client.audio.transcriptions.with_raw_response.create(model=model, file=("a.wav", b"RIFF" + bytes(60)))
+    else:  # realtime: the mock has no Realtime API (WebSocket); listed and retrieved only
         raw = client.models.with_raw_response.retrieve(model)
     return raw.http_response.json()
 
@@ -66,8 +75,11 @@ def test_every_table_model_is_listed_and_answers_on_its_endpoint(table_client: o
     kind = found.kind
     body = _answer(table_client, model_id, kind)
     component = {"chat": "CreateChatCompletionResponse", "responses": "Response",
-                 "completion": "CreateCompletionResponse", "embedding": "CreateEmbeddingResponse"}.get(kind, "Model")
-    conforms(component, body)
+                 "completion": "CreateCompletionResponse", "embedding": "CreateEmbeddingResponse",
+                 "image": "ImagesResponse", "transcription": "CreateTranscriptionResponseJson",
+                 "realtime": "Model"}.get(kind)
+    if component is not None:
+        conforms(component, body)
     if kind in ("chat", "responses", "completion"):
         assert body["model"] == model_id
 
