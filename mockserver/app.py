@@ -22,6 +22,7 @@ from .api.files import batches, files, fine_tuning, uploads
 from .api.media import audio, images
 from .api.responses import conversations, responses
 from .engine import control, dispatch, replay, rules
+from .engine.caching import PROMPT_CACHE, PromptCache
 from .engine.catalogue import Catalogue
 from .engine.clock import Sleep, VirtualClock
 from .engine.faults import (
@@ -135,6 +136,8 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app[CLOCK] = VirtualClock(settings.clock_start)
     app[FAULTS] = FaultCounter()
     app[SLEEP] = sleep
+    app[PROMPT_CACHE] = PromptCache()
+    control.on_reset(app, app[PROMPT_CACHE].clear)
     app[RATE_LIMIT] = None
     if settings.rate_limit_requests is not None:
         app[RATE_LIMIT] = RequestLimit(settings.rate_limit_requests,

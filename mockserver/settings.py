@@ -86,6 +86,9 @@ class MockSettings(BaseModel):
         "instant", description="Fine-tuning jobs: `instant` succeeds at the first retrieve; `realistic` spends "
         "`fine_tuning_phase_s` virtual seconds validating, as many queued, and as many per epoch running.")
     fine_tuning_phase_s: int = Field(60, ge=0, description="Realistic pace: virtual seconds per phase and epoch.")
+    prompt_caching: bool = Field(
+        True, description="Report `cached_tokens` for a 1,024+ token prompt prefix sent again within minutes "
+        "(virtual clock), in 128-token steps, as OpenAI does.")
     state_dir: str | None = Field(None, description="Folder to keep files and batches in across restarts.")
     refusal_trigger: str = Field(
         REFUSAL_TRIGGER, description="A last user message containing this gets a refusal; empty: never.")

@@ -23,6 +23,7 @@ from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
 from ...engine import rules, schemagen, textgen
+from ...engine.caching import PROMPT_CACHE
 from ...engine.catalogue import ModelInfo, context_error
 from ...engine.generation import (
     REFUSAL,
@@ -198,7 +199,7 @@ _TRANSPORT_FIELDS = ("stream", "stream_options")
 # answer, and `stop` cuts it, as with a real model at temperature 0.
 _NEUTRAL_FIELDS = _TRANSPORT_FIELDS + (
     "max_tokens", "max_completion_tokens", "stop", "logprobs", "top_logprobs", "user", "metadata", "store",
-    "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention",
+    "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prediction",
 )
 
 
@@ -472,16 +473,44 @@ def _calling(to_call: list[ToolCall], enc: tiktoken.Encoding, room: int | None, 
     return Reply(Output((), finish_reason, 0), finish_reason, calls=tuple(made), legacy=legacy)
 
 
-def usage(prompt_tokens: int, replies: list[Reply]) -> dict[str, Any]:
-    completion = sum(r.tokens for r in replies)
+def usage(prompt_tokens: int, replies: list[Reply], cached: int = 0, predicted: tuple[int, int] = (0, 0)
+          ) -> dict[str, Any]:
+    """OpenAI's usage: rejected prediction tokens are billed as completion tokens, as OpenAI does."""
+    accepted, rejected = predicted
+    completion = sum(r.tokens for r in replies) + rejected
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
         "total_tokens": prompt_tokens + completion,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": min(cached, prompt_tokens), "audio_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": sum(r.reasoning for r in replies), "audio_tokens": 0,
-                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+                                      "accepted_prediction_tokens": accepted, "rejected_prediction_tokens": rejected},
     }
+
+
+def prediction_tokens(body: dict[str, Any], replies: list[Reply], model: str) -> tuple[int, int]:
+    """(accepted, rejected) tokens of a `prediction`: its tokens the answer also has, and the rest."""
+    prediction = body.get("prediction")
+    if not prediction:
+        return 0, 0
+    enc = encoding_for_model(model)
+    predicted = enc.encode_ordinary(textgen.text_of_content(prediction.get("content")))
+    written: dict[int, int] = {}
+    for reply in replies:
+        for token in enc.encode_ordinary("".join(reply.output.pieces)):
+            written[token] = written.get(token, 0) + 1
+    accepted = 0
+    for token in predicted:
+        if written.get(token):
+            written[token] -= 1
+            accepted += 1
+    return accepted, len(predicted) - accepted
+
+
+def served_tier(body: dict[str, Any]) -> str:
+    """The `service_tier` OpenAI answers: the one asked for, `default` for `auto` or none."""
+    tier = body.get("service_tier")
+    return "default" if tier in (None, "auto") else tier
 
 
 async def create(call: Call) -> web.StreamResponse:
@@ -496,7 +525,14 @@ async def create(call: Call) -> web.StreamResponse:
     replies, prompt_tokens = await call.compute(generate, body, model, rnd, request_plan,
                                                 call.settings.refusal_trigger, script)
     head = {"id": completion_id, "object": "chat.completion", "created": call.clock.now(), "model": body["model"]}
-    render = _Render(head, fingerprint(call.settings.seed, model.id), replies, prompt_tokens, body, rnd)
+    cached = 0
+    if call.settings.prompt_caching:
+        cache = call.request.app[PROMPT_CACHE]
+        cached = await call.compute(cache.use, model.id, [body["messages"], body.get("tools") or []],
+                                    call.clock.now(), body.get("prompt_cache_retention"))
+    predicted = prediction_tokens(body, replies, model.id)
+    render = _Render(head, fingerprint(call.settings.seed, model.id), replies, prompt_tokens, body, rnd, cached,
+                     predicted)
     if body.get("store"):
         stored.keep(call.request.app, render.completion(), body, call.headers["x-request-id"])
     if body.get("stream"):
@@ -514,6 +550,8 @@ class _Render:
     prompt_tokens: int
     body: dict[str, Any]
     rnd: RequestRandom
+    cached: int = 0
+    predicted: tuple[int, int] = (0, 0)
 
     def _logprobs_rnd(self) -> RequestRandom | None:
         return self.rnd.child("logprobs") if self.body.get("logprobs") else None
@@ -529,14 +567,15 @@ class _Render:
                 logprobs = _logprobs(reply, entries)
             choices.append({"index": index, "message": _message(reply), "logprobs": logprobs,
                             "finish_reason": reply.finish_reason})
-        return {**self.head, "choices": choices, "usage": usage(self.prompt_tokens, self.replies),
-                "service_tier": "default", "system_fingerprint": self.system_fingerprint}
+        return {**self.head, "choices": choices,
+                "usage": usage(self.prompt_tokens, self.replies, self.cached, self.predicted),
+                "service_tier": served_tier(self.body), "system_fingerprint": self.system_fingerprint}
 
     def frames(self) -> list[bytes]:
         """The SSE frames OpenAI sends: per choice a role delta, deltas by token, the finish; then the
         optional usage chunk and [DONE]."""
         include_usage = bool((self.body.get("stream_options") or {}).get("include_usage"))
-        chunk_head = {**self.head, "object": "chat.completion.chunk", "service_tier": "default",
+        chunk_head = {**self.head, "object": "chat.completion.chunk", "service_tier": served_tier(self.body),
                       "system_fingerprint": self.system_fingerprint}
         tail = {"usage": None} if include_usage else {}
         logprobs_rnd, top = self._logprobs_rnd(), self.body.get("top_logprobs") or 0
@@ -555,7 +594,8 @@ class _Render:
             frames.append(chunk(index, {}, None, reply.finish_reason))
         if include_usage:
             frames.append(sse.frame(dumps({**chunk_head, "choices": [],
-                                           "usage": usage(self.prompt_tokens, self.replies)})))
+                                           "usage": usage(self.prompt_tokens, self.replies, self.cached,
+                                                                          self.predicted)})))
         frames.append(sse.DONE_FRAME)
         return frames
 

@@ -37,6 +37,7 @@ from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
 from ...engine import rules, schemagen, textgen
+from ...engine.caching import PROMPT_CACHE, PromptCache
 from ...engine.catalogue import Catalogue, ModelInfo, context_error
 from ...engine.control import on_reset
 from ...engine.dispatch import LINE_HANDLERS
@@ -532,10 +533,10 @@ def _calling(to_call: list[ToolCall], enc: tiktoken.Encoding, room: int | None) 
     return tuple(made)
 
 
-def _usage(input_tokens: int, written: Draft) -> dict[str, Any]:
+def _usage(input_tokens: int, written: Draft, cached: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
-        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "input_tokens_details": {"cached_tokens": min(cached, input_tokens), "cache_write_tokens": 0},
         "output_tokens": written.output_tokens,
         "output_tokens_details": {"reasoning_tokens": written.reasoning},
         "total_tokens": input_tokens + written.output_tokens,
@@ -700,7 +701,8 @@ def subject(body: dict[str, Any], context: list[dict[str, Any]]) -> Subject:
 
 
 def _build(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]], rnd: RequestRandom, seed: int,
-           created_at: int, refusal_trigger: str, script: Answer | None) -> dict[str, Any]:
+           created_at: int, refusal_trigger: str, script: Answer | None, cache: PromptCache | None = None
+           ) -> dict[str, Any]:
     """The response object."""
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
     input_tokens = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
@@ -710,8 +712,17 @@ def _build(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]]
     text_rnd = request_random(seed, "responses/text", without(body, _NEUTRAL_FIELDS))
     written = draft(body, model, context, text_rnd, refusal_trigger, script)
     output = _output(written, body, rnd.child("output"))
+    cached = 0
+    if cache is not None:
+        parts = [body.get("instructions") or "", [_cache_view(item) for item in context], tools]
+        cached = cache.use(model.id, parts, created_at, body.get("prompt_cache_retention"))
     return response_object(body, model, _hex_id("resp_", rnd), created_at, output,
-                           _usage(input_tokens, written), written.incomplete)
+                           _usage(input_tokens, written, cached), written.incomplete)
+
+
+def _cache_view(item: dict[str, Any]) -> dict[str, Any]:
+    """An item as the prompt cache sees it: without its id, which differs between requests."""
+    return {k: v for k, v in item.items() if k != "id"}
 
 
 async def create(call: Call) -> web.StreamResponse:
@@ -728,8 +739,9 @@ async def create(call: Call) -> web.StreamResponse:
         rnd = rnd.child("conversation", len(conversation.items))
     context = await call.compute(_context, body, store, rnd, conversation.items if conversation else None)
     script = await rules.scripted(call, subject(body, context))
+    cache = call.request.app[PROMPT_CACHE] if call.settings.prompt_caching else None
     response = await call.compute(_build, body, model, context, rnd, call.settings.seed, call.clock.now(),
-                                  call.settings.refusal_trigger, script)
+                                  call.settings.refusal_trigger, script, cache)
     if conversation is not None:
         conversation.items.extend([*context[len(conversation.items):], *response["output"]])
     runs = background.start(call, response) if body.get("background") else None
