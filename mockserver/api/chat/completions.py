@@ -22,7 +22,7 @@ from proxy.wire import sse
 from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
-from ...engine import rules, schemagen, textgen
+from ...engine import rules, schemagen, textgen, vision
 from ...engine.caching import PROMPT_CACHE
 from ...engine.catalogue import ModelInfo, context_error
 from ...engine.generation import (
@@ -403,6 +403,7 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
     messages = body["messages"]
     limit = token_limit(body)
     prompt_tokens = count_chat_prompt(messages, model.id, body.get("tools") or body.get("functions"))
+    prompt_tokens += vision.adjustment(messages, model.id)
     too_long = context_error(model, prompt_tokens, limit)
     if too_long is not None:
         raise too_long

@@ -36,7 +36,7 @@ from proxy.wire import sse
 from proxy.wire.jsoncodec import dumps
 from proxy.wire.tokens import count_chat_prompt, encoding_for_model
 
-from ...engine import rules, schemagen, textgen
+from ...engine import rules, schemagen, textgen, vision
 from ...engine.caching import PROMPT_CACHE, PromptCache
 from ...engine.catalogue import Catalogue, ModelInfo, context_error
 from ...engine.control import on_reset
@@ -706,6 +706,7 @@ def _build(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]]
     """The response object."""
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
     input_tokens = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
+    input_tokens += vision.adjustment(context, model.id)
     too_long = context_error(model, input_tokens, body.get("max_output_tokens"), responses=True)
     if too_long is not None:
         raise too_long
@@ -818,7 +819,8 @@ def _counted(call: Call, body: dict[str, Any], model: ModelInfo) -> tuple[list[d
     context = _context(body, store, request_random(call.settings.seed, "responses/count", body),
                        conversation.items if conversation else None)
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
-    return context, count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
+    counted = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
+    return context, counted + vision.adjustment(context, model.id)
 
 
 async def input_tokens(call: Call) -> web.StreamResponse:
