@@ -200,6 +200,7 @@ _TRANSPORT_FIELDS = ("stream", "stream_options")
 _NEUTRAL_FIELDS = _TRANSPORT_FIELDS + (
     "max_tokens", "max_completion_tokens", "stop", "logprobs", "top_logprobs", "user", "metadata", "store",
     "service_tier", "safety_identifier", "prompt_cache_key", "prompt_cache_retention", "prediction",
+    "reasoning_effort",
 )
 
 
@@ -214,6 +215,9 @@ def validate(body: dict[str, Any], model: ModelInfo) -> None:
     if body.get("max_tokens") is not None and body.get("max_completion_tokens") is not None:
         raise invalid("max_tokens and max_completion_tokens cannot both be set. Use max_completion_tokens.",
                       "max_tokens", "invalid_value")
+    if not model.reasoning and body.get("reasoning_effort") is not None:
+        raise invalid("Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                      "reasoning_effort", "unsupported_parameter")
     if model.reasoning:
         if body.get("max_tokens") is not None:
             raise invalid("Unsupported parameter: 'max_tokens' is not supported with this model. Use "
@@ -412,7 +416,8 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
     replies = []
     for index in range(body.get("n") or 1):
         choice_rnd = rnd.child("choice", index)
-        thinking = choice_rnd.choice((64, 128, 192, 256, 320)) if model.reasoning else 0
+        scale = EFFORT_SCALE[body.get("reasoning_effort") or "medium"]
+        thinking = int(choice_rnd.choice((64, 128, 192, 256, 320)) * scale) if model.reasoning else 0
         room: int | None
         if limit is not None and thinking >= limit:
             thinking, room = limit, 0
@@ -472,6 +477,10 @@ def _calling(to_call: list[ToolCall], enc: tiktoken.Encoding, room: int | None, 
             break
     finish_reason = "length" if cut else "function_call" if legacy else "tool_calls"
     return Reply(Output((), finish_reason, 0), finish_reason, calls=tuple(made), legacy=legacy)
+
+
+# How long a reasoning model thinks, relative to `medium` (the Responses API scales the same way).
+EFFORT_SCALE = {"none": 0.0, "minimal": 0.25, "low": 0.5, "medium": 1.0, "high": 2.0, "xhigh": 3.0, "max": 4.0}
 
 
 def usage(prompt_tokens: int, replies: list[Reply], cached: int = 0, predicted: tuple[int, int] = (0, 0)

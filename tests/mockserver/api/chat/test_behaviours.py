@@ -119,3 +119,22 @@ def test_with_caching_the_same_sequence_gives_the_same_usage(seed: int) -> None:
             server.stop()
 
     assert run() == run()
+
+
+def test_reasoning_effort_scales_reasoning_tokens_not_the_answer(client: openai.OpenAI) -> None:
+    def ask(effort: Any) -> Any:
+        return client.chat.completions.create(model="o4-mini", reasoning_effort=effort,
+                                              messages=[{"role": "user", "content": "Plan a trip"}])
+
+    low, high = ask("low"), ask("high")
+    assert low.choices[0].message.content == high.choices[0].message.content
+    thought = [r.usage.completion_tokens_details.reasoning_tokens for r in (low, high)]
+    assert thought[1] == 4 * thought[0]
+    assert ask("minimal").usage.completion_tokens_details.reasoning_tokens > 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="gpt-4o", reasoning_effort="low",
+                                       messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.code == "unsupported_parameter" and refused.value.param == "reasoning_effort"
+    with pytest.raises(openai.BadRequestError) as max_tokens:
+        client.chat.completions.create(model="gpt-5.4", max_tokens=50, messages=[{"role": "user", "content": "Hi"}])
+    assert max_tokens.value.param == "max_tokens"
