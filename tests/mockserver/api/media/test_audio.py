@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from mockserver.api.media.audio import _crc8, _crc16, _ogg_crc
 from tests.http import conforms
-from tests.openapi import validate_sse_events
+from tests.openapi import requires_spec, validate_sse_events
 from tests.servers import ServerThread
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank"  # 14 words: 5.6 s
@@ -88,6 +88,7 @@ def test_opus_is_ogg_pages_with_valid_crcs(sdk: openai.OpenAI) -> None:
     assert pages[0][28:36] == b"OpusHead" and pages[1][28:36] == b"OpusTags" and pages[-1][5] & 0x04
 
 
+@requires_spec
 def test_speech_streams_sse_events_with_usage(mock_server: ServerThread, sdk: openai.OpenAI) -> None:
     with sdk.audio.speech.with_streaming_response.create(model="gpt-4o-mini-tts", voice="marin", input=SENTENCE,
                                                          response_format="wav", stream_format="sse") as streamed:
