@@ -1,1 +1,1 @@
-"""Files and the Batch API."""
+"""Files, uploads, the Batch API and fine-tuning jobs."""

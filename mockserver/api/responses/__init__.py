@@ -1,1 +1,1 @@
-"""The Responses API and its store."""
+"""The Responses API, its store, background runs and the Conversations API."""
