@@ -182,7 +182,7 @@ def evaluate_python(example: Example) -> None:
 
 def evaluate_toml(example: Example) -> None:
     _skip_if_marked(example)
-    from mockserver.rules import load_file
+    from mockserver.engine.rules import load_file
     from proxy.config import Config
 
     source = _source(example)
