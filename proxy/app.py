@@ -7,10 +7,12 @@ live under `web.AppKey`s and are opened and closed in `cleanup_ctx`, in that ord
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -41,10 +43,14 @@ from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
+from .state import StateUnavailable, open_state
 from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.pricing import PriceTable
 from .wire.serving import cut_by_shutdown
 from .wire.tokens import preload
+
+if TYPE_CHECKING:
+    from .state.redis import RedisState
 
 log = logging.getLogger("oaigate")
 
@@ -205,6 +211,9 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         default, routes = _targets(app[UPSTREAMS], limits.adaptive, config.upstream.pass_through)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=default.governor)
+        shared = open_state(config)  # [state] url: budgets, limits and governor holds in Redis
+        if shared is not None:
+            await _share(shared, book, limiter, [default, *(target for _, target in routes)], clock)
         budget, ratelimit, fixtures = Budget(book, prices), RateLimit(limiter), Fixtures.for_config(config)
         needs_estimate = bool(book.rules) or any(r.tpm for r in rate_rules_)
         pool = config.upstream.pool_size
@@ -251,10 +260,30 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
             await app[PIPELINE].drain()
             await fixtures.save_hits()
             await session.close()
+            if shared is not None:
+                await shared.stop()
             if writer is not None:
                 await asyncio.to_thread(writer.close)
 
     return ctx
+
+
+async def _share(shared: RedisState, book: BudgetBook, limiter: RateLimiter, targets: list[Target],
+                 clock: Clock) -> None:
+    """Point the books at the shared state, and offer it the ledger's spend (again whenever Redis returns)."""
+    import hashlib
+
+    await shared.start()
+    book.shared = limiter.shared = shared
+    for target in targets:
+        if target.governor is not None:
+            identity = f"{target.upstream.base_url}\0{target.upstream.api_key or ''}".encode()
+            target.governor.shared, target.governor.wall = shared, clock
+            target.governor.shared_name = hashlib.sha256(identity).hexdigest()[:16]
+    shared.on_recover.append(book.seed_shared)
+    if shared.available:
+        with contextlib.suppress(StateUnavailable):  # else seeded once Redis answers
+            await book.seed_shared()
 
 
 HEADER_STAGES: tuple[type[Stage], ...] = (Deadline, RequestId, Authenticate)  # run before the body is read
@@ -359,8 +388,15 @@ async def healthz(request: web.Request) -> web.Response:
                                           "dropped": writer.dropped, "write_failures": writer.failures,
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
                                           "synchronous": writer.synchronous}
+    shared = request.app[PIPELINE].budgets.shared
+    state: dict[str, object] = {"backend": "local"}
+    if shared is not None:
+        if shared.available:
+            with contextlib.suppress(StateUnavailable):
+                await shared.ping()
+        state = shared.health()
     body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
-            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
+            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger, "state": state}
     return web.Response(body=dumps(body), content_type="application/json")
 
 
