@@ -140,7 +140,8 @@ class StateConfig(Section):
     on_unavailable: Literal["closed", "local"] = Field(
         "closed", description='Redis unreachable or slow: "closed" answers budgeted or rate-limited requests 503; '
         '"local": each process enforces its own limits until Redis is back.')
-    timeout_s: float = Field(0.5, gt=0, le=30, description="Longest wait for one call to Redis.")
+    timeout_s: float = Field(1.0, gt=0, le=30, description="Longest wait for one call to Redis (and for a free "
+                             "connection of the pool); past it Redis counts as unavailable.")
 
     @field_validator("url")
     @classmethod

@@ -78,7 +78,7 @@ class RedisState:
                               f"the environment variable {state.password_env} is not set")
         timeout = state.timeout_s
         pool = BlockingConnectionPool.from_url(
-            state.url, max_connections=64, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=timeout,
+            state.url, max_connections=128, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0), decode_responses=True, **({"password": password} if password else {}))
         ttl = state.reservation_ttl_s or config.upstream.timeout_s + 60.0
         return cls(Redis.from_pool(pool), url=state.url, prefix=state.prefix, reservation_ttl_s=ttl,

@@ -169,8 +169,8 @@ return 1
 
 # KEYS: the governor's hold key. ARGV: hold until (epoch s), seconds from now. Keeps the later one.
 HOLD = """
-local until = tonumber(ARGV[1])
-if until > tonumber(redis.call('GET', KEYS[1]) or '0') then
+local till = tonumber(ARGV[1])
+if till > tonumber(redis.call('GET', KEYS[1]) or '0') then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', math.ceil(tonumber(ARGV[2])) + 1)
 end
 return 1
