@@ -44,6 +44,7 @@ from .stages.ratelimit import RateLimit, RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Route, Target, Upstreams, upstreams_from_config, uses_mock
 from .state import StateUnavailable, open_state
+from .state import check_config as check_state
 from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.pricing import PriceTable
 from .wire.serving import cut_by_shutdown
@@ -129,6 +130,7 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     waits) and `clock` (budget periods, rate limits) are replaceable so tests control time."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
+    check_state(config, config_file)  # fails now on an unset [state] password_env
     app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
     app[OWNERS] = owners = Owners(config, authenticate)  # with [[keys]]: who created what; lists filtered
     if owners.enabled:

@@ -42,9 +42,9 @@ def free_port() -> int:
 class RedisServer:
     """One redis-server process on 127.0.0.1, no persistence, in `folder`."""
 
-    def __init__(self, folder: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.binary = require_redis_server()
-        self.folder, self.port = folder, port or free_port()
+        self.folder, self.port, self.args = folder, port or free_port(), args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,10 +55,11 @@ class RedisServer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.folder), "--save", "",
-             "--appendonly", "no", "--protected-mode", "yes", "--logfile", str(self.folder / "redis.log")],
+             "--appendonly", "no", "--protected-mode", "yes", "--logfile", str(self.folder / "redis.log"), *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                             password=self.password)
         try:
             while True:
                 try:
@@ -73,8 +74,12 @@ class RedisServer:
         finally:
             client.close()
 
+    @property
+    def password(self) -> str | None:
+        return self.args[self.args.index("--requirepass") + 1] if "--requirepass" in self.args else None
+
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True)
+        return redis.Redis(host="127.0.0.1", port=self.port, decode_responses=True, password=self.password)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

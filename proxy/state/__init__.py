@@ -42,6 +42,17 @@ class Health(Protocol):
     def health(self) -> dict[str, object]: ...
 
 
+def check_config(config: Config, config_file: str) -> None:
+    """Fail at build time (a `ConfigError`) when `[state] password_env` names an unset variable."""
+    import os
+
+    from ..wire.configfile import ConfigError
+
+    name = config.state.password_env
+    if config.state.url is not None and name is not None and os.environ.get(name) is None:
+        raise ConfigError(config_file, "state.password_env", f"the environment variable {name} is not set")
+
+
 def open_state(config: Config) -> RedisState | None:
     """The shared backend `config` asks for (not connected yet), or None for in-process state."""
     if config.state.url is None:
@@ -51,4 +62,4 @@ def open_state(config: Config) -> RedisState | None:
     return RedisState.from_config(config)
 
 
-__all__ = ["Health", "StateUnavailable", "open_state"]
+__all__ = ["Health", "StateUnavailable", "check_config", "open_state"]

@@ -220,3 +220,39 @@ reservation_ttl_s = {ttl}
         if doomed.proc.poll() is None:
             doomed.proc.kill()
         doomed.stop()
+
+
+def test_a_password_from_the_environment_and_never_shown(tmp_path: Path, gateway: Callable[..., Gateway],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "redis-SECRET-a81f"
+    server = RedisServer(tmp_path / "locked", args=("--requirepass", secret)).start()
+    try:
+        monkeypatch.setenv("OAIGATE_TEST_REDIS_PASSWORD", secret)
+        gw = gateway(state={"url": server.url, "password_env": "OAIGATE_TEST_REDIS_PASSWORD"},
+                     limits={"budget_usd": 1.0}, prices=PRICES)
+        with gw.client() as client:
+            client.chat.completions.create(**CHAT)
+        health = gw.healthz()["state"]
+        assert health["mode"] == "shared" and secret not in json.dumps(health)
+        in_url = gateway(state={"url": f"redis://:{secret}@127.0.0.1:{server.port}/0"}, limits={"budget_usd": 1.0},
+                         prices=PRICES)
+        assert in_url.healthz()["state"]["available"] and secret not in json.dumps(in_url.healthz())
+        wrong = gateway(state={"url": f"redis://:wrong@127.0.0.1:{server.port}/0"}, limits={"budget_usd": 1.0},
+                        prices=PRICES)
+        with wrong.client() as client, pytest.raises(openai.InternalServerError) as refused:
+            client.chat.completions.create(**CHAT)
+        assert refused.value.status_code == 503 and secret not in str(refused.value.body)
+    finally:
+        server.stop()
+
+
+def test_an_unset_password_variable_is_a_config_error(upstream_key: str) -> None:
+    from proxy.config import ConfigError
+
+    config = Config.model_validate({"state": {"url": "redis://127.0.0.1:1/0", "password_env": "OAIGATE_NO_SUCH_VAR"}})
+    with pytest.raises(ConfigError, match="state.password_env: the environment variable OAIGATE_NO_SUCH_VAR"):
+        make_app(config)
+
+
+def test_without_a_state_url_the_state_is_in_process(gateway: Callable[..., Gateway]) -> None:
+    assert gateway(limits={"budget_usd": 1.0}).healthz()["state"] == {"backend": "local"}
