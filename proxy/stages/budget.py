@@ -421,4 +421,5 @@ class Budget(Stage):
         if reservation is None:
             return
         tokens = ex.usage.total if ex.usage is not None else 0
-        await self.book.asettle(reservation, ex.cost_micros or 0, tokens)
+        self.book.settle(reservation, ex.cost_micros or 0, tokens)  # shared: in the background, pipelined
+        # with the other finish hooks' calls (one round trip)

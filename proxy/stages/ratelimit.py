@@ -11,7 +11,9 @@ admission back until the upstream's window resets, so a burst produces few upstr
 With `[state] url` the buckets, the requests in flight and the governor's holds live in Redis
 (`proxy.state`), shared by every gateway process: one atomic round trip admits a request against
 every scope; the local buckets then mirror what Redis said (for the headers, and for enforcement by
-this process alone while Redis is away, with `on_unavailable = "local"`).
+this process alone while Redis is away, with `on_unavailable = "local"`). A permit with a concurrency
+slot is released in one more round trip; the token corrections of the others ride along with this
+process's next admission (until then the shared bucket is stricter, never looser).
 """
 
 from __future__ import annotations
@@ -280,6 +282,10 @@ def _count(value: str | None) -> int | None:
         return None
 
 
+class _TryAgain(Exception):
+    """A first shared try found no room: wait in line."""
+
+
 class RateLimiter:
     """Admission against every matching scope; FIFO per scope; all scopes taken at once.
 
@@ -291,6 +297,7 @@ class RateLimiter:
         self.rules, self.clock, self.on_limit, self.max_wait_s = rules, clock, on_limit, max_wait_s
         self.governor = governor
         self.shared: RedisState | None = None  # set by the app with `[state] url`
+        self._give_back: dict[str, float] = {}  # shared tokens to correct with the next admission, per scope
         self._scopes: dict[tuple[int, str], Scope] = {}
         self._released = asyncio.Event()
 
@@ -329,6 +336,14 @@ class RateLimiter:
         if max_wait_s is not None:
             longest_wait = max(min(longest_wait, max_wait_s), 0.0)
         deadline = now + longest_wait
+        if self.shared is not None and scopes and not any(s.line.locked() for s in scopes):
+            try:  # no one of this process waiting: try at once, concurrently (Redis decides atomically)
+                return await self._acquire_shared(self.shared, scopes, tokens, governor, key, deadline, once=True)
+            except StateUnavailable:
+                if not self.shared.local:
+                    raise
+            except _TryAgain:
+                pass
         held: list[Scope] = []
         try:
             for scope in scopes:  # a fixed order: no two requests wait on each other's lines
@@ -373,10 +388,11 @@ class RateLimiter:
                 scope.line.release()
 
     async def _acquire_shared(self, shared: RedisState, scopes: list[Scope], tokens: int,
-                              governor: UpstreamGovernor | None, key: object, deadline: float) -> Permit:
-        """`acquire`'s loop with the buckets and slots in the shared state: one round trip per try."""
-        refs = [(f"{s.name}|{s.rule.rpm or 0}|{s.rule.tpm or 0}|{s.rule.concurrent or 0}", s.rule.rpm or 0,
-                 s.rule.tpm or 0, s.rule.concurrent or 0) for s in scopes]
+                              governor: UpstreamGovernor | None, key: object, deadline: float,
+                              once: bool = False) -> Permit:
+        """`acquire`'s loop with the buckets and slots in the shared state: one round trip per try.
+        `once`: a first try outside the lines; `_TryAgain` when it must wait (then in line)."""
+        refs = [(_shared_name(s), s.rule.rpm or 0, s.rule.tpm or 0, s.rule.concurrent or 0) for s in scopes]
         hold = governor.hold_key(key) if governor is not None and governor.shared is not None else None
         while True:
             now = self.clock.monotonic()
@@ -387,7 +403,8 @@ class RateLimiter:
                 held_back = 0.0 if self.on_limit == "reject" else None
             waits: list[float | None]
             if held_back == 0.0:
-                pid, hold_s, per = await shared.admit(refs, tokens, self.clock.wall(), hold)
+                back = [self._give_back.pop(name, 0.0) for name, *_ in refs]
+                pid, hold_s, per = await shared.admit(refs, tokens, self.clock.wall(), hold, back)
                 now = self.clock.monotonic()
                 for scope, (_, requests, tokens_left) in zip(scopes, per, strict=True):
                     for bucket, level in ((scope.requests, requests), (scope.tokens, tokens_left)):
@@ -407,6 +424,8 @@ class RateLimiter:
             remaining = deadline - now
             if remaining <= 0 or longest > remaining:
                 raise self._refusal(scopes, waits, tokens)
+            if once:
+                raise _TryAgain
             sleep = longest if longest > 0 else min(remaining, SHARED_POLL_S)  # a slot another process holds
             if soft > 0:
                 sleep = min(sleep, soft)
@@ -440,9 +459,15 @@ class RateLimiter:
         for scope in permit.scopes:
             scope.in_flight -= 1
         if permit.shared_id is not None and self.shared is not None:
-            names = [(f"{s.name}|{s.rule.rpm or 0}|{s.rule.tpm or 0}|{s.rule.concurrent or 0}", s.rule.tpm or 0)
-                     for s in permit.scopes]
-            self.shared.spawn(self.shared.release(permit.shared_id, names, permit.taken - permit.tokens))
+            back = permit.taken - permit.tokens
+            if any(s.rule.concurrent for s in permit.scopes):  # a slot to free: one round trip
+                names = [(_shared_name(s), s.rule.tpm or 0) for s in permit.scopes]
+                self.shared.spawn(self.shared.release(permit.shared_id, names, back))
+            elif back:  # only tokens to correct: they ride along with this process's next admission
+                for scope in permit.scopes:
+                    if scope.rule.tpm:
+                        name = _shared_name(scope)
+                        self._give_back[name] = self._give_back.get(name, 0.0) + back
         if permit.governor is not None:
             permit.governor.finished(permit.key)
         self._released.set()
@@ -483,6 +508,11 @@ class RateLimiter:
             out[f"x-ratelimit-remaining-{kind}"] = str(max(int(tightest.level), 0))
             out[f"x-ratelimit-reset-{kind}"] = format_duration(tightest.reset_in())
         return out
+
+
+def _shared_name(scope: Scope) -> str:
+    """A scope's name in the shared state (its limits in it: two rules never share a bucket)."""
+    return f"{scope.name}|{scope.rule.rpm or 0}|{scope.rule.tpm or 0}|{scope.rule.concurrent or 0}"
 
 
 def format_duration(seconds: float) -> str:

@@ -1,7 +1,9 @@
 """Shared state on Redis (`redis.asyncio`, one pooled client per process).
 
 Every hot-path step is one Lua script, one round trip: reserving in every budget that applies, settling
-a request, admitting against every rate-limit scope, releasing a permit (see `scripts`). Each call has
+a request, admitting against every rate-limit scope, releasing a permit (see `scripts`). Script calls
+made in the same turn of the event loop (concurrent requests) go out together in one pipeline, so a
+busy gateway pays for one write and one read per batch, not per call. Each call has
 a short deadline (`[state] timeout_s`); the first that fails marks the state unavailable and starts a
 probe that pings Redis until it answers. Meanwhile calls fail at once with `StateUnavailable` (the
 books then answer 503, or enforce locally with `on_unavailable = "local"`), settles are kept in a
@@ -23,7 +25,8 @@ from urllib.parse import urlsplit, urlunsplit
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError
 
 from . import StateUnavailable, scripts
 
@@ -31,6 +34,7 @@ log = logging.getLogger("oaigate.state")
 
 PROBE_S = 0.5  # how often an unavailable Redis is pinged
 MAX_BACKLOG = 100_000  # settles kept while Redis is away
+MAX_BATCH = 256  # script calls per pipeline
 
 Totals = tuple[int, int, int, int]  # spent micros, spent tokens, reserved micros, reserved tokens
 
@@ -66,6 +70,8 @@ class RedisState:
         self._release = client.register_script(scripts.RELEASE)
         self._hold = client.register_script(scripts.HOLD)
         self._background: set[asyncio.Task[Any]] = set()
+        self._queue: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
+        self._flush_scheduled = False
 
     @classmethod
     def from_config(cls, config: Any) -> RedisState:
@@ -163,8 +169,48 @@ class RedisState:
     async def _flush_backlog(self) -> None:
         while self.backlog:
             keys, args = self.backlog[0]
-            await self._settle(keys=keys, args=args)
+            await self._settle(keys=keys, args=args)  # a direct call: the probe runs before `available`
             self.backlog.pop(0)
+
+    def _eval(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> asyncio.Future[Any]:
+        """Run `script` in the next pipeline (sent once the current turn of the event loop ends)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((script, keys, args, future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._flush)
+        return future
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            self.spawn(self._send(batch))
+
+    async def _send(self, batch: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
+                    ) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args, _ in batch:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+            for (script, keys, args, future), result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):  # a Redis that restarted: load it, run it again
+                    try:
+                        result = await script(keys=keys, args=args)
+                    except Exception as exc:  # noqa: BLE001 (handed to the caller)
+                        result = exc
+                if future.done():
+                    continue
+                if isinstance(result, Exception):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        except Exception as exc:  # noqa: BLE001 (handed to every caller in the batch)
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run `coro` in the background (a settle from a sync caller), kept until done."""
@@ -188,7 +234,7 @@ class RedisState:
         args: list[Any] = [repr(now), repr(now + (ttl_s or self.reservation_ttl_s)), rid, micros, tokens]
         for limit in limits:
             args.extend(limit)
-        out = await self._call(self._reserve, keys=keys, args=args)
+        out = await self._call(self._eval, self._reserve, keys=keys, args=args)
         totals = [tuple(int(v) for v in out[1 + 4 * i:5 + 4 * i]) for i in range(len(names))]
         return int(out[0]), totals, rid  # type: ignore[return-value]
 
@@ -202,7 +248,7 @@ class RedisState:
             keys += [*self._account_keys(name), self._account_keys(now_name)[0]]
         args: list[Any] = [rid, micros, tokens, *(keep for _, keep in live)]
         try:
-            out = await self._call(self._settle, keys=keys, args=args)
+            out = await self._call(self._eval, self._settle, keys=keys, args=args)
         except StateUnavailable:
             if len(self.backlog) < MAX_BACKLOG:
                 self.backlog.append((keys, args))
@@ -213,7 +259,7 @@ class RedisState:
 
     async def seed(self, name: str, micros: int, tokens: int, keep: int) -> Totals:
         """Offer the ledger's spend for an account: kept only if Redis has no counter for it yet."""
-        out = await self._call(self._seed, keys=self._account_keys(name)[:1], args=[micros, tokens, keep])
+        out = await self._call(self._eval, self._seed, keys=self._account_keys(name)[:1], args=[micros, tokens, keep])
         return tuple(int(v) for v in out)  # type: ignore[return-value]
 
     # --- rate limits -----------------------------------------------------------------------------
@@ -223,18 +269,20 @@ class RedisState:
         return [base, base + ":c"]
 
     async def admit(self, scopes: Sequence[tuple[str, int, int, int]], tokens: int, now: float,
-                    hold: str | None) -> tuple[str | None, float, list[tuple[float | None, float, float]]]:
+                    hold: str | None, give_back: Sequence[float] = ()
+                    ) -> tuple[str | None, float, list[tuple[float | None, float, float]]]:
         """Take one request and `tokens` from every scope (name, rpm, tpm, concurrent; 0: none) if all
-        have room and the governor's hold (`hold`, its key) has passed. Returns (the permit's id, None when
-        not admitted; the hold's seconds left; per scope (wait in seconds, None: only a finishing request
-        makes room; requests level; tokens level))."""
+        have room (after adding `give_back`, per scope: earlier requests' corrections) and the governor's
+        hold (`hold`, its key) has passed. Returns (the permit's id, None when not admitted; the hold's
+        seconds left; per scope (wait in seconds, None: only a finishing request makes room; requests
+        level; tokens level))."""
         pid = os.urandom(8).hex()
         keys = [k for name, *_ in scopes for k in self._scope_keys(name)]
         keys.append(f"{self.prefix}hold:{hold}" if hold is not None else f"{self.prefix}hold:-")
         args: list[Any] = [repr(now), repr(now + self.reservation_ttl_s), pid, tokens]
-        for _, rpm, tpm, concurrent in scopes:
-            args += [rpm, tpm, concurrent]
-        out = await self._call(self._admit, keys=keys, args=args)
+        for i, (_, rpm, tpm, concurrent) in enumerate(scopes):
+            args += [rpm, tpm, concurrent, repr(give_back[i]) if give_back else 0]
+        out = await self._call(self._eval, self._admit, keys=keys, args=args)
         per = []
         for i in range(len(scopes)):
             wait = float(out[2 + 3 * i])
@@ -246,13 +294,14 @@ class RedisState:
         take more). A release that fails is dropped: the slot frees itself when the permit expires."""
         keys = [k for name, _ in scopes for k in self._scope_keys(name)]
         with contextlib.suppress(StateUnavailable):
-            await self._call(self._release, keys=keys, args=[pid, give_back, *(tpm for _, tpm in scopes)])
+            await self._call(self._eval, self._release, keys=keys, args=[pid, give_back, *(tpm for _, tpm in scopes)])
 
     def hold(self, key: str, until: float, seconds: float) -> None:
         """Share a governor's hold (an upstream window at zero) with every process, in the background."""
         async def go() -> None:
             with contextlib.suppress(StateUnavailable):
-                await self._call(self._hold, keys=[f"{self.prefix}hold:{key}"], args=[repr(until), repr(seconds)])
+                await self._call(self._eval, self._hold, keys=[f"{self.prefix}hold:{key}"],
+                                 args=[repr(until), repr(seconds)])
 
         if self.available:
             self.spawn(go())

@@ -98,7 +98,8 @@ return {tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(
 """
 
 # KEYS: per scope (buckets hash, permits zset), then the governor's hold key. ARGV: now, expires_at, id,
-# tokens, then per scope rpm, tpm, concurrent (0: none). Takes from every scope only if all have room.
+# tokens, then per scope rpm, tpm, concurrent (0: none), tokens given back by earlier requests (their
+# corrections ride along with the next admission). Takes from every scope only if all have room.
 # Returns {admitted (1/0), hold (seconds, governor), then per scope: wait (seconds, -1: only a finishing
 # request makes room), requests level, tokens level} as strings.
 ADMIT = """
@@ -109,7 +110,8 @@ local hold = tonumber(redis.call('GET', KEYS[#KEYS]) or '0') - now
 if hold > 0 then ok = false; out[2] = tostring(hold) end
 for i = 1, n do
   local s, c = KEYS[2*i-1], KEYS[2*i]
-  local rpm, tpm, conc = tonumber(ARGV[3*i+2]), tonumber(ARGV[3*i+3]), tonumber(ARGV[3*i+4])
+  local rpm, tpm, conc, back = tonumber(ARGV[4*i+1]), tonumber(ARGV[4*i+2]), tonumber(ARGV[4*i+3]),
+    tonumber(ARGV[4*i+4])
   local v = redis.call('HMGET', s, 'rl', 'ru', 'tl', 'tu')
   local wait, rl, tl = 0, -1, -1
   if rpm > 0 then
@@ -117,7 +119,7 @@ for i = 1, n do
     if rl < 1 then wait = math.max(wait, (1 - rl) * 60 / rpm) end
   end
   if tpm > 0 then
-    tl = math.min(tpm, (tonumber(v[3]) or tpm) + math.max(now - (tonumber(v[4]) or now), 0) * tpm / 60)
+    tl = math.min(tpm, (tonumber(v[3]) or tpm) + back + math.max(now - (tonumber(v[4]) or now), 0) * tpm / 60)
     local need = math.min(tokens, tpm) - tl
     if need > 0 then wait = math.max(wait, need * 60 / tpm) end
   end
@@ -126,6 +128,7 @@ for i = 1, n do
     if redis.call('ZCARD', c) >= conc then wait = -1 end
   end
   if wait ~= 0 then ok = false end
+  if tpm > 0 and back ~= 0 then redis.call('HSET', s, 'tl', tostring(tl), 'tu', tostring(now)) end
   levels[i] = {rl, tl, rpm, tpm, conc}
   out[3*i] = tostring(wait)
   out[3*i+1] = tostring(rl)
