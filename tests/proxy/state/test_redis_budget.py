@@ -228,3 +228,37 @@ def test_random_concurrent_schedules_never_overspend(tmp_path_factory: pytest.Te
     asyncio.run(run())
 
 
+
+
+def test_a_hung_redis_times_out_instead_of_hanging(redis_server: RedisServer) -> None:
+    """A server that accepts nothing any more (SIGSTOP): each call gives up after `timeout_s`."""
+    import os
+    import signal
+    import time
+
+    async def go() -> None:
+        clock = ManualClock()
+        state = make_state(redis_server)
+        try:
+            strict = book(state, clock)
+            await strict.admit(None, "m", 1_000, 0)
+            assert redis_server.proc is not None
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with pytest.raises(StateUnavailable):
+                    await strict.admit(None, "m", 1_000, 0)
+                assert time.monotonic() - started < 10 * state.timeout_s  # bounded by the timeout (a generous bound)
+                assert state.health()["available"] is False
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            for _ in range(200):  # the probe finds it answering again
+                if state.available:
+                    break
+                await asyncio.sleep(0.05)
+            held = await strict.admit(None, "m", 1_000, 0)
+            await strict.asettle(held, 1_000, 0)
+        finally:
+            await state.stop()
+
+    run(go)
