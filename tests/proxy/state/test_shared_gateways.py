@@ -256,3 +256,34 @@ def test_an_unset_password_variable_is_a_config_error(upstream_key: str) -> None
 
 def test_without_a_state_url_the_state_is_in_process(gateway: Callable[..., Gateway]) -> None:
     assert gateway(limits={"budget_usd": 1.0}).healthz()["state"] == {"backend": "local"}
+
+
+def test_a_restart_never_double_counts_and_an_empty_redis_is_seeded_from_the_ledger(
+        tmp_path: Path, gateway: Callable[..., Gateway], redis_server: RedisServer) -> None:
+    db = tmp_path / "shared.db"
+    sections: dict[str, Any] = {"state": {"url": redis_server.url}, "limits": {"budget_usd": 1.0}, "prices": PRICES}
+
+    def spent_by_redis(gw: Gateway) -> str:
+        with gw.client() as client:  # a request refreshes this gateway's view of the shared account
+            client.chat.completions.create(**{**CHAT, "max_tokens": 1})
+        gw.settle()
+        deadline = time.monotonic() + 10
+        while True:  # its settle reaches Redis in the background, then the view shows it
+            budget = json.loads(fetch("GET", gw.root + "/oaigate/budgets").body)["budgets"][0]
+            if budget["reserved_usd"] == "0.000000" or time.monotonic() > deadline:
+                return str(budget["spent_usd"])
+            time.sleep(0.02)
+
+    first = gateway(db=db, **sections)
+    with first.client() as client:
+        for _ in range(3):
+            client.chat.completions.create(**CHAT)
+    first.stop()
+    second = gateway(db=db, **sections)  # reads the same ledger at start: Redis already has the counter
+    shown = spent_by_redis(second)
+    second.stop()
+    assert shown == f"{spent(second) / 1e6:.6f}"  # the ledger's rows (both runs), counted once
+    redis_server.client().flushall()  # Redis lost its data: the next gateway seeds it from the ledger
+    third = gateway(db=db, **sections)
+    shown = spent_by_redis(third)
+    assert shown == f"{spent(third) / 1e6:.6f}"
