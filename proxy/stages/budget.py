@@ -246,8 +246,8 @@ class BudgetBook:
                 self._check_soft(account)
 
     async def seed_shared(self) -> None:
-        """Offer this book's spend (from the ledger) to the shared state, which keeps it for an account
-        only if it has no counter for it yet; then mirror what it holds."""
+        """Offer this book's spend (from the ledger at start; what Redis last said when it comes back) to
+        the shared state, which keeps the larger of it and its own counter; then mirror what it holds."""
         if self.shared is None:
             return
         for account in list(self._accounts.values()):

@@ -7,12 +7,12 @@ Redis; the books keep their own accounts as a mirror of the last answer (for `/o
 `x-ratelimit-*` headers, and enforcement by this process alone while Redis is away with
 `on_unavailable = "local"`).
 
-Source of truth for "spent this period": Redis, once a period's counter exists there. The ledger
-seeds a counter only when it is absent (a new Redis, or one that lost its data): each gateway, on
-start and whenever Redis comes back, offers the spend its ledger holds for the current periods, and
-Redis keeps it only if no counter exists yet (set-if-absent), so a restart never counts a request
+Source of truth for "spent this period": Redis. The ledger only raises a counter Redis has lost (a
+new Redis, or one restarted without its data): each gateway offers, on start, the spend its ledger
+holds for the current periods and, whenever Redis comes back, the spend Redis last told it; Redis keeps
+the larger of that and its own counter. An offer never adds, so a restart never counts a request
 twice. Spend settled while Redis was away (local mode, or a settle that failed) is kept in memory and
-added to Redis when it returns.
+added to Redis when it returns (after the offer, which leaves it out).
 """
 
 from __future__ import annotations

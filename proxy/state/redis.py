@@ -7,8 +7,8 @@ busy gateway pays for one write and one read per batch, not per call. Each call 
 a short deadline (`[state] timeout_s`); the first that fails marks the state unavailable and starts a
 probe that pings Redis until it answers. Meanwhile calls fail at once with `StateUnavailable` (the
 books then answer 503, or enforce locally with `on_unavailable = "local"`), settles are kept in a
-backlog, and when Redis answers again the backlog is added to it and the ledger's spend re-offered
-(set-if-absent), with no one restarting anything.
+backlog, and when Redis answers again the spend this process last knew is re-offered (Redis keeps
+the larger figure: it may have lost its data) and the backlog is added, with no one restarting anything.
 """
 
 from __future__ import annotations
@@ -72,6 +72,7 @@ class RedisState:
         self._background: set[asyncio.Task[Any]] = set()
         self._queue: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]] = []
         self._flush_scheduled = False
+        self._recovering = False  # Redis answers again: only the probe's calls go through until it is done
 
     @classmethod
     def from_config(cls, config: Any) -> RedisState:
@@ -126,7 +127,7 @@ class RedisState:
                 "backlog": len(self.backlog)}
 
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        if not self.available:
+        if not self.available and not (self._recovering and asyncio.current_task() is self._probe):
             raise StateUnavailable()
         try:
             async with asyncio.timeout(self.timeout_s * 2):  # the socket timeouts should fire first
@@ -143,7 +144,8 @@ class RedisState:
         what = ("each gateway process enforces its own budgets and limits until it is back" if self.local
                 else "budgeted and rate-limited requests get 503 until it is back")
         log.warning("shared state on %s is unavailable (%s: %s): %s", self.url, type(exc).__name__, exc, what)
-        self._probe = asyncio.get_running_loop().create_task(self._wait_for_redis())
+        if self._probe is None or self._probe.done():  # (a hook failing in the probe: it goes on)
+            self._probe = asyncio.get_running_loop().create_task(self._wait_for_redis())
 
     async def _wait_for_redis(self) -> None:
         while True:
@@ -153,15 +155,19 @@ class RedisState:
                     started = time.perf_counter()
                     await self.client.ping()
                     self.latency_ms = (time.perf_counter() - started) * 1000
-                    await self._flush_backlog()
             except (RedisError, OSError, TimeoutError):
                 continue
-            self.available = True
-            for hook in self.on_recover:
-                try:
+            self._recovering, recovered = True, True
+            try:
+                for hook in self.on_recover:  # a Redis that lost its data is raised to what we know first...
                     await hook()
-                except StateUnavailable:
-                    break
+                async with asyncio.timeout(self.timeout_s * 2):  # ...then what was settled meanwhile is added
+                    await self._flush_backlog()
+            except (StateUnavailable, RedisError, OSError, TimeoutError):
+                recovered = False
+            finally:
+                self._recovering = False
+            self.available = recovered
             if self.available:
                 log.warning("shared state on %s is back", self.url)
                 return
@@ -258,8 +264,14 @@ class RedisState:
         return [tuple(int(v) for v in out[4 * i:4 * i + 4]) for i in range(len(live))]  # type: ignore[misc]
 
     async def seed(self, name: str, micros: int, tokens: int, keep: int) -> Totals:
-        """Offer the ledger's spend for an account: kept only if Redis has no counter for it yet."""
-        out = await self._call(self._eval, self._seed, keys=self._account_keys(name)[:1], args=[micros, tokens, keep])
+        """Offer what this gateway knows was settled in an account (from its ledger at start, from what
+        Redis last said when it returns): Redis keeps the larger of that and its own counter. Settles
+        still in the backlog are left out (they are added when it is flushed)."""
+        key = self._account_keys(name)[0]
+        for keys, args in self.backlog:
+            if key in keys[3::4]:
+                micros, tokens = micros - int(args[1]), tokens - int(args[2])
+        out = await self._call(self._eval, self._seed, keys=[key], args=[max(micros, 0), max(tokens, 0), keep])
         return tuple(int(v) for v in out)  # type: ignore[return-value]
 
     # --- rate limits -----------------------------------------------------------------------------

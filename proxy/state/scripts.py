@@ -86,14 +86,15 @@ end
 return out
 """
 
-# KEYS: an account hash. ARGV: spent micros, spent tokens, key lifetime (seconds, 0: forever). Sets the spend only
-# when the account does not exist yet (the ledger seeds a period once). Returns sm, st, rm, rt.
+# KEYS: an account hash. ARGV: spent micros, spent tokens, key lifetime (seconds, 0: forever). Raises
+# the spend to what a gateway knows was settled, when Redis has less (it lost its data); never adds, so
+# nothing is counted twice. Returns sm, st, rm, rt.
 SEED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('HSET', KEYS[1], 'sm', ARGV[1], 'st', ARGV[2], 'rm', 0, 'rt', 0)
-  if tonumber(ARGV[3]) > 0 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
-end
-local v = redis.call('HMGET', KEYS[1], 'sm', 'st', 'rm', 'rt')
+local v = redis.call('HMGET', KEYS[1], 'sm', 'st')
+if tonumber(ARGV[1]) > (tonumber(v[1]) or 0) then redis.call('HSET', KEYS[1], 'sm', ARGV[1]) end
+if tonumber(ARGV[2]) > (tonumber(v[2]) or 0) then redis.call('HSET', KEYS[1], 'st', ARGV[2]) end
+if tonumber(ARGV[3]) > 0 and redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+v = redis.call('HMGET', KEYS[1], 'sm', 'st', 'rm', 'rt')
 return {tonumber(v[1]) or 0, tonumber(v[2]) or 0, tonumber(v[3]) or 0, tonumber(v[4]) or 0}
 """
 
