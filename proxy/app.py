@@ -8,6 +8,7 @@ closed in `cleanup_ctx`, in that order. This module is the HTTP side: routes and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -29,6 +30,8 @@ from .stages.deadline import Deadline
 from .stages.fixtures import replay
 from .stages.ledger import RequestId
 from .stages.owners import FORM_REFERENCES, OWNERS, Owners, filter_lists
+from .state import StateUnavailable
+from .state import check_config as check_state
 from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.serving import cut_by_shutdown
 
@@ -47,6 +50,7 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     responses that the ledger shows open, so they are polled and settled once."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
+    check_state(config, config_file)  # fails now on an unset [state] password_env
     app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
     app[OWNERS] = owners = Owners(config, authenticate)  # with [[keys]]: who created what; lists filtered
     if owners.enabled:
@@ -167,8 +171,15 @@ async def healthz(request: web.Request) -> web.Response:
                                           "dropped": writer.dropped, "write_failures": writer.failures,
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
                                           "synchronous": writer.synchronous}
+    shared = request.app[PIPELINE].budgets.shared
+    state: dict[str, object] = {"backend": "local"}
+    if shared is not None:
+        if shared.available:
+            with contextlib.suppress(StateUnavailable):
+                await shared.ping()
+        state = shared.health()
     body = {"status": "ok", "service": "oaigate", "pid": os.getpid(), "upstream": request.app[UPSTREAM].name,
-            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
+            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger, "state": state}
     return web.Response(body=dumps(body), content_type="application/json")
 
 

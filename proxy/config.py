@@ -132,6 +132,28 @@ class LedgerConfig(Section):
         "bytes go out (then it goes on, counted in /healthz); 0: do not wait.")
 
 
+class StateConfig(Section):
+    url: str | None = Field(None, description='Shared state: "redis://HOST:PORT/DB" (or rediss://, unix://). '
+                            "Unset: budgets and limits live in this process.")
+    password_env: str | None = Field(None, min_length=1, description="Environment variable holding the Redis "
+                                     "password (instead of one in the URL).")
+    prefix: str = Field("oaigate:", min_length=1, description="Prefix of every key the gateway writes in Redis.")
+    reservation_ttl_s: float | None = Field(None, gt=0, description="How long a reservation held by a process "
+                                            "that died stays counted; default: upstream.timeout_s + 60.")
+    on_unavailable: Literal["closed", "local"] = Field(
+        "closed", description='Redis unreachable or slow: "closed" answers budgeted or rate-limited requests 503; '
+        '"local": each process enforces its own limits until Redis is back.')
+    timeout_s: float = Field(1.0, gt=0, le=30, description="Longest wait for one call to Redis (and for a free "
+                             "connection of the pool); past it Redis counts as unavailable.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("the state URL must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return value
+
+
 class MatchConfig(Section):
     ignore_fields: list[str] = Field(default_factory=list, description="Body fields left out of matching here.")
 
@@ -349,20 +371,15 @@ class PriceConfig(Section):
     cached_input_per_mtok: Decimal | None = Field(None, ge=0, description="USD per million cached prompt tokens.")
 
 
-class StateConfig(Section):
-    url: str | None = Field(None, description="redis://HOST:PORT/DB: budgets and limits shared by every gateway "
-                            "process using it. Unset: in-process.")
-
-
 class Config(Section):
     """The whole file. Every section is optional."""
 
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     ledger: LedgerConfig = LedgerConfig()
+    state: StateConfig = StateConfig()
     fixtures: FixturesConfig = FixturesConfig()
     limits: LimitsConfig = LimitsConfig()
-    state: StateConfig = StateConfig()
     keys: list[KeyConfig] = []
     budgets: list[BudgetConfig] = []
     rate_limits: list[RateLimitConfig] = []

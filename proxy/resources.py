@@ -11,8 +11,11 @@ ledger writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -38,11 +41,15 @@ from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Upstreams, upstreams_from_config, uses_mock
+from .state import StateUnavailable, open_state
 from .upstream import Target, Upstream
 from .wire.pricing import PriceTable
 from .wire.tokens import CURRENT as CURRENT_ENCODINGS
 from .wire.tokens import LEGACY as LEGACY_ENCODINGS
 from .wire.tokens import preload, preload_in_background
+
+if TYPE_CHECKING:
+    from .state.redis import RedisState
 
 CONFIG = web.AppKey("config", Config)
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -151,6 +158,9 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
         default, routes, governor = _targets(app[UPSTREAMS], limits.adaptive, up.pass_through)
         limiter = RateLimiter(rate_rules(config), clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=governor)
+        shared = open_state(config)  # [state] url: budgets, limits and governor holds in Redis
+        if shared is not None:
+            await _share(shared, book, limiter, [default, *(target for _, target in routes)], clock)
         fixtures = Fixtures.for_config(config)
         if book.rules or any(rule.tpm for rule in limiter.rules):  # prompts get counted
             preload_in_background(LEGACY_ENCODINGS)
@@ -182,6 +192,8 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
             await pipeline.drain()
             await fixtures.save_hits()
             await session.close()
+            if shared is not None:
+                await shared.stop()
             if cache is not None:
                 await cache.store.close()
             if writer is not None:
@@ -195,3 +207,19 @@ async def _cache(config: Config, clock: Clock) -> Cache:
     store = SQLiteCacheStore(config.cache.path or default_cache_path(config.ledger.path), config.cache.max_bytes)
     await asyncio.to_thread(store.open)
     return Cache(config.cache, store, clock, match_policy(config.fixtures).ignored)
+
+
+async def _share(shared: RedisState, book: BudgetBook, limiter: RateLimiter, targets: list[Target],
+                 clock: Clock) -> None:
+    """Point the books at the shared state, and offer it the ledger's spend (again whenever Redis returns)."""
+    await shared.start()
+    book.shared = limiter.shared = shared
+    for target in targets:
+        if isinstance(target.governor, UpstreamGovernor):
+            identity = f"{target.upstream.base_url}\0{target.upstream.api_key or ''}".encode()
+            target.governor.shared, target.governor.wall = shared, clock
+            target.governor.shared_name = hashlib.sha256(identity).hexdigest()[:16]
+    shared.on_recover.append(book.seed_shared)
+    if shared.available:
+        with contextlib.suppress(StateUnavailable):  # else seeded once Redis answers
+            await book.seed_shared()
