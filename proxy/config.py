@@ -37,6 +37,8 @@ class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(4141, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
+    admin_key_env: str | None = Field(None, description="Environment variable holding an operator's key (named "
+                                      "`admin`): with [[keys]], it sees every key's rows, objects and budgets.")
     metrics_public: bool = Field(False, description="With [[keys]], serve /metrics to callers without a key "
                                  "(for a scraper); /metrics always answers anyone when there are no [[keys]].")
     header_timeout_s: float = Field(30.0, gt=0, description="A request's line and headers must arrive within this "
