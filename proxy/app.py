@@ -18,6 +18,7 @@ from aiohttp import web
 from .body import receive_body
 from .clock import Clock
 from .config import Config
+from .db.ledger import open_writer, target
 from .db.writer import LedgerWriter
 from .durable import COMPLETE
 from .errors import GatewayError, InvalidRequest, NotFound
@@ -189,8 +190,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                   clock: Clock) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        writer = LedgerWriter(config.ledger.path, synchronous=config.ledger.synchronous) \
-            if config.ledger.enabled else None
+        db = target(config.ledger) if config.ledger.enabled else ""
+        writer = open_writer(config.ledger) if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
         await asyncio.to_thread(preload)
@@ -199,8 +200,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         chains = Chains()
         if config.ledger.enabled:
-            await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
-            await asyncio.to_thread(chains.load_ledger, config.ledger.path)
+            await asyncio.to_thread(book.load_ledger, db, config.resolved_aliases())
+            await asyncio.to_thread(chains.load_ledger, db)
         rate_rules_ = rate_rules(config)
         default, routes = _targets(app[UPSTREAMS], limits.adaptive, config.upstream.pass_through)
         limiter = RateLimiter(rate_rules_, clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
@@ -223,8 +224,8 @@ def _pipeline_ctx(authenticate: Authenticate, sleep: Sleep,
                                    remember=chains.remember, upstreams=app[UPSTREAMS].distinct)
         budget.pending = pending
         if config.ledger.enabled:
-            await asyncio.to_thread(batches.load_ledger, config.ledger.path)
-            await asyncio.to_thread(pending.load_ledger, config.ledger.path)
+            await asyncio.to_thread(batches.load_ledger, db)
+            await asyncio.to_thread(pending.load_ledger, db)
         app[PIPELINE] = Pipeline(
             before=[Deadline(config.upstream.timeout_s), RequestId(), authenticate,
                     Route(config.resolved_aliases(), routes, default),
@@ -358,7 +359,8 @@ async def healthz(request: web.Request) -> web.Response:
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures,
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
-                                          "synchronous": writer.synchronous}
+                                          "synchronous": writer.synchronous,
+                                          "backend": getattr(writer, "backend", "sqlite")}
     body = {"status": "ok", "service": "oaigate", "upstream": request.app[UPSTREAM].name,
             "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
     return web.Response(body=dumps(body), content_type="application/json")

@@ -11,14 +11,14 @@ import click
 
 from .clock import Clock, ManualClock
 from .config import ConfigError, load_config
+from .db.ledger import LEDGER, LedgerError, ledger_db
 from .stages.budget import BudgetBook, rules_from_config
 
 
 @click.command("budgets")
 @click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
               help="Config file with the budgets. Default: ./config.toml if present.")
-@click.option("--db", type=click.Path(dir_okay=False, path_type=Path),
-              help="Ledger file. Default: [ledger] path of the config.")
+@click.option("--db", type=LEDGER, help="Ledger file or postgresql://... URL. Default: [ledger] of the config.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="An aligned table, or JSON for scripts.")
 @click.option("--now", "now", hidden=True, help="Pretend it is this ISO-8601 instant (for tests).")
@@ -33,7 +33,10 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
         raise click.ClickException(f"config error: {exc}") from None
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
-    book.load_ledger(str(db or settings.ledger.path), settings.resolved_aliases())
+    try:
+        book.load_ledger(str(db or ledger_db(settings.ledger)), settings.resolved_aliases())
+    except LedgerError as exc:
+        raise click.ClickException(str(exc)) from None
     rows = book.status()
     if fmt == "json":
         click.echo(json.dumps({"budgets": rows}, indent=2))

@@ -10,7 +10,6 @@ open. Spend of the current period is rebuilt from the ledger at start.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import Clock
 from ..config import Config
+from ..db.ledger import read_rows
 from ..errors import GatewayError, InvalidRequest
 from ..exchange import Exchange
 from ..wire.pricing import PriceTable
@@ -255,19 +255,13 @@ class BudgetBook:
         if not self.rules:
             return 0
         earliest = min(period_bounds(r.period, self._now())[0] for r in self.rules)
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                rows = conn.execute(
-                    "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
-                    "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
-                    f"WHERE started_at >= ? AND {CHARGED_ROWS}",
-                    (_iso(earliest), *CHARGED_PARAMS),
-                ).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            return 0  # no ledger yet
+        rows = read_rows(
+            path,
+            "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
+            "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
+            f"WHERE started_at >= ? AND {CHARGED_ROWS}",
+            (_iso(earliest), *CHARGED_PARAMS),
+        )
         for key_name, model, started_at, cost, tokens in rows:
             if aliases and model in aliases:
                 model = aliases[model]
