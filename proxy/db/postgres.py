@@ -88,6 +88,11 @@ _SUM_BOOLEAN = [
 ]
 
 
+def _nulls_first(sql: str) -> str:
+    """SQLite sorts NULL first, PostgreSQL last: say SQLite's order (a view's rows come in the same order)."""
+    return re.sub(r"ORDER BY (\S+?)(\s*)$", r"ORDER BY \1 NULLS FIRST\2", sql.rstrip())
+
+
 def migrate(conn: Any) -> int:
     """Create or bring the ledger up to this oaigate's schema; the version it is at now.
 
@@ -114,7 +119,7 @@ def migrate(conn: Any) -> int:
             conn.execute(statement)
         for name, sql in VIEWS.items():
             conn.execute(f"DROP VIEW IF EXISTS {name}")
-            conn.execute(f"CREATE VIEW {name} AS {sql}")
+            conn.execute(f"CREATE VIEW {name} AS {_nulls_first(sql)}")
         conn.execute(f"DELETE FROM {VERSION_TABLE}")
         conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (SCHEMA_VERSION,))
     return SCHEMA_VERSION

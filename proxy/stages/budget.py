@@ -259,7 +259,7 @@ class BudgetBook:
             path,
             "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
             "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
-            f"WHERE started_at >= ? AND {CHARGED_ROWS}",
+            f"WHERE started_at >= ? AND {CHARGED_ROWS} ORDER BY started_at, id",  # callers in first-seen order
             (_iso(earliest), *CHARGED_PARAMS),
         )
         for key_name, model, started_at, cost, tokens in rows:
