@@ -11,6 +11,7 @@ import click
 from mockserver import cli as mock_cli
 
 from .config import Config, ConfigError, FixtureMode, check_base_url, lacks_api_version, load_config
+from .db.ledger import shown
 from .logs import LEVELS, configure
 
 
@@ -86,7 +87,7 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         base = settings.upstream.base_url
         routes = f" (+{len(settings.routes)} routes)" if settings.routes else ""
         click.echo(f"oaigate serving on {url}/v1 -> upstream {base if base == 'mock' else display_name(base)}"
-                   f"{routes}; ledger {settings.ledger.path}; Ctrl-C to stop", err=True)
+                   f"{routes}; ledger {shown(settings.ledger.url or settings.ledger.path)}; Ctrl-C to stop", err=True)
         for line in _summary(settings):
             click.echo(f"  {line}", err=True)
 
@@ -115,7 +116,7 @@ def _summary(settings: Config) -> list[str]:
                   for r in settings.routes]
     fx = settings.fixtures
     fixtures = fx.mode if fx.mode == "live" else f"{fx.mode}, cassette {fx.cassette!r} in {fx.dir}"
-    ledger = settings.ledger.path if settings.ledger.enabled else "off"
+    ledger = shown(settings.ledger.url or settings.ledger.path) if settings.ledger.enabled else "off"
     limits = settings.limits
     budgets = (int(limits.budget_usd is not None or limits.budget_tokens is not None) + len(settings.budgets)
                + sum(k.budget_usd is not None or k.budget_tokens is not None for k in settings.keys))
