@@ -11,7 +11,7 @@ import click
 from mockserver import cli as mock_cli
 
 from .config import Config, ConfigError, FixtureMode, check_base_url, lacks_api_version, load_config
-from .db.ledger import shown
+from .db.ledger import LedgerError, shown
 from .logs import LEVELS, configure
 
 
@@ -95,6 +95,8 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         server = settings.server
         run(app, server.host, server.port, ready, handler_cancellation=True, shutdown_grace_s=server.shutdown_grace_s,
             header_timeout_s=server.header_timeout_s, max_connections=server.max_connections)
+    except LedgerError as exc:  # a PostgreSQL ledger that cannot be reached or migrated at start
+        _fail(str(exc))
     except OSError as exc:
         click.echo(f"oaigate: cannot listen on {settings.server.host}:{settings.server.port}: "
                    f"{exc.strerror or exc}", err=True)

@@ -112,3 +112,15 @@ def test_two_gateway_processes_write_one_ledger(serve: Callable[..., Serve], tmp
     # the embedded mock's answers are simulated: priced, and counted apart from real spend
     assert cost > 0 and total["cost_microusd"] + total["simulated_microusd"] == cost
     assert total["simulated_microusd"] == simulated
+
+
+def test_an_unreachable_ledger_stops_serve_at_start_with_a_clear_error(serve: Callable[..., Serve],
+                                                                        tmp_path: Path, pg_url: str) -> None:
+    wrong = pg_url.replace(f":{PASSWORD}@", f":not-{PASSWORD}@")
+    config = write_config(tmp_path, MOCK_CONFIG + f'[ledger]\nurl = "{wrong}"\n')
+    gateway = serve("--config", str(config), "--port", "0")
+    assert gateway.proc.wait(60) == 2
+    gateway.stop()
+    said = "".join(gateway.stderr)
+    assert said.startswith("oaigate: cannot connect to the ledger at postgresql://oaigate:***@127.0.0.1:")
+    assert "password authentication failed" in said and PASSWORD not in said and "Traceback" not in said
