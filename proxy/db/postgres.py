@@ -9,10 +9,14 @@ so the ledger's queries run unchanged. The version lives in `oaigate_schema`; se
 starting at once migrate one after the other (an advisory lock).
 
 `PgLedgerWriter` is `LedgerWriter` with PostgreSQL behind its thread: the same bounded queue,
-tickets and counters, the same retries; the thread has its own connection and writes each batch
-with `COPY` into a temporary table merged by one `INSERT ... ON CONFLICT` (a row written twice, by
-a retry after a commit whose answer was lost, replaces itself as `INSERT OR REPLACE` does in
-SQLite). Several gateway processes and machines may write one ledger at once.
+tickets and counters, the same retries; the thread has its own connection and writes each batch in
+one transaction: a small batch with a pipelined `executemany` of `INSERT ... ON CONFLICT`, a big one
+(100 rows and more, as under load or after an outage) with `COPY` into a temporary table merged by
+one `INSERT ... ON CONFLICT` (benchmarks/pg_ledger.py measured both). A row written twice, by a
+retry after a commit whose answer was lost, replaces itself as `INSERT OR REPLACE` does in SQLite.
+A thread rather than psycopg's async connection in a task: adapting rows costs CPU, and on the
+event loop it would delay every request in flight (the same benchmark measures the loop's lag).
+Several gateway processes and machines may write one ledger at once.
 
 A URL's password is never shown: `redact` is what logs, errors and reports print.
 """
@@ -49,9 +53,18 @@ def _scrub(message: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
+def _psycopg() -> Any:
+    """The psycopg module (imported when a PostgreSQL ledger is used, not before)."""
+    try:
+        import psycopg
+    except ImportError:
+        raise LedgerError("a PostgreSQL ledger needs psycopg: pip install 'oaigate[postgres]'") from None
+    return psycopg
+
+
 def connect(url: str, *, autocommit: bool = True, read_only: bool = False) -> Any:
     """A psycopg connection; failures raise LedgerError naming the redacted URL."""
-    import psycopg
+    psycopg = _psycopg()
 
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=_CONNECT_TIMEOUT_S,
@@ -196,7 +209,7 @@ def schema_version(conn: Any) -> int:
 
 def open_readonly(url: str) -> ReadConnection:
     """A read-only connection to an existing ledger; raises LedgerError when it is not one."""
-    import psycopg
+    psycopg = _psycopg()
 
     reader = ReadConnection(url)
     try:
@@ -209,7 +222,7 @@ def open_readonly(url: str) -> ReadConnection:
 
 def read_rows(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Rows of one query (SQLite text) on the ledger; none when it has no `requests` table yet."""
-    import psycopg
+    psycopg = _psycopg()
 
     reader = ReadConnection(url)
     try:
@@ -230,7 +243,7 @@ def delete_before(url: str, cutoff: str, *, batch: int, vacuum: bool, dry_run: b
     """`oaigate ledger prune` on PostgreSQL: (deleted, remaining, bytes before, bytes after).
 
     Deletes in transactions of `batch` rows, so writers are never held up for long."""
-    import psycopg
+    psycopg = _psycopg()
 
     with connect(url) as conn:
         try:
@@ -266,11 +279,16 @@ _STAGE_SQL = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE {TABLE} INCL
               "oaigate_seq bigserial) ON COMMIT DELETE ROWS")
 _MERGE = (f"INSERT INTO {TABLE} ({_NAMES}) SELECT DISTINCT ON (id) {_NAMES} FROM {_STAGE} "
           f"ORDER BY id, oaigate_seq DESC ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
-METHODS = ("copy", "executemany")
+METHODS = ("auto", "copy", "executemany")
+COPY_FROM = 100  # rows: below, executemany (pipelined) is faster; above, COPY (benchmarks/pg_ledger.py)
 
 
-def write_batch(conn: Any, batch: Sequence[Sequence[Any]], method: str = "copy") -> None:
-    """One transaction: every row of `batch` (values in `COLUMNS` order) is in the ledger after it."""
+def write_batch(conn: Any, batch: Sequence[Sequence[Any]], method: str = "auto") -> None:
+    """One transaction: every row of `batch` (values in `COLUMNS` order) is in the ledger after it.
+
+    "auto": executemany for batches under `COPY_FROM` rows, COPY for bigger ones."""
+    if method == "auto":
+        method = "copy" if len(batch) >= COPY_FROM else "executemany"
     with conn.transaction():
         if method == "executemany":
             with conn.cursor() as cur:
@@ -288,7 +306,7 @@ class PgLedgerWriter(LedgerWriter):
 
     backend = "postgresql"
 
-    def __init__(self, url: str, *, method: str = "copy", **kwargs: Any) -> None:
+    def __init__(self, url: str, *, method: str = "auto", **kwargs: Any) -> None:
         kwargs.pop("synchronous", None)
         super().__init__(redact(url), **kwargs)
         self.url = url
@@ -301,7 +319,7 @@ class PgLedgerWriter(LedgerWriter):
         self._thread.start()
 
     def _run(self) -> None:
-        import psycopg
+        psycopg = _psycopg()
 
         conn: Any = None
         while not (self._stop.is_set() and not self._queue):
