@@ -23,9 +23,7 @@ A URL's password is never shown: `redact` is what logs, errors and reports print
 
 from __future__ import annotations
 
-import logging
 import re
-import time
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
@@ -35,8 +33,6 @@ from .ledger import LedgerError, redact
 from .schema import COLUMNS, SCHEMA_VERSION, VIEWS
 from .writer import LedgerWriter
 
-log = logging.getLogger("oaigate.ledger")
-
 TABLE = "requests"
 VERSION_TABLE = "oaigate_schema"
 _TYPES: dict[type, str] = {str: 'text COLLATE "C"', int: "bigint", float: "double precision"}
@@ -45,6 +41,9 @@ _INDEXES = {"requests_started_at": "(started_at)", "requests_key_name_started_at
             "requests_object_id": "(object_id)"}
 _LOCK = 0x6F616967  # "oaig": the advisory lock that serializes migrations of one database
 _CONNECT_TIMEOUT_S = 5
+# a server that vanishes without closing the connection (a partition, a dead host) is noticed in about a
+# minute, and the writer reconnects, instead of waiting on the socket for hours
+_KEEPALIVE = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
 def _scrub(message: str, url: str) -> str:
@@ -68,7 +67,7 @@ def connect(url: str, *, autocommit: bool = True, read_only: bool = False) -> An
 
     try:
         conn = psycopg.connect(url, autocommit=autocommit, connect_timeout=_CONNECT_TIMEOUT_S,
-                               application_name="oaigate")
+                               application_name="oaigate", **_KEEPALIVE)
     except psycopg.Error as exc:
         raise LedgerError(f"cannot connect to the ledger at {redact(url)}: "
                                   f"{_scrub(str(exc).strip(), url)}") from None
@@ -318,33 +317,12 @@ class PgLedgerWriter(LedgerWriter):
             migrate(conn)
         self._thread.start()
 
-    def _run(self) -> None:
-        psycopg = _psycopg()
+    @property
+    def _errors(self) -> tuple[type[Exception], ...]:  # type: ignore[override]
+        return (_psycopg().Error, LedgerError)
 
-        conn: Any = None
-        while not (self._stop.is_set() and not self._queue):
-            self._wake.wait(self._interval_s)
-            self._wake.clear()  # before taking: a row queued after this wakes the next round
-            batch = self._take()
-            delay = 0.05
-            while batch:
-                try:
-                    conn = conn or connect(self.url)
-                    write_batch(conn, batch, self.method)
-                except (psycopg.Error, LedgerError) as exc:
-                    self.failures += 1
-                    log.warning("ledger write to %s failed (%s); retrying %d rows in %.2fs", self.path,
-                                _scrub(str(exc).strip(), self.url), len(batch), delay)
-                    if conn is not None:
-                        conn.close()
-                        conn = None
-                    time.sleep(delay)
-                    delay = min(delay * 2, self._max_retry_delay_s)
-                    continue
-                self.written += len(batch)
-                self.batches += 1
-                self._in_flight = 0
-                batch = []
-                self._committed()
-        if conn is not None:
-            conn.close()
+    def _connect(self) -> Any:
+        return connect(self.url)
+
+    def _write(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
+        write_batch(conn, batch, self.method)

@@ -124,3 +124,26 @@ def test_an_unreachable_ledger_stops_serve_at_start_with_a_clear_error(serve: Ca
     said = "".join(gateway.stderr)
     assert said.startswith("oaigate: cannot connect to the ledger at postgresql://oaigate:***@127.0.0.1:")
     assert "password authentication failed" in said and PASSWORD not in said and "Traceback" not in said
+
+
+def test_a_locked_ledger_never_holds_a_client(gateway: Callable[..., Gateway], pg_url: str) -> None:
+    """The table locked by someone else: every answer still comes (its commit wait gives up, counted in
+    /healthz), rows wait in the queue, and they are all written once the lock goes."""
+    gw = gateway("mock", ledger={"url": pg_url, "durable_wait_s": 0.2})
+    admin = psycopg.connect(pg_url)
+    try:
+        admin.execute("LOCK TABLE requests IN ACCESS EXCLUSIVE MODE")  # held until the transaction ends
+        with gw.client() as client:
+            for n in range(5):
+                client.chat.completions.create(model="gpt-4o-mini", max_tokens=4,
+                                               messages=[{"role": "user", "content": f"locked {n}"}])
+        health = gw.healthz()["ledger"]
+        assert health["backend"] == "postgresql"
+        assert health["durability_timeouts"] == 5 and health["backlog"] >= 1 and health["written"] == 0
+    finally:
+        admin.rollback()
+        admin.close()
+    gw.settle()
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (5,)
+    assert gw.healthz()["ledger"]["backlog"] == 0
