@@ -34,7 +34,7 @@ def binaries() -> Path | None:
     """The folder holding `initdb` and `postgres`, newest version first; None when not installed."""
     found = shutil.which("initdb")
     if found:
-        return Path(found).parent
+        return Path(found).resolve().parent
     folders = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]), reverse=True)
     return Path(folders[0]).parent if folders else None
 
@@ -85,21 +85,39 @@ class PostgresServer:
                         "--no-instructions"], check=True, capture_output=True)
         for _ in range(5):  # a free port can be taken between finding it and binding it: try another
             self.port = _free_port()
-            settings = ["-c", "listen_addresses=127.0.0.1", "-p", str(self.port), "-k", str(self.dir),
-                        "-c", "max_connections=200"]
-            if not self.fsync:
-                settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
-            log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - the server writes it until stop()
-            if prefix:
-                shutil.chown(self.dir / "server.log", prefix[2])
-            self.proc = subprocess.Popen([*prefix, str(self.bindir / "postgres"), "-D", str(self.data), *settings],
-                                         stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-            if self._ready():
+            if self.launch():
                 return self
-            self.proc.kill()
-            self.proc.wait()
         raise RuntimeError(f"PostgreSQL did not start: {(self.dir / 'server.log').read_text()[-2000:]}")
+
+    def launch(self) -> bool:
+        """Run `postgres` on the data dir and `port`; whether it came up (again, after `halt`)."""
+        prefix = _run_as()
+        settings = ["-c", "listen_addresses=127.0.0.1", "-p", str(self.port), "-k", str(self.dir),
+                    "-c", "max_connections=200"]
+        if not self.fsync:
+            settings += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+        log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - the server writes it until stop()
+        if prefix:
+            shutil.chown(self.dir / "server.log", prefix[2])
+        self.proc = subprocess.Popen([*prefix, str(self.bindir / "postgres"), "-D", str(self.data), *settings],
+                                     stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        if self._ready():
+            return True
+        self.proc.kill()
+        self.proc.wait()
+        return False
+
+    def halt(self, mode: str = "immediate") -> None:
+        """Stop the server, keeping its data; "immediate" cuts clients off at once, "fast" rolls them back."""
+        if self.proc is not None and self.proc.poll() is None:
+            subprocess.run([*_run_as(), str(self.bindir / "pg_ctl"), "stop", "-D", str(self.data), "-m", mode,
+                            "-w", "-t", "30"], check=False, capture_output=True)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def _ready(self, timeout: float = 30.0) -> bool:
         import psycopg
@@ -126,13 +144,7 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # SIGTERM: PostgreSQL's "smart" shutdown; then fast, then kill
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        self.halt("fast")
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

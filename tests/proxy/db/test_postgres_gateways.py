@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import openai
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from mockserver.app import make_app as make_mock
 from proxy.cli import cli
 from proxy.db.reports import format_usd
-from tests.postgres_server import PASSWORD
+from tests.postgres_server import PASSWORD, postgres_server
 from tests.servers import ServerThread
 
 from ..conftest import Gateway, fetch
@@ -147,3 +148,30 @@ def test_a_locked_ledger_never_holds_a_client(gateway: Callable[..., Gateway], p
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT COUNT(*) FROM requests").fetchone() == (5,)
     assert gw.healthz()["ledger"]["backlog"] == 0
+
+
+def test_a_server_down_mid_run_never_holds_a_client_and_its_rows_land_when_it_is_back(
+        gateway: Callable[..., Gateway]) -> None:
+    """PostgreSQL stopped under a running gateway: answers still come, rows wait and are retried (counted
+    in /healthz), and when the server is back on the same port they are all written, none twice."""
+    with postgres_server(fsync=True) as server:  # commits on disk: the halt below loses none of them
+        url = server.database()
+        gw = gateway("mock", ledger={"url": url, "durable_wait_s": 0.2})
+        with gw.client() as client:
+            ask = partial(client.chat.completions.create, model="gpt-4o-mini", max_tokens=4)
+            ask(messages=[{"role": "user", "content": "before"}])
+            gw.settle()
+            server.halt()
+            for n in range(5):
+                ask(messages=[{"role": "user", "content": f"while down {n}"}])
+            health = gw.healthz()["ledger"]
+            assert health["durability_timeouts"] == 5 and health["backlog"] == 5 and health["written"] == 1
+            assert server.launch()
+            gw.settle(timeout=60)
+            ask(messages=[{"role": "user", "content": "after"}])
+            gw.settle()
+        health = gw.healthz()["ledger"]
+        assert health["write_failures"] >= 1 and health["written"] == 7 and health["dropped"] == 0
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM requests").fetchone() == (7, 7)
+        gw.stop()
