@@ -71,8 +71,8 @@ def connect(url: str, *, autocommit: bool = True, read_only: bool = False) -> An
     except psycopg.Error as exc:
         raise LedgerError(f"cannot connect to the ledger at {redact(url)}: "
                                   f"{_scrub(str(exc).strip(), url)}") from None
-    if read_only:
-        conn.read_only = True
+    if read_only:  # autocommit runs no BEGIN that psycopg's `read_only` would apply to: set the session's default
+        conn.execute("SET default_transaction_read_only = on")
     return conn
 
 

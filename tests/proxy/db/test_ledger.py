@@ -177,3 +177,8 @@ def test_reports_agree_on_any_rows(fresh: tuple[Path, str], seed: int, count: in
         with closing(connect_readonly(target)) as conn:
             answers.append((spend_total(conn, start), spend_by(conn, by, start) if by else None))
     assert answers[0] == answers[1]
+
+
+def test_the_readers_cannot_write(both: tuple[str, str]) -> None:
+    with closing(connect_readonly(both[1])) as conn, pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        conn.execute("DELETE FROM requests")
