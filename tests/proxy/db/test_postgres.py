@@ -7,11 +7,14 @@ import logging
 import random
 import threading
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from proxy.db.ledger import LedgerError, redact
+from proxy.db.ledger import LedgerError, redact, with_password
 from proxy.db.postgres import METHODS, PgLedgerWriter, connect, migrate
 from proxy.db.schema import COLUMNS, SCHEMA_VERSION, VIEWS
 from tests.postgres_server import PASSWORD, PostgresServer
@@ -160,3 +163,14 @@ def test_redact_hides_the_password_in_either_place() -> None:
     assert redact("postgresql://me@db/ledger?password=s3cret&sslmode=require") == \
         "postgresql://me@db/ledger?password=***&sslmode=require"
     assert redact("postgresql://me@db/ledger") == "postgresql://me@db/ledger"
+
+
+@given(password=st.text(min_size=1, max_size=30).filter(lambda p: p.strip() and "\x00" not in p),
+       user=st.from_regex(r"[a-z][a-z0-9_]{0,10}", fullmatch=True))
+def test_no_password_survives_redact(password: str, user: str) -> None:
+    """Whatever the password (`password_env` or typed into the URL), what is shown holds neither it nor its
+    %-encoding, and the URL it goes into still carries it for the driver."""
+    url = with_password(f"postgresql://{user}@db.internal:5432/ledger", password)
+    assert urlsplit(url).password is not None and unquote(urlsplit(url).password or "") == password
+    shown = redact(url)
+    assert shown == f"postgresql://{user}:***@db.internal:5432/ledger"
