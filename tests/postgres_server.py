@@ -144,7 +144,7 @@ class PostgresServer:
         return self.url(name)
 
     def stop(self) -> None:
-        self.halt("fast")
+        self.halt("immediate")  # its data is deleted next: nothing to write out
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
