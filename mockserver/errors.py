@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aiohttp import web
-
-from proxy.wire.errors import INVALID_REQUEST, error_response
+from proxy.wire.errors import INVALID_REQUEST, APIError
 
 
-class MockError(Exception):
-    """An error answered in OpenAI's envelope with the status OpenAI would use."""
+class MockError(APIError):
+    """An error answered in OpenAI's envelope with the status OpenAI would use (the envelope's fields
+    and `response()` come from the shared `APIError`)."""
+
+    type = INVALID_REQUEST
 
     def __init__(
         self,
@@ -23,13 +24,8 @@ class MockError(Exception):
         headers: Mapping[str, str] | None = None,
     ) -> None:
         message, param = readable(message), None if param is None else readable(param)
-        super().__init__(message)
-        self.status, self.message, self.type = status, message, type
-        self.param, self.code, self.headers = param, code, headers
-
-    def response(self) -> web.Response:
-        """The envelope response."""
-        return error_response(self.status, self.message, self.type, self.param, self.code, self.headers)
+        super().__init__(message, param=param, code=code, headers=headers)
+        self.status, self.type = status, type
 
 
 def readable(text: str) -> str:

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Container
 
 from aiohttp import web
 from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
@@ -179,8 +179,11 @@ def _fixtures_live(ex: Exchange, config: Config) -> bool:
     return config.fixtures.mode == "live" and ex.headers.get(MODE_HEADER, "live") == "live"
 
 
-async def receive_body(request: web.Request, ex: Exchange, config: Config) -> None:
-    """Sets `ex.body` (read whole, JSON parsed) or `ex.body_stream`; raises 408, 413, 415 or 400."""
+async def receive_body(request: web.Request, ex: Exchange, config: Config,
+                       whole_forms: Container[str] = ()) -> None:
+    """Sets `ex.body` (read whole, JSON parsed) or `ex.body_stream`; raises 408, 413, 415 or 400.
+    With `[[keys]]`, an upload to a path in `whole_forms` (`owners.FORM_REFERENCES`: forms naming an
+    object) is read whole up to `FORM_WHOLE_BYTES`, so its fields can be checked."""
     if not request.body_exists:
         return
     server = config.server
@@ -193,9 +196,7 @@ async def receive_body(request: web.Request, ex: Exchange, config: Config) -> No
     length = request.content_length
     if length is not None and length > limit:
         raise too_large(limit, upload)
-    from .stages.owners import FORM_REFERENCES
-
-    whole = FORM_WHOLE_BYTES if config.keys and ex.path in FORM_REFERENCES else STREAM_ABOVE
+    whole = FORM_WHOLE_BYTES if config.keys and ex.path in whole_forms else STREAM_ABOVE
     if upload and (length is None or length > whole) and _fixtures_live(ex, config):
         ex.body_stream = StreamedBody(request.content, limit, server.body_timeout_s,
                                       None if ex.body_decoded else length, upload)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import zoneinfo
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -26,6 +26,7 @@ MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_f
 
 Period = Literal["day", "week", "month", "total"]
 FixtureMode = Literal["live", "record", "replay", "record-missing"]
+FIXTURE_MODES: tuple[FixtureMode, ...] = get_args(FixtureMode)  # the one list of fixtures modes
 
 
 class Section(BaseModel):
@@ -50,6 +51,8 @@ class ServerConfig(Section):
                                   "application/octet-stream body (OpenAI's 512 MB file limit plus multipart framing).")
     body_timeout_s: float = Field(30.0, gt=0, description="Longest wait for the next piece of a request body "
                                   "(an idle timeout, not a total one); then 408.")
+    workers: int = Field(1, ge=1, le=256, description="Gateway processes on the one port (SO_REUSEPORT), "
+                         "supervised; with more than 1, budgets and rate limits need [state] url.")
 
 
 def check_base_url(value: str) -> str:
@@ -103,7 +106,7 @@ class UpstreamConfig(Section):
     @field_validator("forward_headers")
     @classmethod
     def _forwardable(cls, names: list[str]) -> list[str]:
-        from .stages.forward import never_forwarded
+        from .upstream import never_forwarded
 
         for name in names:
             if never_forwarded(name):
@@ -287,6 +290,11 @@ class PriceConfig(Section):
     cached_input_per_mtok: Decimal | None = Field(None, ge=0, description="USD per million cached prompt tokens.")
 
 
+class StateConfig(Section):
+    url: str | None = Field(None, description="redis://HOST:PORT/DB: budgets and limits shared by every gateway "
+                            "process using it. Unset: in-process.")
+
+
 class Config(Section):
     """The whole file. Every section is optional."""
 
@@ -295,6 +303,7 @@ class Config(Section):
     ledger: LedgerConfig = LedgerConfig()
     fixtures: FixturesConfig = FixturesConfig()
     limits: LimitsConfig = LimitsConfig()
+    state: StateConfig = StateConfig()
     keys: list[KeyConfig] = []
     budgets: list[BudgetConfig] = []
     rate_limits: list[RateLimitConfig] = []

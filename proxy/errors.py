@@ -1,46 +1,38 @@
-"""The gateway's error tree. Each error a client can see maps to OpenAI's envelope here, once.
+"""The gateway's error tree: every error a client can get from the gateway itself, in one file.
 
-    GatewayError                 any error the gateway answers itself
-    ├── AuthenticationError      401 missing or unknown key
-    ├── InvalidRequest           400 malformed input the gateway must read (JSON it needs to parse)
-    ├── NotFound                 404 an object this key may not see (another key's, or unknown): `owners`
-    ├── RequestTimeout           408 the client stopped sending its body
-    ├── PayloadTooLarge          413 a body over `[server] max_json_bytes` / `max_upload_bytes`
-    ├── UnsupportedEncoding      415 a `Content-Encoding` the gateway cannot decode
-    └── UpstreamError            502 the upstream could not be reached or broke the connection
-        └── UpstreamTimeout      504 the upstream did not answer in time
+    wire.errors.APIError            OpenAI's envelope (shared with the mock's `MockError`)
+    └── GatewayError                500 any error the gateway answers itself (`internal_error`)
+        ├── AuthenticationError     401 missing or unknown key                              auth
+        ├── InvalidRequest          400 malformed input the gateway must read (JSON it parses)
+        │   ├── Unestimable         400 a budgeted request whose cost cannot be bounded     estimate
+        │   └── ContextTooLong      400 a prompt over the model's context window            estimate
+        ├── OverrideRefused         403 a fixtures mode or cassette header the config forbids  fixtures
+        ├── NotFound                404 an object this key may not see (another key's, or unknown): owners
+        ├── RequestTimeout          408 the client stopped sending its body
+        ├── PayloadTooLarge         413 a body over `[server] max_json_bytes` / `max_upload_bytes`
+        ├── UnsupportedEncoding     415 a `Content-Encoding` the gateway cannot decode
+        ├── BudgetExceeded          429 `insufficient_quota`: a budget is spent (not retried)  budget
+        ├── RateLimited             429 over a rate limit, with `retry-after`               ratelimit
+        ├── FixtureMiss             `[fixtures] miss_status` (404): no recording, replay mode  fixtures
+        └── UpstreamError           502 the upstream could not be reached or broke the connection
+            └── UpstreamTimeout     504 the upstream did not answer in time
 
-`ConfigError` (bad config.toml) is raised before serving and never reaches a client.
+The last column names the stage that raises it. Errors an upstream answers itself are relayed as
+they came, not wrapped. `ConfigError` (bad config.toml) is raised before serving and never reaches a
+client; the CLI turns it into exit code 2 (see `proxy.cli`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
-from aiohttp import web
-
 from .wire.configfile import ConfigError
-from .wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
+from .wire.errors import INVALID_REQUEST, SERVER_ERROR, APIError
 
 
-class GatewayError(Exception):
+class GatewayError(APIError):
     """An error answered in OpenAI's envelope; subclasses set status, type and code."""
 
     status = 500
     type = SERVER_ERROR
-    code: str | None = None
-
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(message)
-        self.message, self.param, self.headers, self.extra = message, param, dict(headers or {}), extra
-        if code is not None:
-            self.code = code
-
-    def response(self) -> web.Response:
-        return error_response(self.status, self.message, self.type, self.param, self.code, self.headers,
-                              **self.extra)
 
 
 class AuthenticationError(GatewayError):
@@ -50,6 +42,22 @@ class AuthenticationError(GatewayError):
 class InvalidRequest(GatewayError):
     status, type = 400, INVALID_REQUEST
     code: str | None = None
+
+
+class Unestimable(InvalidRequest):
+    """400: a budgeted request whose cost the gateway cannot bound."""
+
+    code = "unestimable_request"
+
+
+class ContextTooLong(InvalidRequest):
+    code = "context_length_exceeded"
+
+
+class OverrideRefused(GatewayError):
+    """A request asked for another fixtures mode or cassette where the config does not allow it."""
+
+    status, type, code = 403, "permission_error", "fixtures_override_not_allowed"
 
 
 class NotFound(GatewayError):
@@ -71,6 +79,22 @@ class UnsupportedEncoding(GatewayError):
     status, type, code = 415, INVALID_REQUEST, "unsupported_content_encoding"
 
 
+class BudgetExceeded(GatewayError):
+    """429 `insufficient_quota` with `x-should-retry: false`, so SDKs do not retry it."""
+
+    status, type, code = 429, "insufficient_quota", "budget_exceeded"
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "requests", "rate_limit_exceeded"
+
+
+class FixtureMiss(GatewayError):
+    """No recording for this request in replay mode; its status is `[fixtures] miss_status`."""
+
+    type, code = INVALID_REQUEST, "fixture_not_found"
+
+
 class UpstreamError(GatewayError):
     status, type, code = 502, SERVER_ERROR, "upstream_error"
 
@@ -79,5 +103,6 @@ class UpstreamTimeout(UpstreamError):
     status, code = 504, "upstream_timeout"
 
 
-__all__ = ["AuthenticationError", "ConfigError", "GatewayError", "InvalidRequest", "NotFound", "PayloadTooLarge",
-           "RequestTimeout", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]
+__all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "GatewayError",
+           "InvalidRequest", "NotFound", "OverrideRefused", "PayloadTooLarge", "RateLimited", "RequestTimeout",
+           "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]

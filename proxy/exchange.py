@@ -7,20 +7,71 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
     from .body import StreamedBody
-    from .stages.estimate import Estimate
-    from .stages.route import Target
+    from .upstream import Target
     from .wire.fixtures import Fixture
 
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
 
 _JSON_START = frozenset((b"{", b" ", b"\n", b"\r", b"\t"))
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """Worst-case tokens of one request (set by the estimate stage, read by budget and rate limit)."""
+
+    prompt: int
+    completion: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+
+class Slot(Generic[T]):
+    """A typed key for one stage's per-request state on an exchange, as `web.AppKey` is for an app:
+
+        _WATCH = Slot[_Watch]("owners")     # at module level, in the stage's module
+        ex.state.set(_WATCH, watch)         # in `request`
+        watch = ex.state.pop(_WATCH)        # in `finish`: a _Watch, or None
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.name}>"
+
+
+class StageState:
+    """The stages' per-request state, keyed by `Slot`: it lives and dies with its exchange, so nothing
+    leaks when a finish hook is skipped."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[Slot[Any], Any] = {}
+
+    def get(self, slot: Slot[T]) -> T | None:
+        return cast("T | None", self._values.get(slot))
+
+    def set(self, slot: Slot[T], value: T) -> None:
+        self._values[slot] = value
+
+    def pop(self, slot: Slot[T]) -> T | None:
+        return cast("T | None", self._values.pop(slot, None))
+
+    def __contains__(self, slot: Slot[Any]) -> bool:
+        return slot in self._values
 
 
 @dataclass(slots=True, eq=False)
@@ -82,6 +133,8 @@ class Exchange:
     error_type: str | None = None
     finished: float | None = None
     overhead_s: float = 0.0
+    # each stage's own per-request state (see `Slot`)
+    state: StageState = field(default_factory=StageState)
 
     def __post_init__(self) -> None:
         if self.body:
@@ -101,10 +154,6 @@ class Exchange:
                 model = parsed.get("model")
                 self.model = model if isinstance(model, str) else None
                 self.stream = parsed.get("stream") is True
-
-    @property
-    def endpoint(self) -> str:
-        return self.path
 
     def elapsed_ms(self) -> float:
         end = self.finished if self.finished is not None else time.perf_counter()

@@ -59,13 +59,15 @@ def with_password(url: str, password: str | None) -> str:
 
 
 def target(ledger: _LedgerSettings) -> str:
-    """The ledger a gateway writes: `[ledger] url` (with the password from `password_env`), else `path`."""
-    if not ledger.url:
+    """The ledger a gateway writes: `[ledger] url` (with the password from `password_env`), else `path`
+    (which may be a URL too: `oaigate serve --db postgresql://...`)."""
+    url = ledger.url or (ledger.path if is_url(ledger.path) else None)
+    if not url:
         return ledger.path
     password = os.environ.get(ledger.password_env) if ledger.password_env else None
     if ledger.password_env and not password:
         raise LedgerError(f"[ledger] password_env: the environment variable {ledger.password_env} is not set")
-    return with_password(ledger.url, password)
+    return with_password(url, password)
 
 
 def shown(db: str | Path) -> str:

@@ -1,6 +1,14 @@
 """The gateway's pipeline: an ordered list of stages, each one concern, each with hooks.
 
-    authenticate -> (admit) -> (fixtures) -> forward -> meter -> (settle) -> ledger
+The order, as `proxy.pipeline.default_pipeline` builds it (one line per stage there):
+
+    request:  Deadline -> RequestId -> Authenticate -> Route -> Owners* -> Estimator -> Budget
+              -> BatchBudgets -> RateLimit -> Fixtures
+    forward:  Forward (or, for a fixture hit, the replay)
+    finish:   Meter -> Owners* -> Chains -> BatchBudgets -> Fixtures -> Budget -> PendingResponses
+              -> RateLimit -> Metrics -> Ledger* -> AccessLog
+
+    * Owners only with `[[keys]]`; Ledger only with `[ledger] enabled`.
 
 `request(ex)` runs in order before the upstream is called and may raise a `GatewayError`;
 `chunk(ex, data)` sees every response body chunk as it is relayed (keep it cheap);

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,15 +31,15 @@ import aiohttp
 
 from ..clock import Clock
 from ..db.writer import LedgerWriter
-from ..errors import InvalidRequest
-from ..exchange import Exchange
+from ..errors import InvalidRequest, Unestimable
+from ..exchange import Exchange, Slot
 from ..wire.jsoncodec import JSONDecodeError, loads
 from ..wire.pricing import PriceTable
 from ..wire.tokens import PromptTooLong, count_request_prompt
 from ..wire.usage import Usage, from_body
 from . import Stage
 from .budget import BudgetBook, Reservation
-from .estimate import CAP_FIELDS, Unestimable, answers, prompt_bound
+from .estimate import CAP_FIELDS, answers, prompt_bound
 from .forward import Upstream
 from .settling import Poller, unsettled
 
@@ -69,6 +68,9 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_HELD = Slot[tuple[Reservation, str | None]]("batches")  # reservation and model, until created
+
+
 class BatchBudgets(Poller, Stage):
     """Reserves, settles and releases Batch API jobs; see the module's docstring."""
 
@@ -80,7 +82,6 @@ class BatchBudgets(Poller, Stage):
         self.chains = chains or (lambda _: None)
         self.pass_through = pass_through
         self.open: dict[str, OpenBatch] = {}
-        self._pending: dict[int, tuple[Reservation, str | None]] = {}
         self._settling: set[str] = set()
         self.log = log
 
@@ -110,10 +111,11 @@ class BatchBudgets(Poller, Stage):
         bound = prompt_bound(self.prices, model, headroom)
         worst = await asyncio.to_thread(self.worst_case, data, str(body.get("endpoint", "")), bound)
         micros = self.prices.cost_micros(worst.model, worst.usage, batch=True)
-        self._pending[id(ex)] = (self.book.reserve(ex.principal, worst.model, micros, worst.usage.total), worst.model)
+        ex.state.set(_HELD, (self.book.reserve(ex.principal, worst.model, micros, worst.usage.total),
+                                  worst.model))
 
     async def finish(self, ex: Exchange) -> None:
-        pending = self._pending.pop(id(ex), None)
+        pending = ex.state.pop(_HELD)
         if ex.method == "POST" and ex.path == "/v1/batches":
             reservation, model = pending if pending is not None else (Reservation(), None)
             if ex.status == 200 and ex.object_id:  # every batch is settled in the ledger, budgeted or not
@@ -221,7 +223,7 @@ class BatchBudgets(Poller, Stage):
             return
         now = _iso(self.clock.wall())
         self.writer.submit({
-            "id": "gw_" + uuid.uuid4().hex, "started_at": now, "finished_at": now, "key_name": batch.principal,
+            "id": "gw_settle_" + batch_id, "started_at": now, "finished_at": now, "key_name": batch.principal,
             "method": SETTLE_METHOD, "endpoint": f"/v1/batches/{batch_id}", "model_requested": model,
             "model_served": model, "status": 200, "stream": 0, "prompt_tokens": usage.prompt,
             "completion_tokens": usage.completion, "cached_tokens": usage.cached, "reasoning_tokens": usage.reasoning,

@@ -19,8 +19,8 @@ from zoneinfo import ZoneInfo
 from ..clock import Clock
 from ..config import Config
 from ..db.ledger import read_rows
-from ..errors import GatewayError, InvalidRequest
-from ..exchange import Exchange
+from ..errors import BudgetExceeded, InvalidRequest
+from ..exchange import Exchange, Slot
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
 from . import Stage
@@ -39,12 +39,6 @@ CHARGED_ROWS = ("(method IS NULL OR method IN ('BATCH', 'SETTLE') OR (method = '
                     ", ".join("?" * len(METERED_PATHS)))
 CHARGED_PARAMS = tuple(sorted(METERED_PATHS))
 assert METERED_PREFIXES == ("/v1/images/", "/v1/audio/")
-
-
-class BudgetExceeded(GatewayError):
-    """429 `insufficient_quota` with `x-should-retry: false`, so SDKs do not retry it."""
-
-    status, type, code = 429, "insufficient_quota", "budget_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,13 +279,15 @@ class BudgetBook:
                 if rule.key in (("*", principal) if own_only else (None, "*", principal))]
 
 
+_HELD = Slot[Reservation]("budget")  # the worst case reserved, until settled
+
+
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
     def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None) -> None:
         self.book, self.prices = book, prices
         self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
-        self._held: dict[int, Reservation] = {}
 
     def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
         """Whether a budget applies to `ex`, and the most prompt tokens it could still pay for."""
@@ -307,10 +303,10 @@ class Budget(Stage):
             return
         worst = Usage(ex.estimate.prompt, ex.estimate.completion)
         micros = self.prices.cost_micros(ex.model, worst)
-        self._held[id(ex)] = self.book.reserve(ex.principal, ex.model, micros, worst.total)
+        ex.state.set(_HELD, self.book.reserve(ex.principal, ex.model, micros, worst.total))
 
     async def finish(self, ex: Exchange) -> None:
-        reservation = self._held.pop(id(ex), None)
+        reservation = ex.state.pop(_HELD)
         if ex.settle_later and self.pending is not None:
             self.pending.hold(ex, reservation)  # charged when it ends
             return

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidRequest
-from ..exchange import Exchange
+from ..errors import ContextTooLong, Unestimable
+from ..exchange import Estimate, Exchange
 from ..wire.jsoncodec import dumps
 from ..wire.pricing import PriceTable
 from ..wire.tokens import PromptTooLong, count_request_prompt
@@ -42,33 +41,10 @@ CAP_FIELDS: dict[str, tuple[str, ...] | None] = {
     "/v1/responses/compact": (),  # no cap: bounded by its own input (a compaction never grows it)
     "/v1/embeddings": None,
 }
-FREE_PATHS = frozenset({"/v1/moderations", "/v1/responses/input_tokens"})
 # paths that cost money in a way tokens of the request cannot bound: refused on a budgeted request
 REFUSED_PREFIXES = ("/v1/images/", "/v1/audio/", "/v1/fine_tuning/jobs", "/v1/realtime", "/v1/videos",
                     "/v1/containers", "/v1/threads/runs", "/v1/evals/")
 _LEGACY_COMPLETIONS_DEFAULT = 16
-
-
-@dataclass(frozen=True, slots=True)
-class Estimate:
-    """Worst-case tokens of one request."""
-
-    prompt: int
-    completion: int
-
-    @property
-    def total(self) -> int:
-        return self.prompt + self.completion
-
-
-class Unestimable(InvalidRequest):
-    """400: a budgeted request whose cost the gateway cannot bound."""
-
-    code = "unestimable_request"
-
-
-class ContextTooLong(InvalidRequest):
-    code = "context_length_exceeded"
 
 
 def refused_path(method: str, path: str) -> bool:

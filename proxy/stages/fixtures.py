@@ -31,10 +31,10 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from ..config import FixturesConfig
+from ..config import FIXTURE_MODES, FixturesConfig
 from ..durable import COMPLETE
-from ..errors import GatewayError, InvalidRequest
-from ..exchange import Exchange
+from ..errors import FixtureMiss, InvalidRequest, OverrideRefused
+from ..exchange import Exchange, Slot
 from ..wire.fixtures import (
     CASSETTE_HEADER,
     FIXTURE_HEADER,
@@ -63,20 +63,10 @@ INLINE_BODY_BYTES = 64 * 1024
 MIN_SCRUBBED = 6  # shorter redacted strings are not searched for in answers
 _STRUCTURAL = frozenset({"type", "role", "object", "status"})
 
-MODES = ("live", "record", "replay", "record-missing")
+MODES = FIXTURE_MODES
 KEPT_RESPONSE_HEADERS = ("content-type", "x-request-id", "openai-version", "openai-processing-ms", "retry-after",
                          "retry-after-ms", "x-should-retry")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class FixtureMiss(GatewayError):
-    type, code = "invalid_request_error", "fixture_not_found"
-
-
-class OverrideRefused(GatewayError):
-    """A request asked for another fixtures mode or cassette where the config does not allow it."""
-
-    status, type, code = 403, "permission_error", "fixtures_override_not_allowed"
 
 
 NOT_RECORDED = "not_recorded"  # the ledger's `fixture` for a recording that was not kept
@@ -100,6 +90,9 @@ def match_policy(config: FixturesConfig) -> MatchPolicy:
                        tuple(config.redact_fields))
 
 
+_RECORDING = Slot[_Recording]("fixtures")  # an answer being recorded
+
+
 class Fixtures(Stage):
     """Decides record / replay per request; `ex.replay` carries a hit to the app.
 
@@ -117,7 +110,6 @@ class Fixtures(Stage):
         self._warned = False
         self._buffered = 0  # bytes held by recordings in flight: together they never outgrow the quota
         self._cassettes: dict[str, Cassette] = {}
-        self._recording: dict[int, _Recording] = {}
         self._saved: set[Path] = set()
 
     @classmethod
@@ -202,13 +194,13 @@ class Fixtures(Stage):
                 raise error
         ex.fixture = "recorded"
         if self.quota.full:  # nothing more fits: relay as usual, keep nothing
-            self._recording[id(ex)] = _Recording(cassette, key, {}, 0, over_quota=True)
+            ex.state.set(_RECORDING, _Recording(cassette, key, {}, 0, over_quota=True))
             return
-        self._recording[id(ex)] = _Recording(cassette, key, redact_body(body, self.policy.redact),
-                                             cassette.reserve(key))
+        ex.state.set(_RECORDING, _Recording(cassette, key, redact_body(body, self.policy.redact),
+                                            cassette.reserve(key)))
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
-        recording = self._recording.get(id(ex))
+        recording = ex.state.get(_RECORDING)
         if recording is not None and not recording.over_quota:
             if self._buffered + len(data) > self.quota.remaining:  # it cannot fit: stop holding its bytes
                 self._buffered -= recording.size
@@ -222,9 +214,7 @@ class Fixtures(Stage):
             recording.chunks.append((now - recording.started, data))
 
     async def finish(self, ex: Exchange) -> None:
-        if ex.fixture == "hit":
-            ex.replayed_cost_micros, ex.cost_micros = ex.cost_micros, 0  # a replay spends nothing
-        recording = self._recording.pop(id(ex), None)
+        recording = ex.state.pop(_RECORDING)
         if recording is None:
             return
         self._buffered -= recording.size

@@ -16,7 +16,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -27,34 +27,19 @@ from ..body import body_headers
 from ..durable import COMPLETE
 from ..errors import UpstreamError, UpstreamTimeout
 from ..exchange import Exchange
+from ..upstream import FORWARDED_HEADERS, Upstream
+from ..upstream import NEVER_FORWARDED as _NEVER
+from ..upstream import NOT_DOWNSTREAM as _NOT_DOWNSTREAM
 from ..wire.jsoncodec import dumps
 from .retry import backoff, hinted_wait, should_retry
 
 log = logging.getLogger("oaigate.forward")
 
-HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length",
-})
-_NOT_UPSTREAM = HOP_BY_HOP | {"authorization", "api-key", "accept-encoding", "cookie"}
-_NOT_DOWNSTREAM = HOP_BY_HOP | {"set-cookie"}  # content-encoding stays: an upstream may compress anyway
 READ_WHOLE_LIMIT = 8 * 1024 * 1024
 
 Sleep = Callable[[float], Awaitable[object]]
 ChunkHook = Callable[[Exchange, bytes], None]
 AttemptHook = Callable[[Exchange, int, Mapping[str, str]], None]
-
-
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    """Where requests go: `base_url` ends with the API version path (e.g. https://api.openai.com/v1)."""
-
-    name: str
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)  # never in a repr, a log or a traceback
-    organization: str | None = None  # OpenAI-Organization / OpenAI-Project sent with `api_key`
-    project: str | None = None
-    forward_headers: tuple[str, ...] = ()  # client headers forwarded besides FORWARDED_HEADERS (names, globs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,24 +52,6 @@ class Timeouts:
 def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     """Header names the `Connection` header lists: hop-by-hop for this message (RFC 9110 7.6.1)."""
     return frozenset(t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip())
-
-
-# Client headers that go upstream (names or globs, lower case): what the OpenAI SDKs send, and the mock's
-# test headers. Anything else stays at the gateway unless `[upstream] forward_headers` adds it.
-FORWARDED_HEADERS = (
-    "content-type", "content-encoding", "accept", "user-agent", "openai-beta", "idempotency-key",
-    "x-client-request-id", "x-stainless-*", "x-mock-*",
-)
-_IDENTITY = frozenset({"openai-organization", "openai-project"})  # whose org/project the upstream key bills
-_NEVER = _NOT_UPSTREAM | _IDENTITY | {"set-cookie", "x-api-key", "forwarded"}
-
-
-def never_forwarded(pattern: str) -> bool:
-    """True when a `forward_headers` entry could match a credential, the upstream identity, a
-    hop-by-hop header or one of the gateway's own `x-oaigate-*` headers."""
-    pattern = pattern.strip().lower()
-    return not pattern or any(fnmatch.fnmatchcase(name, pattern)
-                              for name in (*_NEVER, "x-oaigate-fixtures", "x-oaigate-cache"))
 
 
 @functools.lru_cache(maxsize=4096)

@@ -5,6 +5,8 @@ parsed on the side of the relay. When the upstream reports none, it is estimated
 tokenizer (off the event loop) and flagged `usage_source = "estimated"`, never recorded as $0.
 A `background: true` response not seen ended (queued, or its stream cut by the client) is charged
 later, when it ends, for its final usage (`pending`), never for the part relayed.
+A fixture replay (`ex.fixture == "hit"`) costs nothing: its would-be cost moves to
+`replayed_cost_micros`, so every later stage (budget, metrics, ledger) sees 0, whatever its place.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import asyncio
 import zlib
 from typing import Any
 
-from ..exchange import Exchange
+from ..exchange import Exchange, Slot
 from ..wire import usage as usage_of
 from ..wire.jsoncodec import JSONDecodeError, loads
 from ..wire.pricing import PriceTable
@@ -52,20 +54,24 @@ class _StreamState:
         self.overflow = 0
 
 
+_STREAM = Slot[_StreamState]("meter")  # a relayed body, read as it goes
+
+
 class Meter(Stage):
-    """Fills `ex.usage`, `ex.usage_source`, `ex.model_served` and `ex.cost_micros`."""
+    """Fills `ex.usage`, `ex.usage_source`, `ex.model_served`, `ex.cost_micros` (0 for a replay) and
+    `ex.replayed_cost_micros`."""
 
     def __init__(self, prices: PriceTable) -> None:
         self.prices = prices
-        self._streams: dict[int, _StreamState] = {}
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
         if ex.response_body is not None:
             return  # a whole JSON body: read in `finish`
-        state = self._streams.get(id(ex))
+        state = ex.state.get(_STREAM)
         if state is None:
             content_type = (ex.upstream_headers or {}).get("Content-Type", "")
-            state = self._streams[id(ex)] = _StreamState("event-stream" in content_type)
+            state = _StreamState("event-stream" in content_type)
+            ex.state.set(_STREAM, state)
         if not state.sse and not _is_generation(ex):
             return  # a file download or other body: nothing to meter, nothing to keep
         if state.overflow + len(data) <= STREAM_KEEP_BYTES:
@@ -83,7 +89,12 @@ class Meter(Stage):
                 state.usage = found
 
     async def finish(self, ex: Exchange) -> None:
-        state = self._streams.pop(id(ex), None)
+        await self._meter(ex)
+        if ex.fixture == "hit":  # a replay spends nothing; the ledger keeps what it would have cost live
+            ex.replayed_cost_micros, ex.cost_micros = ex.cost_micros, 0
+
+    async def _meter(self, ex: Exchange) -> None:
+        state = ex.state.pop(_STREAM)
         if ex.status is None or ex.status >= 400:
             return
         await self._read(ex, state)

@@ -40,7 +40,7 @@ from aiohttp import web
 from ..config import Config
 from ..db.ledger import read_rows, target
 from ..errors import GatewayError, InvalidRequest, NotFound, UpstreamError
-from ..exchange import Exchange
+from ..exchange import Exchange, Slot
 from ..wire.jsoncodec import JSONDecodeError, dumps, loads
 from ..wire.sse import SSEParser
 from . import Stage
@@ -200,6 +200,9 @@ def _decoded(body: bytes, encoding: str | None) -> bytes | None:
     return None
 
 
+_WATCH = Slot[_Watch]("owners")  # what this exchange's answer is read for
+
+
 class Owners(Stage):
     """The registry of who owns what (object id -> key name), and the stage enforcing it."""
 
@@ -208,7 +211,6 @@ class Owners(Stage):
         self.authenticate = authenticate
         self.ledger_path = target(config.ledger) if config.ledger.enabled else None
         self._owner: dict[str, str] = {}
-        self._watch: dict[int, _Watch] = {}
 
     @property
     def stages(self) -> list[Stage]:
@@ -291,7 +293,7 @@ class Owners(Stage):
         elif collection == "uploads" and rest[-1:] == ["complete"] and ex.method == "POST":
             watch.derive = watch.upload_complete = True
         if watch.register or watch.derive or watch.must_filter:
-            self._watch[id(ex)] = watch
+            ex.state.set(_WATCH, watch)
 
     @staticmethod
     def _check_form(ex: Exchange, path: str, collection: str, kind: Kind | None) -> None:
@@ -377,7 +379,7 @@ class Owners(Stage):
                 raise kind.missing(object_id, name.split("[")[0])
 
     def chunk(self, ex: Exchange, data: bytes) -> None:
-        watch = self._watch.get(id(ex))
+        watch = ex.state.get(_WATCH)
         if watch is None or watch.done or ex.status is None or not 200 <= ex.status < 300:
             return
         headers = ex.upstream_headers or {}
@@ -457,7 +459,7 @@ class Owners(Stage):
                     ex.object_id = child  # completing an upload creates the file: the ledger keeps its owner
 
     async def finish(self, ex: Exchange) -> None:
-        self._watch.pop(id(ex), None)
+        ex.state.pop(_WATCH)
 
     # --- list answers ---------------------------------------------------------------------------
 

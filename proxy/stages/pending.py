@@ -22,7 +22,6 @@ so if its usage cannot be learned its `SETTLE` row says `usage_source = "unknown
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -129,7 +128,7 @@ class PendingResponses(Poller, Stage):
             return
         now = datetime.fromtimestamp(self.clock.wall(), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         self.writer.submit({
-            "id": "gw_" + uuid.uuid4().hex, "started_at": now, "finished_at": now, "key_name": pending.principal,
+            "id": "gw_settle_" + response_id, "started_at": now, "finished_at": now, "key_name": pending.principal,
             "method": SETTLE_METHOD, "endpoint": PREFIX + response_id, "model_requested": pending.model,
             "model_served": model, "status": 200, "stream": 0,
             "prompt_tokens": usage.prompt if usage else None, "completion_tokens": usage.completion if usage else None,

@@ -16,18 +16,15 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from ..clock import Clock
 from ..config import Config
-from ..errors import GatewayError
-from ..exchange import Exchange
+from ..errors import RateLimited
+from ..exchange import Exchange, Slot
 from . import Stage
 from .retry import MAX_HINT_S, hinted_wait, parse_duration
 from .scopes import Selector
-
-
-class RateLimited(GatewayError):
-    status, type, code = 429, "requests", "rate_limit_exceeded"
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,27 +420,30 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+_PERMIT = Slot[Permit]("ratelimit")  # held from `request` to `finish`
+
+
 class RateLimit(Stage):
     """Admits before forwarding; corrects tokens and frees the slot after."""
 
     def __init__(self, limiter: RateLimiter) -> None:
         self.limiter = limiter
-        self._permits: dict[int, Permit] = {}
 
     async def request(self, ex: Exchange) -> None:
         tokens = ex.estimate.total if ex.estimate is not None else 0
         if self.limiter.rules or self.limiter.governor is not None:
-            governor = ex.target.governor if ex.target is not None else None  # the routed upstream's
+            # the routed upstream's (`resources` gives every target an UpstreamGovernor or None)
+            governor = cast("UpstreamGovernor | None", ex.target.governor if ex.target is not None else None)
             paced_by = governor or self.limiter.governor
             key = paced_by.key(ex) if paced_by is not None else None
             left = ex.deadline - time.monotonic()  # queueing counts against the request's deadline
-            self._permits[id(ex)] = await self.limiter.acquire(ex.principal, ex.model, tokens, governor, key=key,
-                                                               max_wait_s=left)
+            permit = await self.limiter.acquire(ex.principal, ex.model, tokens, governor, key=key, max_wait_s=left)
+            ex.state.set(_PERMIT, permit)
         if self.limiter.rules:
             ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
 
     async def finish(self, ex: Exchange) -> None:
-        permit = self._permits.pop(id(ex), None)
+        permit = ex.state.pop(_PERMIT)
         if permit is None:
             return
         if ex.usage is not None:

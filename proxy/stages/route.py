@@ -17,21 +17,12 @@ from urllib.parse import urlsplit
 
 from ..config import Config
 from ..exchange import Exchange
+from ..upstream import Target, Upstream
 from ..wire.jsoncodec import dumps
 from . import Stage
-from .forward import Upstream
-from .ratelimit import UpstreamGovernor
 
 MOCK_KEY = "oaigate-embedded-mock"
 CACHE_SIZE = 1024  # distinct model names remembered; past it the cache starts over
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Target:
-    """An upstream, and the adaptive governor pacing admission to it (None when adaptive is off)."""
-
-    upstream: Upstream
-    governor: UpstreamGovernor | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """OpenAI's error envelope: `{"error": {"message", "type", "param", "code"}}`.
 
 Both servers build every error a client sees through `error_body` / `error_response`, so the shape
-is defined once.
+is defined once; `APIError` is the one base of the exceptions that carry it (the gateway's
+`proxy.errors.GatewayError`, the mock's `mockserver.errors.MockError`).
 """
 
 from __future__ import annotations
@@ -44,3 +45,24 @@ def error_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+class APIError(Exception):
+    """An error a client gets in the envelope: `status`, `type` and `code` as class defaults a subclass
+    sets (or an instance overrides), `message`, `param`, `headers` and any `extra` envelope fields."""
+
+    status: int = 500
+    type: str = SERVER_ERROR
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: Mapping[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message, self.param, self.headers, self.extra = message, param, dict(headers or {}), extra
+        if code is not None:
+            self.code = code
+
+    def response(self) -> web.Response:
+        """The envelope response, with this error's status and headers."""
+        return error_response(self.status, self.message, self.type, self.param, self.code, self.headers,
+                              **self.extra)

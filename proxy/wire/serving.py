@@ -173,6 +173,7 @@ async def serve(
     handler_cancellation: bool = False,
     header_timeout_s: float = HEADER_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    reuse_port: bool = False,
 ) -> None:
     """Bind, report the URL once requests are accepted, then run until a stop signal; clean up
     (stop accepting, let in-flight requests finish within `shutdown_timeout` in total, cut the rest,
@@ -182,7 +183,7 @@ async def serve(
                            max_connections=max_connections)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
         await site.start()
         bound = runner.addresses[0] if runner.addresses else (host, port)
         shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
@@ -198,12 +199,13 @@ async def serve(
 
 def run(app: web.Application, host: str, port: int, on_ready: Callable[[str], None], *,
         handler_cancellation: bool = False, shutdown_grace_s: float = SHUTDOWN_GRACE_S,
-        header_timeout_s: float = HEADER_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS) -> None:
+        header_timeout_s: float = HEADER_TIMEOUT_S, max_connections: int = MAX_CONNECTIONS,
+        reuse_port: bool = False) -> None:
     """Blocking entry point for a command; on uvloop where it is installed (less CPU per request,
     see benchmarks/gateway.py --uvloop)."""
     main = serve(app, host, port, on_ready=on_ready, handler_cancellation=handler_cancellation,
                  shutdown_timeout=shutdown_grace_s, header_timeout_s=header_timeout_s,
-                 max_connections=max_connections)
+                 max_connections=max_connections, reuse_port=reuse_port)
     try:
         import uvloop
     except ImportError:

@@ -183,3 +183,39 @@ def test_a_batch_on_a_key_without_budget_is_charged_once_in_the_ledger(gateway: 
     rows = gw.rows(expect=7)
     charged = [r for r in rows if r["cost_microusd"]]
     assert [(r["method"], r["object_id"], r["key_name"]) for r in charged] == [("BATCH", batch.id, "big")]
+
+
+def test_gateways_restarting_over_one_ledger_settle_a_batch_once(tmp_path: Path, upstream_key: str) -> None:
+    """Several processes on one ledger (`serve --workers`): only worker 0 resumes the batches the ledger
+    shows open, and a settlement row has the batch's own id, so two resuming processes still leave one."""
+    mock = ServerThread(lambda: make_mock(MockSettings(batch_pace="realistic", batch_phase_s=10,
+                                                       batch_request_s=10))).start()
+    db = tmp_path / "workers.db"
+    config = Config.model_validate({
+        "upstream": {"base_url": mock.url + "/v1", "api_key_env": UPSTREAM_KEY_ENV},
+        "ledger": {"path": str(db)}, "keys": keys(0.01), "limits": {"batch_poll_s": 30}})
+    first = ServerThread(lambda: make_app(config)).start()
+    try:
+        with openai.OpenAI(base_url=first.url + "/v1", api_key=TINY_KEY, max_retries=0) as tiny:
+            batch = create_batch(tiny, jsonl(4))
+    finally:
+        first.stop()
+    clocks = {index: ManualClock() for index in ("a", "b", "c")}
+    resuming = [ServerThread(lambda: make_app(config, clock=clocks["a"])).start(),
+                ServerThread(lambda: make_app(config, clock=clocks["b"])).start()]
+    other = ServerThread(lambda: make_app(config, clock=clocks["c"], worker=1)).start()
+    try:
+        assert budget_of(other.url)["reserved_usd"] == "0.000000"  # worker 1 leaves the open batch to worker 0
+        fetch("POST", mock.url + "/_mock/clock/advance", key=None, json={"seconds": 3600})
+        for server, clock in zip([*resuming, other], clocks.values(), strict=True):
+            server.call(lambda clock=clock: clock.advance(30))
+        for _ in range(200):
+            if all(budget_of(s.url)["reserved_usd"] == "0.000000" for s in resuming):
+                break
+            threading_wait(0.05)
+    finally:
+        for server in (*resuming, other):
+            server.stop()
+        mock.stop()
+    rows = [r for r in read_rows(db) if r["method"] == "BATCH"]
+    assert [(r["id"], r["object_id"]) for r in rows] == [("gw_settle_" + batch.id, batch.id)]

@@ -120,7 +120,7 @@ def test_an_unreachable_ledger_stops_serve_at_start_with_a_clear_error(serve: Ca
     wrong = pg_url.replace(f":{PASSWORD}@", f":not-{PASSWORD}@")
     config = write_config(tmp_path, MOCK_CONFIG + f'[ledger]\nurl = "{wrong}"\n')
     gateway = serve("--config", str(config), "--port", "0")
-    assert gateway.proc.wait(60) == 2
+    assert gateway.proc.wait(60) == 1  # EXIT_FAILED: the command could not do its job
     gateway.stop()
     said = "".join(gateway.stderr)
     assert said.startswith("oaigate: cannot connect to the ledger at postgresql://oaigate:***@127.0.0.1:")

@@ -9,34 +9,30 @@ from typing import Any
 
 import click
 
-from .clock import Clock, ManualClock
-from .config import ConfigError, load_config
-from .db.ledger import LEDGER, LedgerError, ledger_db
-from .stages.budget import BudgetBook, rules_from_config
+from ..clock import Clock, ManualClock
+from ..db.ledger import LedgerError, ledger_db
+from ..stages.budget import BudgetBook, rules_from_config
+from .common import config_option, db_option, fail, load, now_option, print_table
 
 
 @click.command("budgets")
-@click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-              help="Config file with the budgets. Default: ./config.toml if present.")
-@click.option("--db", type=LEDGER, help="Ledger file or postgresql://... URL. Default: [ledger] of the config.")
+@config_option("Config file with the budgets. Default: ./config.toml if present.")
+@db_option("Ledger file or postgresql://... URL. Default: [ledger] url or path of the config.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="An aligned table, or JSON for scripts.")
-@click.option("--now", "now", hidden=True, help="Pretend it is this ISO-8601 instant (for tests).")
+@now_option
 def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> None:
     """Budgets and what is left of them: limit, spent, remaining, when each resets.
 
     Spend comes from the ledger, so this works with the gateway stopped; money held by requests in
     flight shows only in a running gateway's GET /oaigate/budgets."""
-    try:
-        settings = load_config(config)
-    except ConfigError as exc:
-        raise click.ClickException(f"config error: {exc}") from None
+    settings = load(config)
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
     try:
         book.load_ledger(str(db or ledger_db(settings.ledger)), settings.resolved_aliases())
     except LedgerError as exc:
-        raise click.ClickException(str(exc)) from None
+        fail(str(exc))
     rows = book.status()
     if fmt == "json":
         click.echo(json.dumps({"budgets": rows}, indent=2))
@@ -50,8 +46,6 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
 def _table(rows: list[dict[str, Any]]) -> None:
     from rich import box
     from rich.table import Table
-
-    from .cli_ledger import print_table
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for name in ("scope", "period", "limit", "spent", "remaining", "resets at"):

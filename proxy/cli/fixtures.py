@@ -10,14 +10,15 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from .config import ConfigError, FixturesConfig, load_config
-from .stages.fixtures import match_policy
-from .wire.fixtures import Fixture, cassette_folders, request_key
-from .wire.fixtures.hits import HITS_FILE, clear_hits, read_hits
+from ..config import FixturesConfig
+from ..stages.fixtures import match_policy
+from ..wire.fixtures import Fixture, cassette_folders, request_key
+from ..wire.fixtures.hits import HITS_FILE, clear_hits, read_hits
+from .common import config_option, fail, load, print_table
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,16 +31,8 @@ class Entry:
     error: str | None = None
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"oaigate: {message}", err=True)
-    sys.exit(code)
-
-
 def _settings(config: Path | None, folder: Path | None) -> tuple[FixturesConfig, Path]:
-    try:
-        settings = load_config(config).fixtures
-    except ConfigError as exc:
-        _fail(f"config error: {exc}", 2)
+    settings = load(config).fixtures
     return settings, folder or Path(settings.dir)
 
 
@@ -59,15 +52,14 @@ def scan(root: Path, cassette: str | None = None) -> list[Entry]:
 
 def _folder(root: Path, cassette: str | None) -> None:
     if not root.is_dir():
-        _fail(f"no fixtures folder at {root}")
+        fail(f"no fixtures folder at {root}")
     if cassette is not None and not (root / cassette).is_dir():
-        _fail(f"no cassette '{cassette}' in {root}")
+        fail(f"no cassette '{cassette}' in {root}")
 
 
 _dir_option = click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
                            help="Fixtures folder. Default: [fixtures] dir of the config (./fixtures).")
-_config_option = click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-                              help="Config file, read for its [fixtures] section. Default: ./config.toml if present.")
+_config_option = config_option("Config file, read for its [fixtures] section. Default: ./config.toml if present.")
 _cassette_option = click.option("--cassette", help="Only this cassette (a subfolder of the fixtures folder).")
 
 
@@ -94,8 +86,6 @@ def list_(folder: Path | None, config: Path | None, cassette: str | None, fmt: s
         return
     from rich import box
     from rich.table import Table
-
-    from .cli_ledger import print_table
 
     title = f"{len(records)} fixture{'s' * (len(records) != 1)} in {root}"
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
@@ -149,9 +139,9 @@ def show(fixture: str, folder: Path | None, config: Path | None, raw: bool) -> N
                  or (e.fixture is not None and e.fixture.request.key.startswith(fixture))]
         found = found or [e.path for e in entries if fixture in e.path.name]
         if not found:
-            _fail(f"no fixture file or request key '{fixture}' in {root}")
+            fail(f"no fixture file or request key '{fixture}' in {root}")
         if len(found) > 1:
-            _fail(f"'{fixture}' matches {len(found)} fixtures: " + ", ".join(str(p) for p in found[:5]))
+            fail(f"'{fixture}' matches {len(found)} fixtures: " + ", ".join(str(p) for p in found[:5]))
         path = found[0]
     text = path.read_text(encoding="utf-8")
     if raw:
@@ -160,7 +150,7 @@ def show(fixture: str, folder: Path | None, config: Path | None, raw: bool) -> N
     try:
         loaded = Fixture.loads(text)
     except ValueError as exc:
-        _fail(f"{path}: {exc}")
+        fail(f"{path}: {exc}")
     request, response = loaded.request, loaded.response
     click.echo(f"{path}\nrecorded {loaded.recorded_at}; request key {request.key}")
     query = f"?{request.query}" if request.query else ""
@@ -239,7 +229,7 @@ def prune(folder: Path | None, config: Path | None, cassette: str | None, dry_ru
     _folder(root, cassette)
     hits = read_hits(root)
     if hits is None:
-        _fail(f"no {HITS_FILE} in {root}: no replay run has been recorded since the last prune. Run the tests "
+        fail(f"no {HITS_FILE} in {root}: no replay run has been recorded since the last prune. Run the tests "
               "in replay mode first, then prune.")
     unused = [e.path for e in scan(root, cassette) if e.path not in hits]
     for path in unused:

@@ -10,23 +10,20 @@ import csv
 import io
 import json
 import sqlite3
-import sys
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
-from .config import ConfigError, load_config
-from .db.ledger import LEDGER, connect_readonly, is_url, ledger_db, shown
-from .db.ledger import info as ledger_info
-from .db.ledger import prune as prune_ledger
-from .db.reports import GroupBy, LedgerError, SpendRow, format_usd, ledger_time, parse_time, spend_by, spend_total
-
-F = TypeVar("F", bound=Callable[..., Any])
+from ..db.ledger import connect_readonly, is_url, ledger_db, shown
+from ..db.ledger import info as ledger_info
+from ..db.ledger import prune as prune_ledger
+from ..db.reports import GroupBy, LedgerError, SpendRow, format_usd, ledger_time, parse_time, spend_by, spend_total
+from .common import F, config_option, db_option, fail, load, now_option, print_table
 
 _TIME_HELP = "YYYY-MM-DD (UTC), an ISO-8601 timestamp, or a span back from now such as 7d, 24h, 30m."
 _FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
@@ -35,41 +32,24 @@ _FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_t
 
 
 def _ledger_options(func: F) -> F:
-    for decorator in reversed((
-        click.option("--db", type=LEDGER,
-                     help="Ledger file or postgresql://USER@HOST:PORT/DB. Default: [ledger] url or path of the "
-                          "config (oaigate.db)."),
-        click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Config file, read only for its [ledger] path. Default: ./config.toml if present."),
-    )):
-        func = decorator(func)
-    return func
-
-
-_now_option = click.option("--now", "now", hidden=True, help="Pretend it is this ISO-8601 instant (for tests).")
-
-
-def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"oaigate: {message}", err=True)
-    sys.exit(code)
+    func = config_option("Config file, read only for its [ledger] path. Default: ./config.toml if present.")(func)
+    return db_option()(func)
 
 
 def _ledger_path(db: Path | None, config: Path | None) -> Path | str:
     if db is not None:
         return db
     try:
-        return ledger_db(load_config(config).ledger)
-    except ConfigError as exc:
-        _fail(f"config error: {exc}", 2)
+        return ledger_db(load(config).ledger)
     except LedgerError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _open(path: Path | str) -> sqlite3.Connection:
     try:
         return connect_readonly(path)
     except LedgerError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _when(value: str, option: str, now: datetime | None, *, end_of_day: bool = False) -> datetime:
@@ -85,7 +65,7 @@ def _clock(now: str | None) -> datetime | None:
 
 @click.command("spend")
 @_ledger_options
-@_now_option
+@now_option
 @click.option("--since", help=f"Only requests started at or after this. {_TIME_HELP}")
 @click.option("--until", help=f"Only requests started before this (a bare date includes that day). {_TIME_HELP}")
 @click.option("--by", "by", type=click.Choice(["day", "model", "key", "endpoint", "upstream"]),
@@ -175,22 +155,6 @@ def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: 
     print_table(table)
 
 
-def print_table(table: Any) -> None:
-    """Print a rich table at its natural width (never cropped); plain lines when not on a terminal."""
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    console = Console(highlight=False)
-    natural = Measurement.get(console, console.options.update_width(10_000), table).maximum
-    console.width = max(console.width, natural)
-    if console.is_terminal:
-        console.print(table)
-        return
-    with console.capture() as captured:
-        console.print(table)
-    click.echo("\n".join(line.rstrip() for line in captured.get().splitlines()))
-
-
 def _usd(microusd: int | None) -> str:
     text = format_usd(microusd)
     return "—" if text is None else f"${text}"
@@ -221,7 +185,7 @@ def ledger() -> None:
 
 @ledger.command("prune")
 @_ledger_options
-@_now_option
+@now_option
 @click.option("--before", required=True,
               help=f"Delete the requests started before this. Required. {_TIME_HELP} (30d: older than 30 days)")
 @click.option("--vacuum", is_flag=True, help="Then VACUUM, to give the freed space back to the filesystem.")
@@ -234,7 +198,7 @@ def prune_command(db: Path | None, config: Path | None, now: str | None, before:
     try:
         result = prune_ledger(path, cutoff, vacuum=vacuum, dry_run=dry_run)
     except LedgerError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     verb = "would delete" if result.dry_run else "deleted"
     click.echo(f"{verb} {result.deleted:,} requests started before {result.before} from {shown(path)}; "
                f"{result.remaining:,} remain")
@@ -248,7 +212,7 @@ def prune_command(db: Path | None, config: Path | None, now: str | None, before:
               help="Output format.")
 def info(db: Path | None, config: Path | None, fmt: str) -> None:
     """Show the ledger's path, schema version, request count, time span and size on disk."""
-    from .db.schema import SCHEMA_VERSION  # sqlite-utils is slow to import; only this command needs it
+    from ..db.schema import SCHEMA_VERSION  # sqlite-utils is slow to import; only this command needs it
 
     path = _ledger_path(db, config)
     with closing(_open(path)) as conn:
