@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -175,3 +176,30 @@ def test_a_server_down_mid_run_never_holds_a_client_and_its_rows_land_when_it_is
         with psycopg.connect(url) as conn:
             assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM requests").fetchone() == (7, 7)
         gw.stop()
+
+
+@pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT: Linux/BSD only")
+def test_serve_workers_write_one_postgres_ledger(serve: Callable[..., Serve], tmp_path: Path, pg_url: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--workers 2` on a PostgreSQL ledger: the workers migrate it together and each writes its own rows."""
+    monkeypatch.setenv("OAIGATE_TEST_PG_PASSWORD", PASSWORD)
+    url = pg_url.replace(f":{PASSWORD}@", "@")
+    config = write_config(tmp_path, MOCK_CONFIG + f'[ledger]\nurl = "{url}"\n'
+                          'password_env = "OAIGATE_TEST_PG_PASSWORD"\n')
+    gateway = serve("--config", str(config), "--port", "0", "--workers", "2")
+    base = gateway.ready_url(timeout=60)
+
+    async def load() -> list[int]:
+        async with openai.AsyncOpenAI(base_url=base, api_key="sk-anything", max_retries=0) as client:
+            async def one(number: int) -> int:
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": f"w {number}"}], max_tokens=4)
+                return raw.status_code
+
+            return await asyncio.gather(*(one(n) for n in range(200)))
+
+    assert asyncio.run(load()) == [200] * 200
+    assert gateway.stop() == 0
+    assert PASSWORD not in "".join(gateway.stderr)
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM requests").fetchone() == (200, 200)
