@@ -1,12 +1,21 @@
-"""Direct vs through oaigate, side by side in one run, on loopback.
+"""oaigate against the floor (benchmarks/floor.py, a bare aiohttp pass-through), interleaved in one run.
 
-Starts a canned upstream (fixed JSON and SSE answers, so upstream time is near zero and constant)
-and gateways in their own processes, then drives them from this process with aiohttp:
+Starts a canned upstream (fixed JSON and SSE answers, so upstream time is near zero and constant),
+the floor, `oaigate serve` with built-in defaults from an empty folder (ledger, budget and rate-limit
+stages, metrics, fixtures, durability all on), and the same with `[ledger] durable_wait_s = 0`, each in
+its own process. Then, round after round, each target in turn (the order rotates) gets:
 
-  latency p50/p99 at concurrency 1, throughput at concurrency 32, time to first stream chunk,
-  the gateway's CPU milliseconds per request (from /proc), and ledger on vs off.
+  1 connection: N requests one after the other: the gateway's CPU ms per request (from /proc), p50
+    and p99 latency (added: minus the upstream's own, measured directly in the same round);
+  streams: N/4 streams (20 chunks + a usage chunk): CPU ms per stream, time to first chunk;
+  32 connections: 2N requests: requests/s and CPU ms per request.
 
-    python benchmarks/gateway.py [--requests 2000] [--asyncio-loop]
+Each figure is divided by the floor's of the same round; the table shows medians over rounds.
+Idle RSS is read from /proc once every process has started and settled (before any request), and
+the first request's latency once each gateway is idle, including a gateway with a budget (which
+counts prompt tokens: its tokenizer must be ready in time).
+
+    python benchmarks/gateway.py [--requests 1000] [--rounds 5] [--asyncio-loop]
 """
 
 from __future__ import annotations
@@ -14,12 +23,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +47,8 @@ CHAT_BODY = json.dumps({
 CHUNK = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1735689600,"model":"gpt-4o-mini","choices":[{"index":0,"delta":{"content":"Hello "},"finish_reason":null}]}\n\n'  # noqa: E501 (data)
 USAGE = b'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1735689600,"model":"gpt-4o-mini","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":20,"total_tokens":32}}\n\n'  # noqa: E501 (data)
 REQUEST = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello."}]}
+STREAM = {**REQUEST, "stream": True, "stream_options": {"include_usage": True}}
+ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json"}
 
 
@@ -57,14 +71,17 @@ def run_upstream(port: int) -> None:
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 
 
-def start_process(args: list[str], pattern: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+def start_process(args: list[str], pattern: str, cwd: Path | None = None,
+                  root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
     assert proc.stderr is not None
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         match = re.search(pattern, line)
         if match:
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its stderr pipe drained
             return proc, match.group(1)
     proc.kill()
     raise RuntimeError(f"{args[0]} did not start")
@@ -75,8 +92,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
 async def latencies(session: aiohttp.ClientSession, url: str, n: int, stream: bool = False) -> list[float]:
-    body = json.dumps({**REQUEST, "stream": stream}).encode()
+    body = json.dumps(STREAM if stream else REQUEST).encode()
     out = []
     for _ in range(n):
         start = time.perf_counter()
@@ -112,31 +136,111 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)] * 1000
 
 
-async def measure(direct: str, gateways: dict[str, tuple[str, int]], n: int) -> dict[str, object]:
+class Cpu:
+    """CPU seconds a process spends inside a `with` block, per unit of work (ms)."""
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid, self.seconds = pid, 0.0
+
+    def __enter__(self) -> Cpu:
+        self.start = cpu_seconds(self.pid) if self.pid else 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = cpu_seconds(self.pid) - self.start if self.pid else 0.0
+
+    def per(self, n: int) -> float:
+        return self.seconds / n * 1000
+
+
+async def first_request_ms(url: str) -> float:
+    async with aiohttp.ClientSession() as session:
+        return (await latencies(session, url + "/chat/completions", 1))[0] * 1000
+
+
+async def one_round(session: aiohttp.ClientSession, targets: dict[str, tuple[str, int | None]],
+                    n: int) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for name, (base, pid) in targets.items():
+        url = base + "/chat/completions"
+        with Cpu(pid) as c1:
+            lat = await latencies(session, url, n)
+        with Cpu(pid) as cs:
+            ttfc = await latencies(session, url, n // 4, stream=True)
+        with Cpu(pid) as c32:
+            rps = await throughput(session, url, n * 2, 32)
+        out[name] = {"cpu_c32": c32.per(n * 2), "rps_c32": rps, "cpu_c1": c1.per(n), "p50": pct(lat, 0.5),
+                     "p99": pct(lat, 0.99), "cpu_stream": cs.per(n // 4), "ttfc": pct(ttfc, 0.5)}
+    return out
+
+
+# (key, label, higher is better, target ratio or None)
+FIGURES = [("cpu_c32", "CPU ms per request, 32 connections", False, 1.3),
+           ("rps_c32", "requests/s, 32 connections (one process)", True, 0.75),
+           ("cpu_c1", "CPU ms per request, 1 connection", False, None),
+           ("added_p50", "added p50 latency ms, 1 connection", False, None),
+           ("added_p99", "added p99 latency ms, 1 connection", False, 1.5),
+           ("cpu_stream", "CPU ms per stream (20 chunks + usage)", False, 1.2),
+           ("added_ttfc", "added time to first chunk ms", False, None)]
+
+
+async def measure(direct: str, targets: dict[str, tuple[str, int]], n: int, rounds: int) -> list[dict]:
     connector = aiohttp.TCPConnector(limit=64)
     async with aiohttp.ClientSession(connector=connector) as session:
-        results: dict[str, object] = {}
-        targets = {"direct": (direct, None), **gateways}
-        for base, _ in targets.values():  # warm up connections, tokenizers, price lookups
+        everyone = {"direct": (direct, None), **targets}
+        for base, _ in everyone.values():  # warm up connections, tokenizers, price lookups
             await latencies(session, base + "/chat/completions", 200)
             await latencies(session, base + "/chat/completions", 50, stream=True)
-        for name, (base, pid) in targets.items():
-            cpu_before = cpu_seconds(pid) if pid else 0.0
-            lat = await latencies(session, base + "/chat/completions", n)
-            cpu = (cpu_seconds(pid) - cpu_before) / n * 1000 if pid else None
-            ttfc = await latencies(session, base + "/chat/completions", n // 4, stream=True)
-            rps = statistics.median([await throughput(session, base + "/chat/completions", n * 2, 32)
-                                     for _ in range(3)])
-            results[name] = {"p50_ms": pct(lat, 0.5), "p99_ms": pct(lat, 0.99), "cpu_ms_per_request": cpu,
-                             "ttfc_p50_ms": pct(ttfc, 0.5), "rps_c32": rps}
+            await throughput(session, base + "/chat/completions", 200, 32)
+        results = []
+        names = list(everyone)
+        for r in range(rounds):
+            order = names[r % len(names):] + names[:r % len(names)]  # rotate: no target always goes first
+            got = await one_round(session, {k: everyone[k] for k in order}, n)
+            for name in targets:
+                got[name]["added_p50"] = got[name]["p50"] - got["direct"]["p50"]
+                got[name]["added_p99"] = got[name]["p99"] - got["direct"]["p99"]
+                got[name]["added_ttfc"] = got[name]["ttfc"] - got["direct"]["ttfc"]
+            results.append(got)
+            print(f"round {r + 1}/{rounds}: " + ", ".join(
+                f"{k} {got[k]['rps_c32']:.0f} req/s {got[k]['cpu_c32']:.3f} ms" for k in targets), file=sys.stderr)
         return results
+
+
+def report(results: list[dict], idle: dict[str, float], first: dict[str, float]) -> None:
+    names = [k for k in results[0] if k not in ("direct", "floor")]
+    med = statistics.median
+    head = "| figure | floor | " + " | ".join(f"{n} | {n} ÷ floor" for n in names) + " | target |"
+    print(head)
+    print("|---|---:|" + "---:|---:|" * len(names) + "---|")
+    for key, label, higher, target in FIGURES:
+        floor = med(r["floor"][key] for r in results)
+        cells = []
+        for n in names:
+            ratios = [r[n][key] / r["floor"][key] for r in results if r["floor"][key] > 0]
+            ratio = med(ratios) if ratios else math.nan  # an added latency of the floor's can round to 0
+            cells.append(f"{med(r[n][key] for r in results):,.3f} | **{ratio:.2f}×**")
+        goal = "" if target is None else (f"≥ {target}×" if higher else f"≤ {target}×")
+        print(f"| {label} | {floor:,.3f} | " + " | ".join(cells) + f" | {goal} |")
+    cells = [f"{idle[n]:.0f} | {idle[n] / idle['floor']:.1f}×" for n in names]
+    print(f"| idle RSS MB | {idle['floor']:.0f} | " + " | ".join(cells) + " | < 100 MB |")
+    cells = [f"{first[n]:.1f} | {first[n] / first['floor']:.1f}×" for n in names]
+    print(f"| first request ms | {first['floor']:.1f} | " + " | ".join(cells) + " | |")
+    for name in idle.keys() - {"floor", *names}:
+        print(f"\n{name}: idle RSS {idle[name]:.0f} MB, first request {first[name]:.1f} ms")
+    print(f"\n(medians of {len(results)} interleaved rounds; ratios are medians of per-round ratios)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--requests", type=int, default=1000, help="requests per round at 1 connection")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--asyncio-loop", action="store_true",
-                        help="Run the gateways on the standard asyncio loop instead of uvloop (the default).")
+                        help="Run oaigate on the standard asyncio loop instead of uvloop (the default).")
+    parser.add_argument("--no-durability-row", action="store_true",
+                        help="Leave out the `durable_wait_s = 0` gateway.")
+    parser.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
+                        help="Also run oaigate from another checkout DIR (e.g. a worktree of an older commit).")
     parser.add_argument("--upstream-port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("role", nargs="?", default="bench", choices=["bench", "upstream"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,43 +250,50 @@ def main() -> None:
         run_upstream(args.upstream_port)
         return
 
-    import socket
-
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     procs = []
+    serving = r"serving on (http://\S+/v1)"
     try:
         upstream, _ = start_process([sys.executable, __file__, "upstream", "--upstream-port", str(port)],
                                     r"upstream on (\d+)")
         procs.append(upstream)
         time.sleep(0.5)
+        direct = f"http://127.0.0.1:{port}/v1"
         tmp = Path(tempfile.mkdtemp(prefix="oaigate-bench-"))
-        gateways = {}
-        for name, ledger in (("oaigate", True), ("oaigate (ledger off)", False)):
-            config = tmp / f"{ledger}.toml"
-            config.write_text(f'[upstream]\nbase_url = "http://127.0.0.1:{port}/v1"\n'
-                              f'[ledger]\nenabled = {str(ledger).lower()}\npath = "{tmp / "ledger.db"}"\n')
-            block_uvloop = "sys.modules['uvloop'] = None; " if args.asyncio_loop else ""
-            runner = f"import sys; {block_uvloop}from proxy.cli import main; sys.argv[0] = 'oaigate'; main()"
-            proc, url = start_process([sys.executable, "-c", runner, "serve", "--config", str(config), "--port", "0"],
-                                      r"serving on (http://\S+/v1)")
+        floor, url = start_process([sys.executable, str(ROOT / "benchmarks" / "floor.py"), "--upstream", direct,
+                                    "--db", str(tmp / "floor.db")], serving)
+        procs.append(floor)
+        targets = {"floor": (url, floor.pid)}
+        also = {n: ("", Path(d).resolve()) for n, d in (a.split("=", 1) for a in args.also)}
+        configs = {"oaigate": ("", ROOT), **also,
+                   "oaigate durable_wait_s=0": ("[ledger]\ndurable_wait_s = 0\n", ROOT),
+                   "oaigate with a budget": ("[limits]\nbudget_usd = 1000\n", ROOT)}
+        if args.no_durability_row:
+            del configs["oaigate durable_wait_s=0"]
+        block_uvloop = "sys.modules['uvloop'] = None; " if args.asyncio_loop else ""
+        runner = f"import sys; {block_uvloop}from proxy.cli import main; sys.argv[0] = 'oaigate'; main()"
+        for i, (name, (extra, root)) in enumerate(configs.items()):
+            folder = tmp / f"gw{i}"  # an empty folder: built-in defaults, ledger oaigate.db in it
+            folder.mkdir()
+            (folder / "oaigate.toml").write_text(f'[upstream]\nbase_url = "{direct}"\n{extra}')
+            proc, url = start_process([sys.executable, "-c", runner, "serve", "--config", "oaigate.toml",
+                                       "--port", "0"], serving, cwd=folder, root=root)
             procs.append(proc)
-            gateways[name] = (url, proc.pid)
-        results = asyncio.run(measure(f"http://127.0.0.1:{port}/v1", gateways, args.requests))
+            targets[name] = (url, proc.pid)
+        time.sleep(5)  # settled: anything loaded in the background at start is loaded
+        idle = {name: rss_mb(pid) for name, (_, pid) in targets.items()}
+        first = {name: asyncio.run(first_request_ms(url)) for name, (url, _) in targets.items()}
+        budgeted = targets.pop("oaigate with a budget")
+        procs.remove(next(p for p in procs if p.pid == budgeted[1]))
+        os.kill(budgeted[1], 15)
+        results = asyncio.run(measure(direct, targets, args.requests, args.rounds))
     finally:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
-    direct = results["direct"]
-    print(f"{'':24}{'p50 ms':>9}{'p99 ms':>9}{'TTFC ms':>9}{'req/s c32':>11}{'CPU ms/req':>12}")
-    for name, r in results.items():
-        cpu = f"{r['cpu_ms_per_request']:.3f}" if r["cpu_ms_per_request"] is not None else "-"
-        print(f"{name:24}{r['p50_ms']:9.3f}{r['p99_ms']:9.3f}{r['ttfc_p50_ms']:9.3f}{r['rps_c32']:11.0f}{cpu:>12}")
-    gw, off = results["oaigate"], results["oaigate (ledger off)"]
-    print(f"\nadded p50 latency: {gw['p50_ms'] - direct['p50_ms']:.3f} ms; "
-          f"TTFC added: {gw['ttfc_p50_ms'] - direct['ttfc_p50_ms']:.3f} ms; "
-          f"ledger on vs off throughput: {100 * (gw['rps_c32'] / off['rps_c32'] - 1):+.1f}%")
+    report(results, idle, first)
 
 
 if __name__ == "__main__":

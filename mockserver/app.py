@@ -13,24 +13,19 @@ from proxy.wire import SIMULATED_HEADER
 from proxy.wire.errors import INVALID_REQUEST, SERVER_ERROR, error_response
 from proxy.wire.tokens import preload
 
-from . import (
-    batches,
-    chat,
-    completions,
-    control,
-    dispatch,
-    embeddings,
-    files,
-    models_api,
-    moderations,
-    replay,
-    responses,
-    rules,
-    stored,
-)
-from .clock import Sleep, VirtualClock
-from .errors import MockError, readable
-from .faults import (
+from .api import models as models_api
+from .api.chat import completions as chat
+from .api.chat import legacy as completions
+from .api.chat import stored
+from .api.embeddings import embeddings, moderations
+from .api.files import batches, files, fine_tuning, uploads
+from .api.media import audio, images
+from .api.responses import conversations, responses
+from .engine import control, dispatch, replay, rules
+from .engine.caching import PROMPT_CACHE, PromptCache
+from .engine.catalogue import Catalogue
+from .engine.clock import Sleep, VirtualClock
+from .engine.faults import (
     FAULT,
     FAULT_HEADER,
     LATENCY_HEADER,
@@ -40,12 +35,12 @@ from .faults import (
     parse_fault,
     parse_pacing,
 )
-from .models import Catalogue
-from .ratelimit import RATE_HEADERS, RequestLimit
-from .ratelimit import add_headers as add_rate_headers
+from .engine.ratelimit import RATE_HEADERS, RequestLimit
+from .engine.ratelimit import add_headers as add_rate_headers
+from .engine.state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, Handler, endpoint
+from .engine.streaming import cut
+from .errors import MockError, readable
 from .settings import MockSettings
-from .state import CATALOGUE, CLOCK, FAULTS, SETTINGS, SLEEP, Handler, endpoint
-from .streaming import cut
 
 log = logging.getLogger("oaigate.mock")
 RATE_LIMIT = web.AppKey[RequestLimit | None]("rate_limit")
@@ -137,10 +132,12 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app = web.Application(middlewares=[control.journal_middleware, errors_middleware, api_middleware],
                           client_max_size=settings.max_body_bytes)
     app[SETTINGS] = settings
-    app[CATALOGUE] = Catalogue(settings.models)
+    app[CATALOGUE] = Catalogue(settings.models, settings.accept_unknown_models)
     app[CLOCK] = VirtualClock(settings.clock_start)
     app[FAULTS] = FaultCounter()
     app[SLEEP] = sleep
+    app[PROMPT_CACHE] = PromptCache()
+    control.on_reset(app, app[PROMPT_CACHE].clear)
     app[RATE_LIMIT] = None
     if settings.rate_limit_requests is not None:
         app[RATE_LIMIT] = RequestLimit(settings.rate_limit_requests,
@@ -151,6 +148,7 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/v1/models", models_api.list_models)
     app.router.add_get("/v1/models/{model:.+}", models_api.retrieve_model)
+    app.router.add_delete("/v1/models/{model:.+}", models_api.delete_model)
     app.router.add_post("/v1/chat/completions", endpoint(chat.create))
     app.router.add_post("/v1/completions", endpoint(completions.create))
     app.router.add_post("/v1/embeddings", endpoint(embeddings.create))
@@ -162,8 +160,13 @@ def make_app(settings: MockSettings | None = None, *, sleep: Sleep = asyncio.sle
     rules.setup(app, file_rules, settings.rules)
     files.setup(app)
     batches.setup(app)
+    fine_tuning.setup(app)
+    uploads.setup(app)
+    images.setup(app)
+    audio.setup(app)
     stored.setup(app)
     responses.setup(app)
+    conversations.setup(app, settings.seed)
     if settings.fixtures is not None:
         replay.setup(app, settings.fixtures)
     app.router.add_route("*", "/{tail:.*}", not_found)

@@ -10,8 +10,9 @@ from pydantic_core import PydanticCustomError
 
 from proxy.wire.configfile import ConfigError
 
-from .generation import REFUSAL_TRIGGER
-from .rules import Rule, load_file
+from .engine.catalogue import ModelSpec
+from .engine.generation import REFUSAL_TRIGGER
+from .engine.rules import Rule, load_file
 
 ModerationCategory = Literal[
     "harassment", "harassment/threatening", "hate", "hate/threatening", "illicit", "illicit/violent",
@@ -45,10 +46,13 @@ class MockSettings(BaseModel):
         1_735_689_600,
         description="The virtual clock's start (Unix seconds) used for every `created` field.",
     )
-    models: list[str] = Field(
+    models: list[str | ModelSpec] = Field(
         default_factory=list,
-        description="Extra model ids to accept and list, beside the built-in catalogue.",
+        description="Models to add to (or override in) the catalogue: an id, or a table "
+        "{id, kind, context_window, max_output_tokens, dimensions, reasoning}.",
     )
+    accept_unknown_models: bool = Field(
+        False, description="Answer any model name like its nearest family instead of 404 `model_not_found`.")
     flagged_words: dict[str, ModerationCategory] = Field(
         default_factory=lambda: dict(_FLAGGED_WORDS),
         description="Moderation word list: a word found in the input flags it under that category.",
@@ -74,11 +78,22 @@ class MockSettings(BaseModel):
                                "and cancelling.")
     batch_request_s: float = Field(1.0, ge=0, description="Realistic pace: virtual seconds per request in progress.")
     batch_expire: bool = Field(False, description="Stall every batch halfway so it expires after its 24h window.")
+    background_pace: Literal["instant", "realistic"] = Field(
+        "instant", description="Background responses: `instant` completes at the first retrieve; `realistic` "
+        "spends `background_phase_s` virtual seconds queued and as many in progress.")
+    background_phase_s: int = Field(5, ge=0, description="Realistic pace: virtual seconds per background phase.")
+    fine_tuning_pace: Literal["instant", "realistic"] = Field(
+        "instant", description="Fine-tuning jobs: `instant` succeeds at the first retrieve; `realistic` spends "
+        "`fine_tuning_phase_s` virtual seconds validating, as many queued, and as many per epoch running.")
+    fine_tuning_phase_s: int = Field(60, ge=0, description="Realistic pace: virtual seconds per phase and epoch.")
+    prompt_caching: bool = Field(
+        True, description="Report `cached_tokens` for a 1,024+ token prompt prefix sent again within minutes "
+        "(virtual clock), in 128-token steps, as OpenAI does.")
     state_dir: str | None = Field(None, description="Folder to keep files and batches in across restarts.")
     refusal_trigger: str = Field(
         REFUSAL_TRIGGER, description="A last user message containing this gets a refusal; empty: never.")
     rules_file: str | None = Field(
-        None, description="Scripted answers: a TOML, YAML or JSON file of rules (see `mockserver.rules`).")
+        None, description="Scripted answers: a TOML, YAML or JSON file of rules (see `mockserver.engine.rules`).")
     rules: list[Rule] = Field(
         default_factory=list, description="Scripted answers in config.toml (`[[mock.rules]]`), after the file's.")
 

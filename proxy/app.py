@@ -8,12 +8,14 @@ closed in `cleanup_ctx`, in that order. This module is the HTTP side: routes and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 
 from aiohttp import web
 
+from . import dashboard
 from .body import receive_body
 from .clock import Clock
 from .config import Config
@@ -23,10 +25,13 @@ from .pipeline import PIPELINE
 from .resources import CONFIG, UPSTREAM, UPSTREAMS, Sleep, pipeline_ctx, upstream_ctx
 from .stages import Stage
 from .stages.auth import Authenticate
+from .stages.cache import serve as serve_cached
 from .stages.deadline import Deadline
 from .stages.fixtures import replay
 from .stages.ledger import RequestId
 from .stages.owners import FORM_REFERENCES, OWNERS, Owners, filter_lists
+from .state import StateUnavailable
+from .state import check_config as check_state
 from .wire.jsoncodec import JSONDepthError, dumps
 from .wire.serving import cut_by_shutdown
 
@@ -45,6 +50,7 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     responses that the ledger shows open, so they are polled and settled once."""
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
+    check_state(config, config_file)  # fails now on an unset [state] password_env
     app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
     app[OWNERS] = owners = Owners(config, authenticate)  # with [[keys]]: who created what; lists filtered
     if owners.enabled:
@@ -55,6 +61,7 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/oaigate/budgets", budgets)
+    dashboard.setup(app)  # /dashboard, /oaigate/spend, /requests, /limits, /status, /oaigate/v1/organization/...
     app.router.add_route("*", "/v1/{tail:.*}", handle)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app
@@ -79,6 +86,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
                 body_pending = False
                 await receive_body(request, ex, request.app[CONFIG], FORM_REFERENCES)
             await stage.request(ex)
+            if ex.cache == "hit":  # answered from the cache: nothing to admit, nothing to forward
+                return await serve_cached(request, ex, pipeline.chunk)
         if body_pending:
             await receive_body(request, ex, request.app[CONFIG], FORM_REFERENCES)
         if ex.replay is not None:
@@ -163,8 +172,15 @@ async def healthz(request: web.Request) -> web.Response:
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
                                           "synchronous": writer.synchronous,
                                           "backend": getattr(writer, "backend", "sqlite")}
+    shared = request.app[PIPELINE].budgets.shared
+    state: dict[str, object] = {"backend": "local"}
+    if shared is not None:
+        if shared.available:
+            with contextlib.suppress(StateUnavailable):
+                await shared.ping()
+        state = shared.health()
     body = {"status": "ok", "service": "oaigate", "pid": os.getpid(), "upstream": request.app[UPSTREAM].name,
-            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger}
+            "upstreams": [u.name for u in request.app[UPSTREAMS].distinct], "ledger": ledger, "state": state}
     return web.Response(body=dumps(body), content_type="application/json")
 
 

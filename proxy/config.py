@@ -21,7 +21,7 @@ from .wire.pricing import PriceOverride
 
 DEFAULT_PATH = Path("config.toml")
 # (section, key) of every file or folder a config file names: relative ones resolve against its folder
-PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"))
+PATH_KEYS = (("ledger", "path"), ("fixtures", "dir"), ("cache", "path"))
 MOCK_PATH_KEYS = (("mock", "fixtures"), ("mock", "state_dir"), ("mock", "rules_file"))
 
 Period = Literal["day", "week", "month", "total"]
@@ -143,6 +143,28 @@ class LedgerConfig(Section):
         return value
 
 
+class StateConfig(Section):
+    url: str | None = Field(None, description='Shared state: "redis://HOST:PORT/DB" (or rediss://, unix://). '
+                            "Unset: budgets and limits live in this process.")
+    password_env: str | None = Field(None, min_length=1, description="Environment variable holding the Redis "
+                                     "password (instead of one in the URL).")
+    prefix: str = Field("oaigate:", min_length=1, description="Prefix of every key the gateway writes in Redis.")
+    reservation_ttl_s: float | None = Field(None, gt=0, description="How long a reservation held by a process "
+                                            "that died stays counted; default: upstream.timeout_s + 60.")
+    on_unavailable: Literal["closed", "local"] = Field(
+        "closed", description='Redis unreachable or slow: "closed" answers budgeted or rate-limited requests 503; '
+        '"local": each process enforces its own limits until Redis is back.')
+    timeout_s: float = Field(1.0, gt=0, le=30, description="Longest wait for one call to Redis (and for a free "
+                             "connection of the pool); past it Redis counts as unavailable.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("the state URL must be redis://HOST:PORT/DB, rediss://... or unix://PATH")
+        return value
+
+
 class MatchConfig(Section):
     ignore_fields: list[str] = Field(default_factory=list, description="Body fields left out of matching here.")
 
@@ -186,6 +208,21 @@ class LimitsConfig(LimitFields):
     adaptive: bool = Field(True, description="Slow admission when the upstream says it is near its rate limit.")
     batch_poll_s: float = Field(60.0, gt=0, description="How often open batches on a budgeted key are looked up "
                                 "upstream to settle their reservation when they end.")
+    check_context_window: bool = Field(True, description="Answer OpenAI's 400 context_length_exceeded, before any "
+                                       "upstream call, to a request whose prompt plus requested output exceeds "
+                                       "the model's context window.")
+    context_windows: dict[str, int] = Field(default_factory=dict, description="Context windows in tokens by model "
+                                            "name, over the maintained model table's.")
+    models_ttl_s: float = Field(600.0, gt=0, description="How long an upstream's /v1/models list is kept (to tell "
+                                "a model it does not serve, 404, from one with no known price).")
+
+    @field_validator("context_windows")
+    @classmethod
+    def _positive_windows(cls, windows: dict[str, int]) -> dict[str, int]:
+        for model, window in windows.items():
+            if window <= 0:
+                raise ValueError(f"context_windows: {model!r} must be a positive number of tokens")
+        return windows
 
     @model_validator(mode="after")
     def _known_timezone(self) -> LimitsConfig:
@@ -194,6 +231,34 @@ class LimitsConfig(LimitFields):
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r}") from None
         return self
+
+
+CACHED_ENDPOINTS = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses"]
+
+
+class CacheConfig(Section):
+    """`[cache]`: identical requests answered from a stored answer instead of paying twice."""
+
+    enabled: bool = Field(False, description="Answer an identical request from the response cache.")
+    ttl_s: float = Field(3600.0, gt=0, description="How long an answer is kept.")
+    max_bytes: int = Field(256 * 1024 * 1024, gt=0, description="Size of the store; past it the oldest answers go.")
+    scope: Literal["key", "global"] = Field("key", description='"key": a key only ever gets its own cached '
+                                            'answers; "global": every key shares them.')
+    include: list[str] = Field(default_factory=lambda: list(CACHED_ENDPOINTS),
+                               description="Endpoints cached (paths or globs).")
+    deterministic_only: bool = Field(True, description="Cache only requests with temperature 0 or a seed "
+                                     "(embeddings always).")
+    path: str | None = Field(None, description="SQLite file of the cache; default: next to the ledger "
+                             "(oaigate.db -> oaigate.cache.db).")
+
+    @field_validator("include")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            check_glob(path)
+            if not path.startswith("/v1/"):
+                raise ValueError(f"include: {path!r} is not an API path such as /v1/chat/completions")
+        return paths
 
 
 class ScopeSelector(Section):
@@ -284,15 +349,37 @@ class RouteConfig(Section):
         return check_base_url(value)
 
 
+FallbackKind = Literal["429", "5xx", "timeout", "connection", "context_length_exceeded", "content_filter"]
+
+
+class FallbackConfig(Section):
+    """One `[[fallbacks]]` entry: when `model` still fails after its retries, try each of `to` in turn."""
+
+    model: str = Field(min_length=1, description="A model name or glob, matched after aliases (the first "
+                       "matching entry applies).")
+    to: list[str] = Field(min_length=1, description="Models tried in order; each is routed by [[routes]] and "
+                          "admitted (budgets, rate limits) as its own request would be.")
+    on: list[FallbackKind] = Field(["429", "5xx", "timeout", "connection"], min_length=1,
+                                   description="Failures that fall back: 429, 5xx, timeout, connection, "
+                                   "context_length_exceeded, content_filter.")
+
+    @field_validator("model")
+    @classmethod
+    def _glob(cls, value: str) -> str:
+        return check_glob(value)
+
+    @field_validator("to")
+    @classmethod
+    def _names(cls, models: list[str]) -> list[str]:
+        if any(not m.strip() for m in models):
+            raise ValueError("fallback models must be non-empty model names")
+        return models
+
+
 class PriceConfig(Section):
     input_per_mtok: Decimal = Field(ge=0, description="USD per million prompt tokens.")
     output_per_mtok: Decimal = Field(Decimal(0), ge=0, description="USD per million completion tokens.")
     cached_input_per_mtok: Decimal | None = Field(None, ge=0, description="USD per million cached prompt tokens.")
-
-
-class StateConfig(Section):
-    url: str | None = Field(None, description="redis://HOST:PORT/DB: budgets and limits shared by every gateway "
-                            "process using it. Unset: in-process.")
 
 
 class Config(Section):
@@ -301,14 +388,16 @@ class Config(Section):
     server: ServerConfig = ServerConfig()
     upstream: UpstreamConfig = UpstreamConfig()
     ledger: LedgerConfig = LedgerConfig()
+    state: StateConfig = StateConfig()
     fixtures: FixturesConfig = FixturesConfig()
     limits: LimitsConfig = LimitsConfig()
-    state: StateConfig = StateConfig()
     keys: list[KeyConfig] = []
     budgets: list[BudgetConfig] = []
     rate_limits: list[RateLimitConfig] = []
     prices: dict[str, PriceConfig] = {}
     routes: list[RouteConfig] = []
+    fallbacks: list[FallbackConfig] = []
+    cache: CacheConfig = CacheConfig()
     aliases: dict[str, str] = Field(default_factory=dict, description="Model aliases: the name a client sends "
                                     "-> the model the gateway forwards (may itself be an alias).")
     mock: MockSettings = MockSettings()

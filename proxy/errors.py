@@ -8,6 +8,7 @@
         │   └── ContextTooLong      400 a prompt over the model's context window            estimate
         ├── OverrideRefused         403 a fixtures mode or cassette header the config forbids  fixtures
         ├── NotFound                404 an object this key may not see (another key's, or unknown): owners
+        │   └── ModelNotFound       404 `model_not_found`: no upstream serves the model      budget
         ├── RequestTimeout          408 the client stopped sending its body
         ├── PayloadTooLarge         413 a body over `[server] max_json_bytes` / `max_upload_bytes`
         ├── UnsupportedEncoding     415 a `Content-Encoding` the gateway cannot decode
@@ -65,6 +66,12 @@ class NotFound(GatewayError):
 
     status, type = 404, INVALID_REQUEST
     code: str | None = None
+
+
+class ModelNotFound(NotFound):
+    """OpenAI's answer for a model the upstream does not serve (an unpriced model on a budgeted key)."""
+
+    code = "model_not_found"
 
 
 class RequestTimeout(GatewayError):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -18,6 +18,13 @@ if TYPE_CHECKING:
 
 from .wire.jsoncodec import JSONDecodeError, loads
 from .wire.usage import Usage
+
+
+def new_id() -> str:
+    """A request id: `gw_` and 32 hex digits, the first 12 the time in milliseconds, the rest random.
+    Time-ordered, so each ledger row lands at the end of the id index instead of on a random page."""
+    return f"gw_{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
+
 
 _JSON_START = frozenset((b"{", b" ", b"\n", b"\r", b"\t"))
 T = TypeVar("T")
@@ -83,7 +90,7 @@ class Exchange:
     query_string: str
     headers: CIMultiDictProxy[str]
     body: bytes  # the app creates the exchange with b"" and sets the body once the key is checked (`set_body`)
-    id: str = field(default_factory=lambda: "gw_" + uuid.uuid4().hex)
+    id: str = field(default_factory=new_id)
     started_wall: float = field(default_factory=time.time)
     started: float = field(default_factory=time.perf_counter)
     # the one deadline (time.monotonic()) for queueing, retries, waits and the answer: see stages/deadline
@@ -128,6 +135,14 @@ class Exchange:
     object_id: str | None = None  # the object a creating request made (`id` of its answer): see `meter`
     settle_later: bool = False  # a background response still running: its cost comes later (`pending`)
     stream_ended: bool = False  # the stream's last event (`[DONE]`, `response.completed`...) was relayed
+    finish_reason: str | None = None  # the first choice's, or a Responses answer's status / incomplete reason
+    # fallback: the model first tried when another one answered, and how many models were tried
+    fallback_from: str | None = None
+    models_tried: int = 1
+    # cache: hit | miss | bypass (None: no cache configured); a hit's answer, and what it would have cost
+    cache: str | None = None
+    cached: Any = None
+    saved_micros: int | None = None
     # outcome
     fixture: str | None = None
     error_type: str | None = None

@@ -9,16 +9,22 @@ One `/v1` request becomes one `Exchange` (see `proxy.exchange`) that goes throug
                       the body is read (`HEADER_STAGES` in proxy/app.py)
       Route           alias -> model; which upstream (`ex.target`)               stages/route.py
       Owners          who may see which object; who created what (404)           stages/owners.py
-      Estimator       worst-case tokens and cost (`ex.estimate`)                 stages/estimate.py
+      Cache           answer a repeated request from the response cache; a hit   stages/cache.py
+                      is served at once and skips the rest (`[cache] enabled`)
+      Estimator       worst-case tokens and cost (`ex.estimate`); a prompt over  stages/estimate.py
+                      the model's context window gets 400 here
       Budget          reserve the worst case against budgets (429)               stages/budget.py
       BatchBudgets    reserve a batch's worst case                               stages/batches.py
       RateLimit       RPM/TPM/concurrency, queue or reject (429)                 stages/ratelimit.py
       Fixtures        replay a recorded answer (`ex.replay`) or miss             stages/fixtures.py
     forward           the upstream call: retries, streaming relay, chunk hooks   stages/forward.py
-                      (or the replay of `ex.replay`, same hooks)
+                      (or the replay of `ex.replay`, same hooks); once a model's stages/fallback.py
+                      retries are spent, `[[fallbacks]]` re-route, re-admit
+                      (estimate, budget, rate limit) and try the next model
     after (each stage's `chunk(ex, data)` per relayed chunk, then `finish(ex)`, in this order, off the
            request's critical path; a stage that fails to finish does not stop the others)
       Meter           usage and cost (a replay costs nothing)                    stages/meter.py
+      Cache           store a complete 2xx answer (`[cache] enabled`)            stages/cache.py
       Owners          remember the object a request created                      stages/owners.py
       Chains          remember response chains (previous_response_id)            stages/chains.py
       BatchBudgets    settle or hand a batch's reservation to the poller         stages/batches.py
@@ -53,6 +59,8 @@ from .stages.accesslog import AccessLog
 from .stages.budget import Budget, BudgetBook
 from .stages.deadline import Deadline
 from .stages.estimate import Estimator
+from .stages.fallback import Fallbacks, readmission
+from .stages.fallback import rules_from_config as fallback_rules
 from .stages.fixtures import Fixtures
 from .stages.forward import Forward, Timeouts
 from .stages.ledger import Ledger, RequestId
@@ -71,18 +79,24 @@ log = logging.getLogger("oaigate")
 def default_pipeline(r: Resources) -> Pipeline:
     """The gateway's stages, in order, over the app-wide resources `r` (see `proxy.resources`)."""
     config, limits, up = r.config, r.config.limits, r.config.upstream
-    budget, ratelimit = Budget(r.book, r.prices, pending=r.pending), RateLimit(r.limiter)
+    budget, ratelimit = Budget(r.book, r.prices, pending=r.pending, models=r.models), RateLimit(r.limiter)
     metrics = Metrics(r.book.status if r.book.rules else None)
     r.fixtures.register(metrics.registry)
     needs_estimate = bool(r.book.rules) or any(rule.tpm for rule in r.limiter.rules)
+    route = Route(config.resolved_aliases(), r.routes, r.default)
+    estimator = Estimator(limits.default_max_tokens, needs_estimate, prices=r.prices, chains=r.chains.context,
+                          budgeted=budget.budgeted, check_window=limits.check_context_window)
+    caches = [r.cache] if r.cache is not None else []
+    for cache in caches:
+        cache.register(metrics.registry)
     before: list[Stage] = [
         Deadline(up.timeout_s),
         RequestId(),
         r.authenticate,
-        Route(config.resolved_aliases(), r.routes, r.default),
+        route,
         *r.owners.stages,
-        Estimator(limits.default_max_tokens, needs_estimate, prices=r.prices, chains=r.chains.context,
-                  budgeted=budget.budgeted),
+        *caches,
+        estimator,
         budget,
         r.batches,
         ratelimit,
@@ -91,8 +105,13 @@ def default_pipeline(r: Resources) -> Pipeline:
     forward = Forward(r.session, r.default.upstream, max_retries=up.max_retries,
                       timeouts=Timeouts(up.timeout_s, up.connect_timeout_s, up.first_byte_timeout_s),
                       pass_through=up.pass_through, sleep=r.sleep, on_attempt=r.observe, pool_size=up.pool_size)
+    if config.fallbacks:  # a failed model is retried on the next of its `to` list, admitted again
+        forward.fallbacks = estimator.fallbacks = Fallbacks(
+            fallback_rules(config.fallbacks), route.select, readmission(estimator, budget, ratelimit))
+        forward.fallbacks.register(metrics.registry)
     after: list[Stage] = [
         Meter(r.prices),
+        *caches,
         *r.owners.stages,
         r.chains,
         r.batches,
@@ -126,9 +145,13 @@ class Pipeline:
     drained: int = 0  # exchanges still finishing when the server stopped (the shutdown line says so)
     durable_wait_s: float = 0.0
 
+    def __post_init__(self) -> None:
+        # per response chunk, only the stages that look at chunks (most have the no-op hook)
+        self.chunk_hooks = [stage.chunk for stage in self.after if type(stage).chunk is not Stage.chunk]
+
     def chunk(self, ex: Exchange, data: bytes) -> None:
-        for stage in self.after:
-            stage.chunk(ex, data)
+        for hook in self.chunk_hooks:
+            hook(ex, data)
 
     async def complete(self, ex: Exchange) -> None:
         """A response that reached its end normally, before its last bytes go out: run the finish hooks

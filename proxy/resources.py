@@ -11,15 +11,20 @@ ledger writer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
+from .cache_store import SQLiteCacheStore
 from .clock import Clock
 from .config import Config
-from .db.ledger import open_writer, target
+from .db.ledger import open_writer
+from .db.ledger import target as ledger_target
 from .db.writer import LedgerWriter
 from .durable import COMPLETE
 from .exchange import Exchange
@@ -28,16 +33,25 @@ from .stages.auth import Authenticate
 from .stages.batches import BatchBudgets
 from .stages.budget import BudgetBook
 from .stages.budget import rules_from_config as budget_rules
+from .stages.cache import Cache
+from .stages.cache import default_path as default_cache_path
 from .stages.chains import Chains
-from .stages.fixtures import Fixtures
+from .stages.fixtures import Fixtures, match_policy
+from .stages.models import UpstreamModels
 from .stages.owners import OWNERS, Owners
 from .stages.pending import PendingResponses
 from .stages.ratelimit import RateLimiter, UpstreamGovernor
 from .stages.ratelimit import rules_from_config as rate_rules
 from .stages.route import Upstreams, upstreams_from_config, uses_mock
+from .state import StateUnavailable, open_state
 from .upstream import Target, Upstream
 from .wire.pricing import PriceTable
-from .wire.tokens import preload
+from .wire.tokens import CURRENT as CURRENT_ENCODINGS
+from .wire.tokens import LEGACY as LEGACY_ENCODINGS
+from .wire.tokens import preload, preload_in_background
+
+if TYPE_CHECKING:
+    from .state.redis import RedisState
 
 CONFIG = web.AppKey("config", Config)
 UPSTREAM = web.AppKey("upstream", Upstream)
@@ -67,6 +81,8 @@ class Resources:
     fixtures: Fixtures
     batches: BatchBudgets
     pending: PendingResponses
+    models: UpstreamModels  # the upstreams' model lists (`model_not_found` for a model none serves)
+    cache: Cache | None  # the response cache (`[cache] enabled`)
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -125,13 +141,17 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
     `resume_open`: poll the batches and background responses the ledger shows open (worker 0 only)."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        db = target(config.ledger) if config.ledger.enabled else ""
+        db = ledger_target(config.ledger) if config.ledger.enabled else ""
         writer = open_writer(config.ledger) if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
-        await asyncio.to_thread(preload)
+        # the encoding of current models, before serving: estimates (budgets, TPM limits, answers with no
+        # usage) never wait for it. The legacy one: in the background with budgets or TPM limits, else on
+        # first use (an idle gateway keeps ~30 MB less)
+        await asyncio.to_thread(preload, CURRENT_ENCODINGS)
         limits, up = config.limits, config.upstream
-        prices = PriceTable(config.price_overrides())
+        prices = PriceTable(config.price_overrides(), windows=limits.context_windows)
+        prices.warm_in_background()  # the first request is not the one to load genai-prices' table
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         chains = Chains()
         if config.ledger.enabled:
@@ -140,7 +160,12 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
         default, routes, governor = _targets(app[UPSTREAMS], limits.adaptive, up.pass_through)
         limiter = RateLimiter(rate_rules(config), clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=governor)
+        shared = open_state(config)  # [state] url: budgets, limits and governor holds in Redis
+        if shared is not None:
+            await _share(shared, book, limiter, [default, *(target for _, target in routes)], clock)
         fixtures = Fixtures.for_config(config)
+        if book.rules or any(rule.tpm for rule in limiter.rules):  # prompts get counted
+            preload_in_background(LEGACY_ENCODINGS)
         pool = up.pool_size
         connector = aiohttp.TCPConnector(limit=pool, limit_per_host=pool, keepalive_timeout=60, ttl_dns_cache=300)
         session = aiohttp.ClientSession(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
@@ -148,6 +173,8 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
                                chains=chains.context, pass_through=up.pass_through)
         pending = PendingResponses(book, prices, session, default.upstream, writer, clock, poll_s=limits.batch_poll_s,
                                    remember=chains.remember, upstreams=app[UPSTREAMS].distinct)
+        models = UpstreamModels(session, clock, limits.models_ttl_s, up.pass_through)
+        cache = await _cache(config, clock) if config.cache.enabled else None
         if config.ledger.enabled and resume_open:
             await asyncio.to_thread(batches.load_ledger, db)
             await asyncio.to_thread(pending.load_ledger, db)
@@ -155,7 +182,7 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
             config=config, sleep=sleep, authenticate=authenticate, owners=app[OWNERS],
             default=default, routes=routes, observe=_observe(clock) if limits.adaptive else None, writer=writer,
             prices=prices, book=book, chains=chains, limiter=limiter, session=session, fixtures=fixtures,
-            batches=batches, pending=pending))
+            batches=batches, pending=pending, models=models, cache=cache))
         await batches.start()
         await pending.start()
         app[COMPLETE] = pipeline.complete
@@ -167,7 +194,34 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
             await pipeline.drain()
             await fixtures.save_hits()
             await session.close()
+            if shared is not None:
+                await shared.stop()
+            if cache is not None:
+                await cache.store.close()
             if writer is not None:
                 await asyncio.to_thread(writer.close)
 
     return ctx
+
+
+async def _cache(config: Config, clock: Clock) -> Cache:
+    """The response cache's stage, its SQLite store opened (off the event loop)."""
+    store = SQLiteCacheStore(config.cache.path or default_cache_path(config.ledger.path), config.cache.max_bytes)
+    await asyncio.to_thread(store.open)
+    return Cache(config.cache, store, clock, match_policy(config.fixtures).ignored)
+
+
+async def _share(shared: RedisState, book: BudgetBook, limiter: RateLimiter, targets: list[Target],
+                 clock: Clock) -> None:
+    """Point the books at the shared state, and offer it the ledger's spend (again whenever Redis returns)."""
+    await shared.start()
+    book.shared = limiter.shared = shared
+    for target in targets:
+        if isinstance(target.governor, UpstreamGovernor):
+            identity = f"{target.upstream.base_url}\0{target.upstream.api_key or ''}".encode()
+            target.governor.shared, target.governor.wall = shared, clock
+            target.governor.shared_name = hashlib.sha256(identity).hexdigest()[:16]
+    shared.on_recover.append(book.seed_shared)
+    if shared.available:
+        with contextlib.suppress(StateUnavailable):  # else seeded once Redis answers
+            await book.seed_shared()

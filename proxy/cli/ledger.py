@@ -28,7 +28,7 @@ from .common import F, config_option, db_option, fail, load, now_option, print_t
 _TIME_HELP = "YYYY-MM-DD (UTC), an ISO-8601 timestamp, or a span back from now such as 7d, 24h, 30m."
 _FIELDS = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
            "cost_microusd", "cost_usd", "unpriced_requests", "estimated_requests", "simulated_microusd",
-           "simulated_usd")
+           "simulated_usd", "saved_microusd", "saved_usd")
 
 
 def _ledger_options(func: F) -> F:
@@ -138,6 +138,8 @@ def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: 
         columns.append(("estimated", lambda r: f"{r.estimated_requests:,}"))
     if total.simulated_microusd:
         columns.append(("simulated\n(USD)", lambda r: _usd(r.simulated_microusd)))
+    if total.saved_microusd:
+        columns.append(("saved by\ncache (USD)", lambda r: _usd(r.saved_microusd)))
 
     since, until = window
     span = f"{since or 'the start'} to {until or 'now'}" if since or until else "all time"
@@ -171,6 +173,8 @@ def _caption(total: SpendRow) -> str | None:
     if total.simulated_microusd:
         notes.append("simulated: answered by oaigate's mock or a replayed fixture, priced as the real API "
                      "would have charged; not spent, and not in the cost column.")
+    if total.saved_microusd:
+        notes.append("saved by cache: what the requests answered from oaigate's response cache would have cost.")
     return "\n".join(notes) or None
 
 

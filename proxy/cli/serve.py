@@ -189,8 +189,11 @@ def _summary(settings: Config) -> list[str]:
     ledger = shown(settings.ledger.url or settings.ledger.path) if settings.ledger.enabled else "off"
     budgets, rates = _limited(settings)
     keys = f"{len(settings.keys)} key(s)" if settings.keys else "any bearer token (no [[keys]])"
+    from ..state.redis import safe_url
+
+    state = "in-process" if settings.state.url is None else f"shared on {safe_url(settings.state.url)}"
     return [f"upstreams: {'; '.join(upstreams)}", f"fixtures: {fixtures}", f"ledger: {ledger}",
-            f"clients: {keys}; budgets: {budgets}; rate limits: {rates}; state: in-process"]
+            f"clients: {keys}; budgets: {budgets}; rate limits: {rates}; state: {state}"]
 
 
 def _upstream_warnings(settings: Config, config_file: str) -> list[str]:

@@ -37,7 +37,8 @@ SELECT {{group}} AS grp,
        SUM(CASE WHEN {{simulated}} <> 0 THEN 0 ELSE cost_microusd END),
        COALESCE(SUM(cost_microusd IS NULL AND {_SUCCESS} AND {_METERED}), 0),
        COALESCE(SUM(usage_source = 'estimated'), 0),
-       COALESCE(SUM(CASE WHEN {{simulated}} <> 0 THEN COALESCE(replayed_cost_microusd, cost_microusd) END), 0)
+       COALESCE(SUM(CASE WHEN {{simulated}} <> 0 THEN COALESCE(replayed_cost_microusd, cost_microusd) END), 0),
+       COALESCE(SUM({{saved}}), 0)
 FROM requests {{where}} {{tail}}
 """
 _COSTLIEST_FIRST = ("ORDER BY SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, {group} IS NULL, "
@@ -74,6 +75,7 @@ class SpendRow:
     unpriced_requests: int
     estimated_requests: int
     simulated_microusd: int = 0  # what oaigate's mock or replayed fixtures answered: priced, never real spend
+    saved_microusd: int = 0  # what the response cache's hits would have cost
 
     @property
     def cost_usd(self) -> str | None:
@@ -84,9 +86,14 @@ class SpendRow:
     def simulated_usd(self) -> str:
         return format_usd(self.simulated_microusd) or "0.000000"
 
+    @property
+    def saved_usd(self) -> str:
+        return format_usd(self.saved_microusd) or "0.000000"
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict, with the costs both in micro-dollars and as USD strings."""
-        return asdict(self) | {"cost_usd": self.cost_usd, "simulated_usd": self.simulated_usd}
+        return asdict(self) | {"cost_usd": self.cost_usd, "simulated_usd": self.simulated_usd,
+                               "saved_usd": self.saved_usd}
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,11 +180,17 @@ def _simulated(conn: sqlite3.Connection) -> str:
     return "simulated" if "simulated" in columns else "0"
 
 
+def _saved(conn: sqlite3.Connection) -> str:
+    """The SQL of what a row's cache hit saved; a ledger older than the `saved_microusd` column has none."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    return "saved_microusd" if "saved_microusd" in columns else "0"
+
+
 def spend_total(conn: sqlite3.Connection, since: datetime | None = None, until: datetime | None = None) -> SpendRow:
     """Totals over the requests started in [since, until)."""
     where, params = _where(since, until)
-    row = conn.execute(_SELECT.format(group="NULL", where=where, tail="", simulated=_simulated(conn)),
-                       params).fetchone()
+    row = conn.execute(_SELECT.format(group="NULL", where=where, tail="", simulated=_simulated(conn),
+                                      saved=_saved(conn)), params).fetchone()
     return _spend_row(row)
 
 
@@ -189,7 +202,8 @@ def spend_by(conn: sqlite3.Connection, by: GroupBy, since: datetime | None = Non
     """
     where, params = _where(since, until)
     order = "ORDER BY grp" if by == "day" else _COSTLIEST_FIRST.format(group=GROUPS[by])
-    sql = _SELECT.format(group=GROUPS[by], where=where, tail=f"GROUP BY grp {order}", simulated=_simulated(conn))
+    sql = _SELECT.format(group=GROUPS[by], where=where, tail=f"GROUP BY grp {order}", simulated=_simulated(conn),
+                         saved=_saved(conn))
     return [_spend_row(row) for row in conn.execute(sql, params)]
 
 

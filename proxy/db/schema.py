@@ -39,7 +39,10 @@ _V1_COLUMNS: dict[str, type] = {
     "request_body": str,
     "response_body": str,
 }
-COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int, "object_id": str, "simulated": int}
+_V6_COLUMNS: dict[str, type] = {"finish_reason": str, "fallback_from": str, "models_tried": int, "cache": str,
+                                "saved_microusd": int}
+COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int, "object_id": str, "simulated": int,
+                            **_V6_COLUMNS}
 
 _SPEND = """
 SELECT {group} AS {name}, COUNT(*) AS requests,
@@ -90,7 +93,18 @@ def _v4(db: sqlite_utils.Database) -> None:
         db.create_view(name, sql, replace=True)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4]
+def _v5(db: sqlite_utils.Database) -> None:
+    """Why an answer ended (`finish_reason`), which model it fell back from and how many were tried, and
+    whether the response cache answered it (`cache`, with what that saved, `saved_microusd`). Columns
+    are added only where missing, so this runs after any other migration that rebuilt the table."""
+    table = db.table("requests")
+    present = set(table.columns_dict)
+    for name, kind in _V6_COLUMNS.items():
+        if name not in present:
+            table.add_column(name, kind)
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

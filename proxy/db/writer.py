@@ -55,7 +55,9 @@ class LedgerWriter:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._waiters: collections.deque[tuple[int, asyncio.Future[bool], float]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+        self._sleeping = True  # the writer thread is (about to be) blocked on `_wake`
         self._timeout_logged = -_TIMEOUT_LOG_EVERY_S
         self._thread = threading.Thread(target=self._run, name="oaigate-ledger", daemon=True)
 
@@ -70,52 +72,77 @@ class LedgerWriter:
             self.dropped += 1
             log.error("ledger queue full: a row was dropped (%d so far)", self.dropped)
             return None
-        self._queue.append(tuple(row.get(c) for c in COLUMNS))
+        self._queue.append(tuple(map(row.get, COLUMNS)))
         self.accepted += 1
-        if not self._wake.is_set():  # one wake-up per batch, not per row
+        if self._sleeping and not self._wake.is_set():  # a busy writer takes this row without a wake-up
             self._wake.set()
         return self.accepted
 
     async def wait_written(self, ticket: int, timeout: float) -> bool:
         """Wait (on the event loop) until the row `ticket` and every row before it is committed, at
-        most `timeout` seconds. False, and counted in `durability_timeouts`, if that took too long."""
+        most `timeout` seconds. False, and counted in `durability_timeouts`, if that took too long.
+
+        One future per wait and one timer for all of them (armed at the earliest deadline), so a
+        busy gateway does not pay a timer per request."""
         if self.written >= ticket:
             return True
         if not self._thread.is_alive():  # not started, stopped, or died: nothing will commit it
             self.durability_timeouts += 1
             return False
-        self._loop = asyncio.get_running_loop()
-        done = self._loop.create_future()
-        self._waiters.append((ticket, done))
+        loop = self._loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+        deadline = loop.time() + timeout
+        if len(self._waiters) > _COMPACT_WAITERS:  # waits of clients that left (cancelled) pile up in an outage
+            self._waiters = collections.deque(w for w in self._waiters if not w[1].done())
+        self._waiters.append((ticket, done, deadline))
         if self.written >= ticket:  # committed between the first check and registering: no notice will come
             self._release()
-        try:
-            async with asyncio.timeout(timeout):
-                await done
-            return True
-        except TimeoutError:
-            self.durability_timeouts += 1
-            if len(self._waiters) > _COMPACT_WAITERS:  # a long outage: drop the waits that gave up
-                self._waiters = collections.deque(w for w in self._waiters if not w[1].done())
-            now = time.monotonic()
+        elif self._timer is None or deadline < self._timer.when():
+            self._arm(loop, deadline)
+        return await done
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        """On the loop, at the earliest deadline: the waits past theirs give up (False)."""
+        self._timer = None
+        assert self._loop is not None
+        now = self._loop.time()
+        kept: collections.deque[tuple[int, asyncio.Future[bool], float]] = collections.deque()
+        missed, earliest = 0, None
+        for waiter in self._waiters:
+            done, deadline = waiter[1], waiter[2]
+            if done.done():
+                continue  # cancelled
+            if deadline <= now:
+                done.set_result(False)
+                missed += 1
+            else:
+                kept.append(waiter)
+                earliest = deadline if earliest is None else min(earliest, deadline)
+        self._waiters = kept
+        if earliest is not None:
+            self._arm(self._loop, earliest)
+        if missed:
+            self.durability_timeouts += missed
             if now - self._timeout_logged >= _TIMEOUT_LOG_EVERY_S:
                 self._timeout_logged = now
-                log.warning("a ledger row was not committed within %.2fs: the response went on without it "
-                            "(%d such responses so far; backlog %d)", timeout, self.durability_timeouts,
-                            self.backlog)
-            return False
+                log.warning("a ledger row was not committed within its wait: the response went on without it "
+                            "(%d such responses so far; backlog %d)", self.durability_timeouts, self.backlog)
 
     def _release(self) -> None:
-        """On the loop: wake the waiters whose rows are committed."""
+        """On the loop: wake the waiters whose rows are committed (tickets are in order)."""
         written, waiting = self.written, self._waiters
-        self._waiters = collections.deque()
-        for ticket, done in waiting:
-            if done.done():
-                continue  # timed out
-            if ticket <= written:
-                done.set_result(None)
-            else:
-                self._waiters.append((ticket, done))
+        while waiting and waiting[0][0] <= written:
+            done = waiting.popleft()[1]
+            if not done.done():  # not cancelled
+                done.set_result(True)
+        if not waiting and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     @property
     def backlog(self) -> int:
@@ -168,8 +195,12 @@ class LedgerWriter:
     def _run(self) -> None:
         conn: Any = None
         while not (self._stop.is_set() and not self._queue):
-            self._wake.wait(self._interval_s)
-            self._wake.clear()  # before taking: a row queued after this wakes the next round
+            if not self._queue:
+                self._sleeping = True  # before checking again: a row queued after that check sets `_wake`
+                if not self._queue:
+                    self._wake.wait(self._interval_s)
+                self._sleeping = False
+                self._wake.clear()
             batch = self._take()
             delay = 0.05
             while batch:

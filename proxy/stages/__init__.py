@@ -2,13 +2,14 @@
 
 The order, as `proxy.pipeline.default_pipeline` builds it (one line per stage there):
 
-    request:  Deadline -> RequestId -> Authenticate -> Route -> Owners* -> Estimator -> Budget
-              -> BatchBudgets -> RateLimit -> Fixtures
-    forward:  Forward (or, for a fixture hit, the replay)
-    finish:   Meter -> Owners* -> Chains -> BatchBudgets -> Fixtures -> Budget -> PendingResponses
-              -> RateLimit -> Metrics -> Ledger* -> AccessLog
+    request:  Deadline -> RequestId -> Authenticate -> Route -> Owners* -> Cache* -> Estimator
+              -> Budget -> BatchBudgets -> RateLimit -> Fixtures
+    forward:  Forward (or, for a fixture hit, the replay; for a cache hit, the cached answer)
+    finish:   Meter -> Cache* -> Owners* -> Chains -> BatchBudgets -> Fixtures -> Budget
+              -> PendingResponses -> RateLimit -> Metrics -> Ledger* -> AccessLog
 
-    * Owners only with `[[keys]]`; Ledger only with `[ledger] enabled`.
+    * Owners only with `[[keys]]`; Cache only with `[cache] enabled`; Ledger only with
+      `[ledger] enabled`.
 
 `request(ex)` runs in order before the upstream is called and may raise a `GatewayError`;
 `chunk(ex, data)` sees every response body chunk as it is relayed (keep it cheap);

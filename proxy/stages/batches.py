@@ -48,6 +48,7 @@ log = logging.getLogger("oaigate.batches")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 MAX_FILE_BYTES = 210 * 1024 * 1024  # OpenAI's batch input files are at most 200 MB
 SETTLE_METHOD = "BATCH"
+BATCH_HOLD_S = 25 * 3600.0  # a batch's shared reservation outlives its 24 h completion window
 
 
 @dataclass(slots=True)
@@ -111,8 +112,8 @@ class BatchBudgets(Poller, Stage):
         bound = prompt_bound(self.prices, model, headroom)
         worst = await asyncio.to_thread(self.worst_case, data, str(body.get("endpoint", "")), bound)
         micros = self.prices.cost_micros(worst.model, worst.usage, batch=True)
-        ex.state.set(_HELD, (self.book.reserve(ex.principal, worst.model, micros, worst.usage.total),
-                                  worst.model))
+        held = await self.book.admit(ex.principal, worst.model, micros, worst.usage.total, ttl_s=BATCH_HOLD_S)
+        ex.state.set(_HELD, (held, worst.model))
 
     async def finish(self, ex: Exchange) -> None:
         pending = ex.state.pop(_HELD)

@@ -5,6 +5,10 @@ applies, in one step with no await in between, so concurrent requests can never 
 than what was reserved. After the response, the reservation is replaced by the real cost. A budget
 whose spend cannot be known (no price for the model) refuses the request: enforcement never fails
 open. Spend of the current period is rebuilt from the ledger at start.
+
+With `[state] url` the accounts live in Redis (`proxy.state`), shared by every gateway process: `admit`
+and `asettle` are then one atomic round trip each, and this book's own accounts mirror what Redis last
+said (and enforce alone while Redis is away, with `on_unavailable = "local"`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from ..clock import Clock
@@ -21,11 +25,15 @@ from ..config import Config
 from ..db.ledger import read_rows
 from ..errors import BudgetExceeded, InvalidRequest
 from ..exchange import Exchange, Slot
+from ..state import StateUnavailable
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
 from . import Stage
 from .meter import METERED_PATHS, METERED_PREFIXES
 from .scopes import Selector
+
+if TYPE_CHECKING:
+    from ..state.redis import RedisState, Totals
 
 log = logging.getLogger("oaigate.budget")
 MICROS = 1_000_000
@@ -84,6 +92,7 @@ class Account:
 @dataclass(slots=True)
 class Reservation:
     holds: list[tuple[Account, int, int]] = field(default_factory=list)
+    shared_id: str | None = None  # the reservation's id in the shared state, when it was made there
 
 
 def usd(micros: int) -> str:
@@ -136,6 +145,7 @@ class BudgetBook:
                  soft_threshold: float = 0.8) -> None:
         self.rules, self.clock, self.tz, self.soft_threshold = rules, clock, ZoneInfo(timezone), soft_threshold
         self._accounts: dict[tuple[int, str], Account] = {}
+        self.shared: RedisState | None = None  # set by the app with `[state] url`
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock.wall(), self.tz)
@@ -169,18 +179,85 @@ class BudgetBook:
             self._accounts[(index, scope)] = account
         return account
 
+    def _priced(self, accounts: list[Account], model: str | None, micros: int | None) -> None:
+        for account in accounts:
+            if account.rule.limit_micros is not None and micros is None:
+                raise InvalidRequest(
+                    f"No price is known for model '{model}', so the budget '{account.scope}' cannot be "
+                    f"enforced. Add a [prices.\"{model}\"] table to the gateway's config.toml.",
+                    param="model", code="unknown_model_price")
+
+    async def admit(self, principal: str | None, model: str | None, micros: int | None, tokens: int,
+                    ttl_s: float | None = None) -> Reservation:
+        """`reserve`, in the shared state when there is one (one atomic round trip; a reservation of a
+        process that dies expires after `ttl_s`, by default `[state] reservation_ttl_s`). Redis away:
+        `StateUnavailable` (503), or this book alone with `on_unavailable = "local"`."""
+        shared = self.shared
+        if shared is None or not self.rules:
+            return self.reserve(principal, model, micros, tokens)
+        accounts = self.accounts(principal, model)
+        if not accounts:
+            return Reservation()
+        self._priced(accounts, model, micros)
+        now = self.clock.wall()
+        limits = [(-1 if a.rule.limit_micros is None else a.rule.limit_micros,
+                   -1 if a.rule.limit_tokens is None else a.rule.limit_tokens, _keep(a, now)) for a in accounts]
+        try:
+            denied, totals, rid = await shared.reserve([_name(a) for a in accounts], limits, micros or 0, tokens,
+                                                       now, ttl_s)
+        except StateUnavailable:
+            if shared.local:
+                return self.reserve(principal, model, micros, tokens)
+            raise
+        for account, counted in zip(accounts, totals, strict=True):
+            _mirror(account, counted)
+        if denied:
+            account = accounts[denied - 1]
+            if account.rule.limit_micros is not None and (
+                    account.spent_micros + account.reserved_micros + (micros or 0) > account.rule.limit_micros):
+                raise self._exceeded(account, usd(micros or 0))
+            raise self._exceeded(account, f"{tokens} tokens")
+        return Reservation([(a, micros or 0, tokens) for a in accounts], rid)
+
+    async def asettle(self, reservation: Reservation, micros: int, tokens: int) -> None:
+        """`settle`, in the shared state when there is one: a reservation made there is replaced by the
+        real cost in one round trip; spend settled by this book alone (Redis was away) is added to it.
+        Never lost: while Redis is away, the shared state keeps it until Redis is back."""
+        shared, holds, rid = self.shared, list(reservation.holds), reservation.shared_id
+        if shared is None or not holds:
+            self._settle_local(reservation, micros, tokens)
+            return
+        live = [self._live(account.index, account.scope) for account, _, _ in holds]
+        now = self.clock.wall()
+        totals = await shared.settle(rid or "", [_name(a) for a, _, _ in holds],
+                                     [(_name(a), _keep(a, now)) for a in live], micros, tokens)
+        if totals is None or rid is None:
+            self._settle_local(reservation, micros, tokens)  # the mirror, until Redis says more
+        else:
+            reservation.holds.clear()
+            for account, counted in zip(live, totals, strict=True):
+                _mirror(account, counted)
+                self._check_soft(account)
+
+    async def seed_shared(self) -> None:
+        """Offer this book's spend (from the ledger at start; what Redis last said when it comes back) to
+        the shared state, which keeps the larger of it and its own counter; then mirror what it holds."""
+        if self.shared is None:
+            return
+        for account in list(self._accounts.values()):
+            live = self._live(account.index, account.scope)
+            _mirror(live, await self.shared.seed(_name(live), live.spent_micros, live.spent_tokens,
+                                                      _keep(live, self.clock.wall())))
+
     def reserve(self, principal: str | None, model: str | None, micros: int | None, tokens: int) -> Reservation:
         """Check every applicable budget, then hold the amounts in all of them: all or nothing, with no
         await in between, so no other request can slip into the gap."""
         accounts = self.accounts(principal, model)
+        self._priced(accounts, model, micros)
         for account in accounts:
             rule = account.rule
             if rule.limit_micros is not None:
-                if micros is None:
-                    raise InvalidRequest(
-                        f"No price is known for model '{model}', so the budget '{account.scope}' cannot be "
-                        f"enforced. Add a [prices.\"{model}\"] table to the gateway's config.toml.",
-                        param="model", code="unknown_model_price")
+                assert micros is not None
                 if account.spent_micros + account.reserved_micros + micros > rule.limit_micros:
                     raise self._exceeded(account, usd(micros))
             if (rule.limit_tokens is not None
@@ -202,7 +279,14 @@ class BudgetBook:
         return reservation
 
     def settle(self, reservation: Reservation, micros: int, tokens: int) -> None:
-        """Replace the held amounts by what the request really cost."""
+        """Replace the held amounts by what the request really cost (in the shared state, in the
+        background)."""
+        if self.shared is not None and reservation.holds:
+            self.shared.spawn(self.asettle(reservation, micros, tokens))
+            return
+        self._settle_local(reservation, micros, tokens)
+
+    def _settle_local(self, reservation: Reservation, micros: int, tokens: int) -> None:
         for account, m, t in reservation.holds:
             live = self._live(account.index, account.scope)
             live.reserved_micros -= m
@@ -249,9 +333,14 @@ class BudgetBook:
         if not self.rules:
             return 0
         earliest = min(period_bounds(r.period, self._now())[0] for r in self.rules)
+        columns = {row[1] for row in read_rows(path, "PRAGMA table_info(requests)")}
+        # a fallback's row was charged to the model that answered, not the one requested
+        model = ("CASE WHEN fallback_from IS NULL THEN COALESCE(model_requested, model_served) "
+                 "ELSE COALESCE(model_served, model_requested) END" if "fallback_from" in columns
+                 else "COALESCE(model_requested, model_served)")
         rows = read_rows(
             path,
-            "SELECT key_name, COALESCE(model_requested, model_served), started_at, cost_microusd, "
+            f"SELECT key_name, {model}, started_at, cost_microusd, "
             "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
             f"WHERE started_at >= ? AND {CHARGED_ROWS} ORDER BY started_at, id",  # callers in first-seen order
             (_iso(earliest), *CHARGED_PARAMS),
@@ -282,12 +371,27 @@ class BudgetBook:
 _HELD = Slot[Reservation]("budget")  # the worst case reserved, until settled
 
 
+def _name(account: Account) -> str:
+    """An account's name in the shared state: period, scope and the period's start."""
+    return f"{account.rule.period}|{account.scope}|{int(account.start.timestamp())}"
+
+
+def _keep(account: Account, now: float) -> int:
+    """How long an account's shared keys live, in seconds (a day past its period's end); 0: forever."""
+    return 0 if account.end is None else max(int(account.end.timestamp() + 86400 - now), 1)
+
+
+def _mirror(account: Account, totals: Totals) -> None:
+    account.spent_micros, account.spent_tokens, account.reserved_micros, account.reserved_tokens = totals
+
+
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
-    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None) -> None:
+    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None, models: Any = None) -> None:
         self.book, self.prices = book, prices
         self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
+        self.models = models  # `models.UpstreamModels`: tells an unpriced model from one never served
 
     def budgeted(self, ex: Exchange) -> tuple[bool, int | None]:
         """Whether a budget applies to `ex`, and the most prompt tokens it could still pay for."""
@@ -303,7 +407,23 @@ class Budget(Stage):
             return
         worst = Usage(ex.estimate.prompt, ex.estimate.completion)
         micros = self.prices.cost_micros(ex.model, worst)
-        ex.state.set(_HELD, self.book.reserve(ex.principal, ex.model, micros, worst.total))
+        try:
+            ex.state.set(_HELD, await self.book.admit(ex.principal, ex.model, micros, worst.total))
+        except InvalidRequest as exc:
+            if exc.code == "unknown_model_price" and ex.model and ex.target is not None and self.models:
+                from .models import model_not_found
+
+                if await self.models.serves(ex, ex.target.upstream, ex.model) is False:
+                    raise model_not_found(ex.model) from None
+            raise
+
+    async def move(self, ex: Exchange) -> None:
+        """A request moving to another model (a fallback): its reservation is given back and taken again
+        for the new model, refused (raises) when the budgets cannot pay for it."""
+        reservation = ex.state.pop(_HELD)
+        if reservation is not None:
+            self.book.settle(reservation, 0, 0)
+        await self.request(ex)
 
     async def finish(self, ex: Exchange) -> None:
         reservation = ex.state.pop(_HELD)
@@ -313,4 +433,5 @@ class Budget(Stage):
         if reservation is None:
             return
         tokens = ex.usage.total if ex.usage is not None else 0
-        self.book.settle(reservation, ex.cost_micros or 0, tokens)
+        self.book.settle(reservation, ex.cost_micros or 0, tokens)  # shared: in the background, pipelined
+        # with the other finish hooks' calls (one round trip)

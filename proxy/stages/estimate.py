@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ContextTooLong, Unestimable
 from ..exchange import Estimate, Exchange
@@ -30,6 +30,9 @@ from ..wire.pricing import PriceTable
 from ..wire.tokens import PromptTooLong, count_request_prompt
 from ..wire.usage import Usage
 from . import Stage
+
+if TYPE_CHECKING:
+    from .fallback import Fallbacks
 
 OFFLOAD_BYTES = 32 * 1024  # larger bodies are tokenized in a thread, off the event loop
 
@@ -45,6 +48,50 @@ CAP_FIELDS: dict[str, tuple[str, ...] | None] = {
 REFUSED_PREFIXES = ("/v1/images/", "/v1/audio/", "/v1/fine_tuning/jobs", "/v1/realtime", "/v1/videos",
                     "/v1/containers", "/v1/threads/runs", "/v1/evals/")
 _LEGACY_COMPLETIONS_DEFAULT = 16
+
+
+EXACT_COUNT_BYTES = 8 * 1024 * 1024  # over-window prompts up to this size are counted whole for the message
+# endpoints whose prompt and output share one context window, checked before any upstream call
+WINDOW_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+# parts whose tokens the body's size does not bound (images, audio, files, stored items): always counted
+_NOT_TEXT = (b"image", b"audio", b"file", b"item_reference")
+
+
+def context_error(path: str, window: int, prompt: int, completion: int, exact: bool = True) -> ContextTooLong:
+    """The 400 OpenAI answers for a request over the model's context window (its message and param for
+    each endpoint). `exact` false: counting stopped at `prompt`, the real prompt is longer."""
+    tokens = str(prompt) if exact else f"more than {prompt}"
+    if path == "/v1/responses":
+        return ContextTooLong("Your input exceeds the context window of this model. Please adjust your input and "
+                              "try again.", param="input")
+    if path == "/v1/completions":
+        return ContextTooLong(
+            f"This model's maximum context length is {window} tokens, however you requested "
+            f"{prompt + completion if exact else tokens} tokens ({tokens} in your prompt; {completion} for the "
+            "completion). Please reduce your prompt; or completion length.")
+    if completion:
+        return ContextTooLong(
+            f"This model's maximum context length is {window} tokens. However, you requested "
+            f"{prompt + completion if exact else tokens} tokens ({tokens} in the messages, {completion} in the "
+            "completion). Please reduce the length of the messages or completion.", param="messages")
+    return ContextTooLong(f"This model's maximum context length is {window} tokens. However, your messages "
+                          f"resulted in {tokens} tokens. Please reduce the length of the messages.", param="messages")
+
+
+def windowed(ex: Exchange) -> bool:
+    """A request the context-window pre-check applies to: one prompt sharing a window with its output
+    (a legacy completions prompt list is checked per prompt upstream: left to it)."""
+    if ex.method != "POST" or ex.path not in WINDOW_PATHS or ex.json is None:
+        return False
+    return ex.path != "/v1/completions" or isinstance(ex.json.get("prompt"), str)
+
+
+def requested_output(path: str, body: dict[str, Any]) -> int:
+    """The output tokens a request asks room for itself (its own cap; 0 when it sets none)."""
+    fields = CAP_FIELDS.get(path) or ()
+    caps = [body[f] for f in fields if isinstance(body.get(f), int) and not isinstance(body.get(f), bool)
+            and body[f] >= 0]
+    return caps[0] if caps else 0
 
 
 def refused_path(method: str, path: str) -> bool:
@@ -68,8 +115,10 @@ class Estimator(Stage):
 
     def __init__(self, default_max_tokens: int, enabled: bool = True, *, prices: PriceTable | None = None,
                  chains: Callable[[str], int | None] | None = None,
-                 budgeted: Callable[[Exchange], tuple[bool, int | None]] | None = None) -> None:
-        self.default_max_tokens, self.enabled = default_max_tokens, enabled
+                 budgeted: Callable[[Exchange], tuple[bool, int | None]] | None = None,
+                 check_window: bool = False) -> None:
+        self.default_max_tokens, self.enabled, self.check_window = default_max_tokens, enabled, check_window
+        self.fallbacks: Fallbacks | None = None  # `fallback.Fallbacks`: a model with a larger window
         self.prices = prices
         self.chains = chains or (lambda _: None)
         self.budgeted = budgeted or (lambda _: (False, None))
@@ -78,7 +127,21 @@ class Estimator(Stage):
         return self.prices.context_window(model) if self.prices is not None else None
 
     async def request(self, ex: Exchange) -> None:
+        """Estimates (and pre-checks) `ex`; over its model's window, a `[[fallbacks]]` entry whose `on`
+        names context_length_exceeded moves it to its next model first (nothing is admitted yet)."""
+        while True:
+            try:
+                return await self._request(ex)
+            except ContextTooLong:
+                model = self.fallbacks.next_model(ex, "context_length_exceeded") if self.fallbacks else None
+                if model is None:
+                    raise
+                self.fallbacks.rewrite(ex, model)  # type: ignore[union-attr]
+
+    async def _request(self, ex: Exchange) -> None:
         if not self.enabled:
+            if self.check_window and windowed(ex):
+                await self._check_window(ex, self.window(ex.model), 0)
             return
         estimated = ex.method == "POST" and ex.path in CAP_FIELDS
         if not estimated and not refused_path(ex.method, ex.path):
@@ -104,6 +167,8 @@ class Estimator(Stage):
             limit = max(bound - chained, 0)
         if window is not None and (limit is None or window - known < limit):  # `unknown` is a bound, not a size
             limit = max(window - known, 0)
+        checked = self.check_window and windowed(ex)
+        requested = requested_output(ex.path, ex.json)  # before `_completion` adds the gateway's default cap
         try:
             if len(ex.body) > OFFLOAD_BYTES:
                 prompt = await asyncio.to_thread(count_request_prompt, ex.json, ex.model or "", limit)
@@ -112,13 +177,44 @@ class Estimator(Stage):
         except PromptTooLong as exc:
             if bound is not None and exc.counted + chained > bound:
                 prompt = exc.counted  # more than the budget can pay for: the reservation refuses it (429)
+            elif checked and window is not None:
+                await self._check_window(ex, window, known)
+                raise  # not reached: the whole prompt is over the window
             else:
-                raise ContextTooLong(
-                    f"This model's maximum context length is {window} tokens; the request's prompt has more "
-                    f"(counting stopped at {exc.counted + known}).", param="messages") from None
+                raise context_error(ex.path, window or 0, exc.counted + known, 0, exact=False) from None
+        if checked and window is not None and prompt + known + requested > window:
+            ex.cost_micros = 0
+            raise context_error(ex.path, window, prompt + known, requested)
         prompt += chained
         completion = self._completion(ex, prompt)
         ex.estimate = Estimate(prompt, completion)
+
+    async def _check_window(self, ex: Exchange, window: int | None, known: int) -> None:
+        """The context-window pre-check alone: prompt (+ `known` chained tokens) + the request's own
+        output cap against the model's window; raises OpenAI's 400 before any upstream call. Counting
+        stops just past the window; an over-window prompt is then counted whole (off the event loop, up
+        to EXACT_COUNT_BYTES) so the message states its size as OpenAI does."""
+        if window is None or ex.json is None:
+            return
+        requested = requested_output(ex.path, ex.json)
+        limit = max(window - known - requested, 0)
+        if len(ex.body) <= limit and not any(part in ex.body for part in _NOT_TEXT):
+            return  # a text token is at least one byte of the body: it fits without counting
+        body, model = ex.json, ex.model or ""
+        try:
+            if len(ex.body) > OFFLOAD_BYTES:
+                prompt = await asyncio.to_thread(count_request_prompt, body, model, limit)
+            else:
+                prompt = count_request_prompt(body, model, limit)
+        except PromptTooLong as exc:
+            ex.cost_micros = 0
+            if len(ex.body) > EXACT_COUNT_BYTES:
+                raise context_error(ex.path, window, exc.counted + known, requested, exact=False) from None
+            prompt = await asyncio.to_thread(count_request_prompt, body, model, None)
+            raise context_error(ex.path, window, prompt + known, requested) from None
+        if prompt + known + requested > window:
+            ex.cost_micros = 0
+            raise context_error(ex.path, window, prompt + known, requested)
 
     def _chained(self, body: dict[str, Any], model: str | None, applies: bool) -> tuple[int, int]:
         """Tokens a Responses request carries besides its own body (see the module's docstring): those

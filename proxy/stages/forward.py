@@ -17,6 +17,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -32,6 +33,9 @@ from ..upstream import NEVER_FORWARDED as _NEVER
 from ..upstream import NOT_DOWNSTREAM as _NOT_DOWNSTREAM
 from ..wire.jsoncodec import dumps
 from .retry import backoff, hinted_wait, should_retry
+
+if TYPE_CHECKING:
+    from .fallback import Fallbacks
 
 log = logging.getLogger("oaigate.forward")
 
@@ -169,18 +173,42 @@ class Forward:
         # the session's connection pool, counted here (its connector's limit is the same size, so aiohttp
         # itself never queues): waiting for a connection is queueing, not upstream silence
         self.pool = asyncio.Semaphore(pool_size) if pool_size else None
+        self.fallbacks: Fallbacks | None = None  # `fallback.Fallbacks`: the next model after a failure
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
-        upstream = ex.target.upstream if ex.target is not None else self.upstream
-        ex.upstream = upstream.name
-        url = upstream_url(upstream.base_url, request)
-        headers = upstream_headers(ex, upstream, self.pass_through)
-        body = prepare_body(ex, self.inject_stream_usage)
-        body_headers(ex, headers)
         if ex.deadline == math.inf:  # an exchange that skipped the deadline stage
             ex.deadline = time.monotonic() + self.timeouts.total_s
         deadline = ex.deadline
-        response = await self._send(ex, url, headers, body, deadline)
+        while True:
+            upstream = ex.target.upstream if ex.target is not None else self.upstream
+            ex.upstream = upstream.name
+            url = upstream_url(upstream.base_url, request)
+            headers = upstream_headers(ex, upstream, self.pass_through)
+            body = prepare_body(ex, self.inject_stream_usage)
+            body_headers(ex, headers)
+            try:
+                response = await self._send(ex, url, headers, body, deadline)
+            except UpstreamError as exc:
+                model = self.fallbacks.after_error(ex, exc) if self.fallbacks is not None else None
+                if model is None:
+                    raise
+                log.info("upstream failed (%s): falling back to %s", exc.code, model)
+                await self.fallbacks.switch(ex, model)  # type: ignore[union-attr]
+                continue
+            if self.fallbacks is not None and response.status >= 400:  # nothing of it relayed yet
+                try:
+                    model = await self.fallbacks.after_answer(ex, response)
+                except BaseException:
+                    response.release()
+                    self._give_back()
+                    raise
+                if model is not None:
+                    response.release()
+                    self._give_back()
+                    log.info("upstream answered %d: falling back to %s", response.status, model)
+                    await self.fallbacks.switch(ex, model)
+                    continue
+            break
         try:
             return await self._relay(request, ex, response, on_chunk, deadline)
         finally:
@@ -193,7 +221,8 @@ class Forward:
 
         Each attempt first takes a connection of the pool (waiting for one is queueing, bounded by the
         deadline only); the first-byte clock starts once it has one. The answer returned holds its
-        connection until `__call__` gives it back."""
+        connection until `__call__` gives it back. Each model of a fallback gets its own retries."""
+        tried = ex.attempts
         while True:
             if deadline - time.monotonic() <= 0:  # spent waiting in line (rate limits) or between attempts
                 raise UpstreamTimeout(f"The request's deadline passed before it could be sent to the upstream "
@@ -240,20 +269,20 @@ class Forward:
                         response.release()
                         self._give_back()
                         raise
-                if not should_retry(response.status, response.headers) or not self._may_retry(ex):
+                if not should_retry(response.status, response.headers) or not self._may_retry(ex, tried):
                     return response
                 wait = hinted_wait(response.status, response.headers)
                 if wait is None:
-                    wait = backoff(ex.attempts, self.rand)
+                    wait = backoff(ex.attempts - tried, self.rand)
                 if time.monotonic() + wait >= deadline:
                     return response  # no time left to wait: the upstream's own answer (and retry-after) it is
                 response.release()
                 self._give_back()
                 log.info("upstream answered %d; retry %d", response.status, ex.attempts)
             else:
-                if not self._may_retry(ex):
+                if not self._may_retry(ex, tried):
                     raise failure
-                wait = backoff(ex.attempts, self.rand)
+                wait = backoff(ex.attempts - tried, self.rand)
                 if time.monotonic() + wait >= deadline:
                     raise failure
                 log.info("upstream failed (%s); retry %d", failure, ex.attempts)
@@ -279,8 +308,9 @@ class Forward:
         if self.pool is not None:
             self.pool.release()
 
-    def _may_retry(self, ex: Exchange) -> bool:
-        return ex.attempts <= self.max_retries and (ex.body_stream is None or ex.body_stream.resendable)
+    def _may_retry(self, ex: Exchange, tried: int = 0) -> bool:
+        """`tried`: attempts made for earlier models of a fallback (each model has its own retries)."""
+        return ex.attempts - tried <= self.max_retries and (ex.body_stream is None or ex.body_stream.resendable)
 
     async def _relay(self, request: web.Request, ex: Exchange, response: aiohttp.ClientResponse,
                      on_chunk: ChunkHook, deadline: float) -> web.StreamResponse:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import math
+import time
 
 from ..db.writer import LedgerWriter
 from ..exchange import Exchange
@@ -13,8 +14,24 @@ BODY_LIMIT = 64 * 1024
 REQUEST_ID_HEADER = "x-oaigate-request-id"
 
 
+_second: list[tuple[int, str]] = [(-1, "")]  # the last whole second formatted, and its text
+
+
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`ts` as UTC ISO 8601 with milliseconds and a `Z`, exactly as `datetime.fromtimestamp(ts, UTC)
+    .isoformat(timespec="milliseconds")` writes it, with the whole-second part formatted once per second."""
+    frac, whole = math.modf(ts)
+    us = round(frac * 1e6)  # datetime rounds to the microsecond (half to even), then cuts to milliseconds
+    second = int(whole)
+    if us >= 1_000_000:
+        second, us = second + 1, us - 1_000_000
+    elif us < 0:
+        second, us = second - 1, us + 1_000_000
+    cached, text = _second[0]
+    if cached != second:
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second[0] = (second, text)
+    return f"{text}.{us // 1000:03d}Z"
 
 
 def _body(data: bytes | None) -> str | None:
@@ -47,7 +64,8 @@ class Ledger(Stage):
             "key_name": ex.principal,
             "method": ex.method,
             "endpoint": ex.path,
-            "model_requested": ex.model_alias or ex.model,  # what the client asked for (an alias stays one)
+            # what the client asked for (an alias stays one; a fallback's row names the first model)
+            "model_requested": ex.model_alias or ex.fallback_from or ex.model,
             "model_served": ex.model_served,
             "status": ex.status if ex.status is not None else 0,
             "stream": int(ex.stream),
@@ -69,6 +87,11 @@ class Ledger(Stage):
             "object_id": ex.object_id,
             "simulated": int(ex.fixture == "hit" or (ex.upstream_headers is not None
                                                      and SIMULATED_HEADER in ex.upstream_headers)),
+            "finish_reason": ex.finish_reason,
+            "fallback_from": ex.fallback_from,
+            "models_tried": ex.models_tried,
+            "cache": ex.cache,
+            "saved_microusd": ex.saved_micros,
             "request_body": _body(ex.body) if self.log_bodies else None,
             "response_body": _body(ex.response_body) if self.log_bodies else None,
         })

@@ -87,6 +87,9 @@ class Meter(Stage):
             found = usage_of.from_event(event)
             if found is not None:
                 state.usage = found
+            reason = usage_of.finish_reason_of_event(event)
+            if reason is not None:
+                ex.finish_reason = reason
 
     async def finish(self, ex: Exchange) -> None:
         await self._meter(ex)
@@ -126,6 +129,7 @@ class Meter(Stage):
             if encoding in ("gzip", "x-gzip", "deflate"):
                 whole = await asyncio.to_thread(_decompress, whole)
             found, body = usage_of.from_json_bytes(whole)
+            ex.finish_reason = usage_of.finish_reason(body)
             if isinstance(body, dict) and isinstance(body.get("model"), str):
                 ex.model_served = body["model"]
             if isinstance(body, dict) and _creates_object(ex) and isinstance(body.get("id"), str):

@@ -7,24 +7,38 @@ Tokens are estimated at admission (prompt + completion cap) and corrected after 
 Every response carries OpenAI's `x-ratelimit-*` headers for the tightest scope. The adaptive
 governor reads the upstream's own `x-ratelimit-remaining-*` / `reset-*` and 429s and holds
 admission back until the upstream's window resets, so a burst produces few upstream 429s.
+
+With `[state] url` the buckets, the requests in flight and the governor's holds live in Redis
+(`proxy.state`), shared by every gateway process: one atomic round trip admits a request against
+every scope; the local buckets then mirror what Redis said (for the headers, and for enforcement by
+this process alone while Redis is away, with `on_unavailable = "local"`). A permit with a concurrency
+slot is released in one more round trip; the token corrections of the others ride along with this
+process's next admission (until then the shared bucket is stricter, never looser).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from ..clock import Clock
 from ..config import Config
 from ..errors import RateLimited
 from ..exchange import Exchange, Slot
+from ..state import StateUnavailable
 from . import Stage
 from .retry import MAX_HINT_S, hinted_wait, parse_duration
 from .scopes import Selector
+
+if TYPE_CHECKING:
+    from ..state.redis import RedisState
+
+SHARED_POLL_S = 0.05  # how often a request waiting for a slot held by another process asks again
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +118,8 @@ class Permit:
     governor: UpstreamGovernor | None = None
     key: object = None  # the governor's key (model, and client key when passed upstream)
     released: bool = False
+    shared_id: str | None = None  # the permit's id in the shared state, when admitted there
+    taken: int = 0  # tokens taken at admission in the shared state
 
 
 class UpstreamGovernor:
@@ -135,6 +151,13 @@ class UpstreamGovernor:
         self.probe_until = 0.0
         self._states: dict[object, _Evidence] = {}
         self.changed = asyncio.Event()  # set (and replaced) whenever an answer is observed
+        self.shared: RedisState | None = None  # with `[state] url`: holds are shared with every process
+        self.shared_name = ""  # the upstream's name there (a digest: no URL or key in Redis)
+        self.wall: Clock | None = None
+
+    def hold_key(self, key: object) -> str:
+        """The shared name of the hold for `key` (digested: a client's key never reaches Redis)."""
+        return f"{self.shared_name}:{hashlib.sha256(repr(key).encode()).hexdigest()[:24]}"
 
     def key(self, ex: Exchange) -> object:
         """What a provider's limit is kept per: the model, and the client's own key when it is the one
@@ -163,6 +186,9 @@ class UpstreamGovernor:
                 if left is not None and left <= 0:  # a window at zero: hold until it resets
                     wait = parse_duration(headers.get(reset, "")) or hint or self.COUNT_TTL_S
                     state.blocked_until = max(state.blocked_until, now + min(wait, MAX_HINT_S))
+                    if self.shared is not None and self.wall is not None:
+                        self.shared.hold(self.hold_key(key), self.wall.wall() + state.blocked_until - now,
+                                         state.blocked_until - now)
             if requests is not None:
                 # the other requests in flight may not be counted upstream yet: assume they will be
                 state.remaining = requests - max(state.in_flight - 1, 0)
@@ -252,6 +278,10 @@ def _count(value: str | None) -> int | None:
         return None
 
 
+class _TryAgain(Exception):
+    """A first shared try found no room: wait in line."""
+
+
 class RateLimiter:
     """Admission against every matching scope; FIFO per scope; all scopes taken at once.
 
@@ -262,6 +292,8 @@ class RateLimiter:
                  governor: UpstreamGovernor | None = None) -> None:
         self.rules, self.clock, self.on_limit, self.max_wait_s = rules, clock, on_limit, max_wait_s
         self.governor = governor
+        self.shared: RedisState | None = None  # set by the app with `[state] url`
+        self._give_back: dict[str, float] = {}  # shared tokens to correct with the next admission, per scope
         self._scopes: dict[tuple[int, str], Scope] = {}
         self._released = asyncio.Event()
 
@@ -300,11 +332,25 @@ class RateLimiter:
         if max_wait_s is not None:
             longest_wait = max(min(longest_wait, max_wait_s), 0.0)
         deadline = now + longest_wait
+        if self.shared is not None and scopes and not any(s.line.locked() for s in scopes):
+            try:  # no one of this process waiting: try at once, concurrently (Redis decides atomically)
+                return await self._acquire_shared(self.shared, scopes, tokens, governor, key, deadline, once=True)
+            except StateUnavailable:
+                if not self.shared.local:
+                    raise
+            except _TryAgain:
+                pass
         held: list[Scope] = []
         try:
             for scope in scopes:  # a fixed order: no two requests wait on each other's lines
                 await scope.line.acquire()
                 held.append(scope)
+            if self.shared is not None and scopes:
+                try:
+                    return await self._acquire_shared(self.shared, scopes, tokens, governor, key, deadline)
+                except StateUnavailable:
+                    if not self.shared.local:
+                        raise
             while True:
                 now = self.clock.monotonic()
                 waits = [s.wait(tokens, now) for s in scopes]
@@ -337,6 +383,50 @@ class RateLimiter:
             for scope in held:
                 scope.line.release()
 
+    async def _acquire_shared(self, shared: RedisState, scopes: list[Scope], tokens: int,
+                              governor: UpstreamGovernor | None, key: object, deadline: float,
+                              once: bool = False) -> Permit:
+        """`acquire`'s loop with the buckets and slots in the shared state: one round trip per try.
+        `once`: a first try outside the lines; `_TryAgain` when it must wait (then in line)."""
+        refs = [(_shared_name(s), s.rule.rpm or 0, s.rule.tpm or 0, s.rule.concurrent or 0) for s in scopes]
+        hold = governor.hold_key(key) if governor is not None and governor.shared is not None else None
+        while True:
+            now = self.clock.monotonic()
+            soft = 0.0
+            held_back = governor.wait(now, key) if governor is not None else 0.0
+            if held_back is None and governor is not None:
+                soft = governor.expires_in(now, key)
+                held_back = 0.0 if self.on_limit == "reject" else None
+            waits: list[float | None]
+            if held_back == 0.0:
+                back = [self._give_back.pop(name, 0.0) for name, *_ in refs]
+                pid, hold_s, per = await shared.admit(refs, tokens, self.clock.wall(), hold, back)
+                now = self.clock.monotonic()
+                for scope, (_, requests, tokens_left) in zip(scopes, per, strict=True):
+                    for bucket, level in ((scope.requests, requests), (scope.tokens, tokens_left)):
+                        if bucket is not None:
+                            bucket.level, bucket.updated = level, now
+                if pid is not None:
+                    for scope in scopes:
+                        scope.in_flight += 1
+                    if governor is not None:
+                        governor.admitted(now, key)
+                    return Permit(scopes, tokens, governor, key, shared_id=pid, taken=tokens)
+                waits = [*(w for w, _, _ in per), hold_s if hold_s > 0 else 0.0]
+            else:
+                waits = [*(0.0 for _ in scopes), held_back]
+            known = [w for w in waits if w is not None]
+            longest = max(known, default=0.0)
+            remaining = deadline - now
+            if remaining <= 0 or longest > remaining:
+                raise self._refusal(scopes, waits, tokens)
+            if once:
+                raise _TryAgain
+            sleep = longest if longest > 0 else min(remaining, SHARED_POLL_S)  # a slot another process holds
+            if soft > 0:
+                sleep = min(sleep, soft)
+            await self._wait_for_room(sleep, remaining, governor)
+
     async def _wait_for_room(self, seconds: float, remaining: float,
                              governor: UpstreamGovernor | None = None) -> None:
         """Sleep until a bucket has refilled enough, a request in flight finishes or (with a governor)
@@ -364,6 +454,16 @@ class RateLimiter:
         permit.released = True
         for scope in permit.scopes:
             scope.in_flight -= 1
+        if permit.shared_id is not None and self.shared is not None:
+            back = permit.taken - permit.tokens
+            if any(s.rule.concurrent for s in permit.scopes):  # a slot to free: one round trip
+                names = [(_shared_name(s), s.rule.tpm or 0) for s in permit.scopes]
+                self.shared.spawn(self.shared.release(permit.shared_id, names, back))
+            elif back:  # only tokens to correct: they ride along with this process's next admission
+                for scope in permit.scopes:
+                    if scope.rule.tpm:
+                        name = _shared_name(scope)
+                        self._give_back[name] = self._give_back.get(name, 0.0) + back
         if permit.governor is not None:
             permit.governor.finished(permit.key)
         self._released.set()
@@ -388,6 +488,33 @@ class RateLimiter:
         return RateLimited(f"{message} Please try again in {millis}ms.", headers={
             "retry-after-ms": str(millis), "retry-after": str(math.ceil(retry))})
 
+    def status(self, principal: str | None = None, own_only: bool = False) -> list[dict[str, object]]:
+        """Each rule's current use (read only, for `/oaigate/limits`): with `principal`, the rules that
+        apply to it (with `own_only`, only those naming it: its key or `key = "*"`), else every rule, a
+        per-caller (`key = "*"`) one for each caller it has seen."""
+        now = self.clock.monotonic()
+        out: list[dict[str, object]] = []
+        for index, rule in enumerate(self.rules):
+            if principal is not None and (rule.key not in (("*", principal) if own_only else (None, "*", principal))):
+                continue
+            if principal is not None or rule.key != "*":
+                names = [rule.scope(principal)]
+            else:
+                names = sorted(name for (i, name) in self._scopes if i == index)
+            for name in names:
+                scope = self._scopes.get((index, name))
+                entry: dict[str, object] = {"scope": name, "model": rule.model, "rpm": rule.rpm, "tpm": rule.tpm,
+                                            "concurrent": rule.concurrent,
+                                            "in_flight": scope.in_flight if scope is not None else 0}
+                for kind, bucket in (("requests", scope and scope.requests), ("tokens", scope and scope.tokens)):
+                    used = 0
+                    if bucket:
+                        level = min(bucket.capacity, bucket.level + (now - bucket.updated) * bucket.rate)
+                        used = max(math.ceil(bucket.capacity - level), 0)
+                    entry[f"{kind}_used"] = used  # what the last minute took and has not yet refilled
+                out.append(entry)
+        return out
+
     def headers(self, principal: str | None, model: str | None) -> dict[str, str]:
         """OpenAI's `x-ratelimit-*` headers for the tightest matching scope of each kind."""
         now = self.clock.monotonic()
@@ -404,6 +531,11 @@ class RateLimiter:
             out[f"x-ratelimit-remaining-{kind}"] = str(max(int(tightest.level), 0))
             out[f"x-ratelimit-reset-{kind}"] = format_duration(tightest.reset_in())
         return out
+
+
+def _shared_name(scope: Scope) -> str:
+    """A scope's name in the shared state (its limits in it: two rules never share a bucket)."""
+    return f"{scope.name}|{scope.rule.rpm or 0}|{scope.rule.tpm or 0}|{scope.rule.concurrent or 0}"
 
 
 def format_duration(seconds: float) -> str:
@@ -441,6 +573,15 @@ class RateLimit(Stage):
             ex.state.set(_PERMIT, permit)
         if self.limiter.rules:
             ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
+
+    async def move(self, ex: Exchange) -> None:
+        """A request moving to another model (a fallback): its slot is freed and one taken for the new
+        model, as for a new request (it may queue, or be refused)."""
+        permit = ex.state.pop(_PERMIT)
+        if permit is not None:
+            self.limiter.correct(permit, 0)
+            self.limiter.release(permit)
+        await self.request(ex)
 
     async def finish(self, ex: Exchange) -> None:
         permit = ex.state.pop(_PERMIT)

@@ -7,6 +7,7 @@ whole micro-dollars (1 USD = 1_000_000).
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
@@ -65,13 +66,14 @@ class PriceTable:
     full genai-prices calculation costs ~200 us, too much for every request on the hot path.
     """
 
-    def __init__(self, overrides: dict[str, PriceOverride] | None = None, provider: str = "openai") -> None:
+    def __init__(self, overrides: dict[str, PriceOverride] | None = None, provider: str = "openai",
+                 windows: dict[str, int] | None = None) -> None:
         self._prices: dict[str, PriceOverride | _GenaiPrice | None] = dict(overrides or {})
         self._batch_prices: dict[str, PriceOverride | _GenaiPrice | None] = {
             model: PriceOverride(p.input * BATCH_SHARE, p.output * BATCH_SHARE,
                                  None if p.cached_input is None else p.cached_input * BATCH_SHARE)
             for model, p in self._prices.items() if isinstance(p, PriceOverride)}
-        self._windows: dict[str, int | None] = {}
+        self._windows: dict[str, int | None] = dict(windows or {})  # configured ones first
         self._provider = provider
 
     def cost_micros(self, model: str | None, usage: Usage, *, batch: bool = False) -> int | None:
@@ -87,8 +89,15 @@ class PriceTable:
         price = table[model]
         return None if price is None else to_micros(price.cost(usage))
 
+    def warm_in_background(self, model: str = "gpt-4o-mini") -> threading.Thread:
+        """Have genai-prices read its table (~50 ms, once per process) in a daemon thread now, rather than
+        on the event loop when the first request is metered. The table itself is not touched."""
+        thread = threading.Thread(target=_lookup, args=(model, self._provider), name="oaigate-prices", daemon=True)
+        thread.start()
+        return thread
+
     def context_window(self, model: str | None) -> int | None:
-        """The model's context window in tokens, from genai-prices; None when unknown."""
+        """The model's context window in tokens: configured, else genai-prices'; None when unknown."""
         if not model:
             return None
         if model not in self._windows:

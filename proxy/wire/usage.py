@@ -7,6 +7,7 @@ One normalized shape for every endpoint: chat and legacy completions (`prompt_to
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,3 +81,47 @@ def from_event(event: Event) -> Usage | None:
     if found is None and isinstance(payload.get("response"), dict):
         found = from_usage_object(payload["response"].get("usage"))
     return found
+
+
+def finish_reason(body: Any) -> str | None:
+    """Why an answer ended: its first choice's `finish_reason` (chat, legacy completions, or a stream
+    chunk's), or a Responses object's `incomplete_details.reason` else its `status`; a Responses
+    stream's terminal event holds the object under `response`. None when the body says nothing."""
+    if not isinstance(body, dict):
+        return None
+    choices = body.get("choices")
+    if isinstance(choices, list):
+        for choice in choices:
+            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                reason = choice.get("finish_reason")
+                return reason if isinstance(reason, str) else None
+        return None
+    inner = body.get("response")
+    holder: dict[str, Any] = inner if isinstance(inner, dict) else body
+    if holder.get("object") != "response":
+        return None
+    details = holder.get("incomplete_details")
+    if isinstance(details, dict) and isinstance(details.get("reason"), str):
+        return str(details["reason"])
+    status = holder.get("status")
+    return status if isinstance(status, str) else None
+
+
+def finish_reason_of_event(event: Event) -> str | None:
+    """`finish_reason` of one stream event; cheap (no parsing) for the events that cannot hold one."""
+    data = event.data
+    if b'"finish_reason"' in data:
+        if data.count(b'"finish_reason"') == 1 and _NULL_REASON.search(data):
+            return None
+    elif event.event not in _RESPONSE_ENDS and not _RESPONSE_END.search(data):
+        return None
+    try:
+        payload = loads(data)
+    except JSONDecodeError:
+        return None
+    return finish_reason(payload)
+
+
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
+_RESPONSE_END = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
+_NULL_REASON = re.compile(rb'"finish_reason"\s*:\s*null')

@@ -20,9 +20,8 @@ import pytest
 from mockserver.app import make_app
 from mockserver.settings import MockSettings
 from tests.http import call, error_of, post
+from tests.mockserver.engine.test_faults import Recorder, raw
 from tests.servers import ServerThread
-
-from .test_faults import Recorder, raw
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Pace me."}], "max_tokens": 5}

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mockserver.app import HANG_S, make_app
-from mockserver.faults import MAX_PACING_MS
+from mockserver.engine.faults import MAX_PACING_MS
 from mockserver.settings import MockSettings
 from tests.servers import ServerThread
 

@@ -178,7 +178,9 @@ def test_endpoints_that_are_not_estimated_are_refused_on_a_budgeted_key(
     reply = fetch("POST", gw.url + path, key=TINY_KEY, json=body)
     assert reply.status == 400 and json.loads(reply.body)["error"]["code"] == "unestimable_request"
     unbudgeted = fetch("POST", gw.url + path, key=BIG_KEY, json=body)
-    assert unbudgeted.status != 200 and b"unestimable_request" not in unbudgeted.body  # forwarded; the mock refuses
+    # forwarded: the mock answers (images, speech) or refuses (another key's file, the Realtime API) itself
+    assert b"unestimable_request" not in unbudgeted.body
+    assert unbudgeted.headers.get("x-request-id") or unbudgeted.status in (403, 404)
 
 
 def test_each_call_is_charged_once_and_a_restart_rebuilds_the_same_spend(

@@ -34,7 +34,8 @@ def _drawn(part: str) -> list[str]:
 
 
 def test_the_docstring_lists_the_stages_in_the_order_they_run(gateway: Callable[..., Gateway]) -> None:
-    gw = gateway(keys=[{"name": "ci", "key": "sk-ci-1"}])  # with [[keys]]: the owners stage runs too
+    # with [[keys]] and [cache] enabled: the owners and cache stages run too
+    gw = gateway(keys=[{"name": "ci", "key": "sk-ci-1"}], cache={"enabled": True})
     pipeline = gw.server.app[PIPELINE]
     assert [type(s).__name__ for s in pipeline.before] == _documented("before")
     assert [type(s).__name__ for s in pipeline.after] == _documented("after")

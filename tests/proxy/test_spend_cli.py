@@ -75,7 +75,7 @@ def test_csv(ledger: Path, by: str | None) -> None:
     lines = list(csv.reader(io.StringIO(result.stdout)))
     header, body = lines[0], lines[1:]
     assert header == ([by] if by else []) + list(_NUMBERS[:7]) + ["cost_usd"] + list(_NUMBERS[7:]) + [
-        "simulated_microusd", "simulated_usd"]
+        "simulated_microusd", "simulated_usd", "saved_microusd", "saved_usd"]
 
     def parsed(line: list[str]) -> tuple[int | None, ...]:
         record = dict(zip(header, line, strict=True))

@@ -1,0 +1,1 @@
+"""Chat completions, legacy completions and stored chat completions."""

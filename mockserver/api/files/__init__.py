@@ -1,0 +1,1 @@
+"""Files, uploads, the Batch API and fine-tuning jobs."""

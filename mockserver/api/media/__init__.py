@@ -1,0 +1,1 @@
+"""Images (generations, edits, variations) and audio (speech, transcriptions, translations)."""

@@ -1,0 +1,1 @@
+"""The Responses API, its store, background runs and the Conversations API."""

@@ -1,0 +1,65 @@
+"""state: where budgets, rate limits and the adaptive governor keep their counters.
+
+The in-process backend is the default and is the books themselves (`budget.BudgetBook`'s accounts,
+`ratelimit.RateLimiter`'s buckets): nothing to open, nothing shared. With `[state] url`, a
+`RedisState` (`proxy.state.redis`) holds the counters instead, for every gateway process using that
+Redis; the books keep their own accounts as a mirror of the last answer (for `/oaigate/budgets`,
+`x-ratelimit-*` headers, and enforcement by this process alone while Redis is away with
+`on_unavailable = "local"`).
+
+Source of truth for "spent this period": Redis. The ledger only raises a counter Redis has lost (a
+new Redis, or one restarted without its data): each gateway offers, on start, the spend its ledger
+holds for the current periods and, whenever Redis comes back, the spend Redis last told it; Redis keeps
+the larger of that and its own counter. An offer never adds, so a restart never counts a request
+twice. Spend settled while Redis was away (local mode, or a settle that failed) is kept in memory and
+added to Redis when it returns (after the offer, which leaves it out).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import GatewayError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .redis import RedisState
+
+
+class StateUnavailable(GatewayError):
+    """503: the shared state cannot be reached, so a budget or limit cannot be enforced (fail closed)."""
+
+    status, code = 503, "state_unavailable"
+
+    def __init__(self, message: str = "The gateway cannot reach its shared budget and rate-limit state "
+                 "(Redis), so it cannot enforce this request's limits. Please try again shortly.") -> None:
+        super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})
+
+
+class Health(Protocol):
+    """What `/healthz` shows of a state backend."""
+
+    def health(self) -> dict[str, object]: ...
+
+
+def check_config(config: Config, config_file: str) -> None:
+    """Fail at build time (a `ConfigError`) when `[state] password_env` names an unset variable."""
+    import os
+
+    from ..wire.configfile import ConfigError
+
+    name = config.state.password_env
+    if config.state.url is not None and name is not None and os.environ.get(name) is None:
+        raise ConfigError(config_file, "state.password_env", f"the environment variable {name} is not set")
+
+
+def open_state(config: Config) -> RedisState | None:
+    """The shared backend `config` asks for (not connected yet), or None for in-process state."""
+    if config.state.url is None:
+        return None
+    from .redis import RedisState
+
+    return RedisState.from_config(config)
+
+
+__all__ = ["Health", "StateUnavailable", "check_config", "open_state"]
