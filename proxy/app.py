@@ -171,7 +171,8 @@ async def healthz(request: web.Request) -> web.Response:
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures,
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
-                                          "synchronous": writer.synchronous}
+                                          "synchronous": writer.synchronous,
+                                          "backend": getattr(writer, "backend", "sqlite")}
     shared = request.app[PIPELINE].budgets.shared
     state: dict[str, object] = {"backend": "local"}
     if shared is not None:

@@ -125,6 +125,10 @@ class UpstreamConfig(Section):
 class LedgerConfig(Section):
     enabled: bool = Field(True, description="Write one row per request to the ledger.")
     path: str = Field("oaigate.db", description="SQLite file for the spend ledger.")
+    url: str | None = Field(None, description="A PostgreSQL ledger instead of the file: "
+                            '"postgresql://USER@HOST:PORT/DB" (several gateways may share it).')
+    password_env: str | None = Field(None, description="Environment variable holding the PostgreSQL password "
+                                     "(else the URL's, PGPASSWORD or ~/.pgpass).")
     log_bodies: bool = Field(False, description="Store request and response bodies (truncated).")
     synchronous: Literal["normal", "full"] = Field(
         "normal", description='"normal": a committed row survives the process being killed; "full": also '
@@ -132,6 +136,13 @@ class LedgerConfig(Section):
     durable_wait_s: float = Field(
         1.0, ge=0, description="Longest a complete answer waits for its row to be committed before its last "
         "bytes go out (then it goes on, counted in /healthz); 0: do not wait.")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL: postgresql://USER@HOST:PORT/DB")
+        return value
 
 
 class StateConfig(Section):
