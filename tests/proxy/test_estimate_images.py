@@ -6,21 +6,30 @@ costs are OpenAI's published numbers for gpt-4o-mini (2,833 base + 5,667 per 512
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import struct
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from mockserver.api.media.images import png
 from mockserver.engine.rng import RequestRandom
+from proxy.exchange import Exchange
+from proxy.stages.estimate import Estimator
+from proxy.wire.pricing import PriceTable
 from proxy.wire.tokens import count_chat_prompt
 
 from .conftest import fetch, read_rows
 from .processes import MOCK_CONFIG, Serve, write_config
+from .wire.test_vision import jpeg, webp
 
 MODEL = "gpt-4o-mini"
 MAX_TOKENS = 20
@@ -104,3 +113,59 @@ def test_a_remote_image_is_reserved_at_its_detail_level_worst_case(serve: Callab
         made = client.chat.completions.create(model=MODEL, messages=chat(remote, "low"), max_tokens=MAX_TOKENS)
     assert made.usage is not None and made.usage.prompt_tokens == low - MAX_TOKENS
     assert process.stop() == 0
+
+
+def estimated_prompt(path: str, body: dict[str, Any]) -> int:
+    """The prompt tokens the gateway's estimate stage reserves for `body` on a budgeted key."""
+    ex = Exchange("POST", path, "", CIMultiDictProxy(CIMultiDict()), json.dumps(body).encode())
+    asyncio.run(Estimator(4096, prices=PriceTable(), budgeted=lambda _: (True, None)).request(ex))
+    assert ex.estimate is not None
+    return ex.estimate.prompt
+
+
+IMAGES = st.lists(st.tuples(st.integers(1, 5000), st.integers(1, 5000), st.sampled_from(["low", "high", "auto"]),
+                            st.sampled_from(["png", "gif", "jpeg", "webp"])), min_size=1, max_size=3)
+
+
+def header_url(width: int, height: int, kind: str) -> str:
+    """A data URL of an image header of that size (what both sides read; the pixels are never looked at)."""
+    raw = {"png": lambda: png(min(width, 64), min(height, 64), RequestRandom("v"))[:16]
+           + struct.pack(">II", width, height) + bytes(40),
+           "gif": lambda: b"GIF89a" + struct.pack("<HH", width, height) + bytes(20),
+           "jpeg": lambda: jpeg(width, height),
+           "webp": lambda: webp(b"VP8X", width, height)}[kind]()
+    return f"data:image/{kind};base64," + base64.b64encode(raw).decode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(images=IMAGES, model=st.sampled_from(["gpt-4o", "gpt-4o-mini", "gpt-4.1"]))
+def test_the_estimate_of_data_url_images_is_what_the_mock_charges(client: openai.OpenAI, images: list[Any],
+                                                                  model: str) -> None:
+    parts: list[dict[str, Any]] = [{"type": "text", "text": "Describe them."}]
+    parts += [{"type": "image_url", "image_url": {"url": header_url(w, h, kind), "detail": detail}}
+              for w, h, detail, kind in images]
+    body = {"model": model, "messages": [{"role": "user", "content": parts}], "max_tokens": 1}
+    made = client.chat.completions.create(**body)
+    assert made.usage is not None
+    assert estimated_prompt("/v1/chat/completions", body) == made.usage.prompt_tokens
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(images=IMAGES, remote=st.booleans())
+def test_the_responses_estimate_covers_what_the_mock_charges(client: openai.OpenAI, images: list[Any],
+                                                             remote: bool) -> None:
+    """Data URLs: the images add exactly what the mock charges; remote URLs: never less."""
+    def both(parts: list[dict[str, Any]]) -> tuple[int, int]:
+        body = {"model": "gpt-4o-mini", "input": [{"role": "user", "content": parts}], "max_output_tokens": 16}
+        made = client.responses.create(**body)
+        assert made.usage is not None
+        return estimated_prompt("/v1/responses", body), made.usage.input_tokens
+
+    text = {"type": "input_text", "text": "Describe them."}
+    pictures = [{"type": "input_image", "detail": detail,
+                 "image_url": f"https://example.com/{n}.png" if remote else header_url(w, h, kind)}
+                for n, (w, h, detail, kind) in enumerate(images)]
+    (estimate, charged), (text_estimate, text_charged) = both([text, *pictures]), both([text])
+    assert estimate >= charged
+    if not remote:
+        assert estimate - text_estimate == charged - text_charged
