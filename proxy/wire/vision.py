@@ -6,15 +6,18 @@ then its shorter side to 768 (never scaled up), and costs base + per-tile tokens
 tile: 85 + 170 per tile for gpt-4o, gpt-4.1, o-series and later models; 2,833 + 5,667 for
 gpt-4o-mini. Sizes are scaled exactly (rational arithmetic, no float rounding at tile edges).
 
-The size is read from a base64 data URL's header (PNG, GIF, JPEG, WebP), decoding at most its first
-`HEADER_CHARS` characters, never the whole image. A remote URL, a `file_id` or an unreadable header has
+The size is read from a base64 data URL's header (PNG, GIF, JPEG, WebP): its first 48 bytes, or for a
+JPEG (whose frame header follows its metadata) at most its first `HEADER_CHARS` characters; the image
+itself is never decoded. A remote URL, a `file_id` or an unreadable header has
 no known size: `part_tokens` then counts what the caller says (the mock assumes 1024×1024), or by
 default the most any size could cost at that detail (`worst_case_tokens`, for budget reservations).
 
 Worst case: after both scalings the longer side is at most 2048 and the shorter at most 768 (a
 shorter side above 768 is scaled down to 768, which keeps the longer side within 2048), so an image
 covers at most ceil(2048/512) × ceil(768/512) = 4 × 2 = `MAX_TILES` tiles, reached by any image whose
-scaled size is 2048×768 (e.g. 4096×1536 or 2048×768 itself).
+scaled size is 2048×768 (e.g. 4096×1536 or 2048×768 itself). The least is one tile (any image
+within 512×512). A budget reserves the worst case; the context-window pre-check refuses a request only
+when even the least would not fit (`unknown_slack`).
 """
 
 from __future__ import annotations
@@ -60,6 +63,29 @@ def worst_case_tokens(detail: str, model: str) -> int:
     return base if detail == "low" else base + per_tile * MAX_TILES
 
 
+def least_tokens(detail: str, model: str) -> int:
+    """The least an image of unknown size can cost at `detail` on `model` (one tile at high/auto)."""
+    base, per_tile = rates(model)
+    return base if detail == "low" else base + per_tile
+
+
+def unknown_slack(body: dict[str, Any], model: str) -> int:
+    """By how much the worst case counted for the images of unknown size in a request `body` (chat
+    `messages` or Responses `input` items) may exceed their least cost. A prompt counted with worst
+    cases, less this, is a count no larger than the real one: what a context-window check may refuse on."""
+    total = 0
+    holder = body.get("messages") if isinstance(body.get("messages"), list) else body.get("input")
+    if isinstance(holder, list):
+        for item in holder:
+            content = item.get("content") if isinstance(item, dict) else None
+            for part in content if isinstance(content, list) else ():
+                found = image_part(part)
+                if found is None or found[1] == "low" or (found[0] is not None and image_size(found[0])):
+                    continue
+                total += worst_case_tokens(found[1], model) - least_tokens(found[1], model)
+    return total
+
+
 def image_size(url: str) -> tuple[int, int] | None:
     """Width and height from a base64 data URL's header bytes; None when unknown (not a data URL, not
     base64, not PNG/GIF/JPEG/WebP, or the header lies past `HEADER_CHARS`)."""
@@ -68,13 +94,18 @@ def image_size(url: str) -> tuple[int, int] | None:
     comma = url.find(",", 0, 256)
     if comma < 0 or ";base64" not in url[:comma]:
         return None
-    payload = url[comma + 1:comma + 1 + HEADER_CHARS]
+    data = _decode(url[comma + 1:comma + 1 + 64])  # PNG, GIF and WebP sizes are in the first 30 bytes
+    if data is not None and data[:2] == b"\xff\xd8":  # JPEG: the frame header follows EXIF, ICC... segments
+        data = _decode(url[comma + 1:comma + 1 + HEADER_CHARS])
+    size = _header_size(data) if data is not None else None
+    return size if size is not None and size[0] > 0 and size[1] > 0 else None
+
+
+def _decode(payload: str) -> bytes | None:
     try:
-        data = base64.b64decode(payload[: len(payload) // 4 * 4])
+        return base64.b64decode(payload[: len(payload) // 4 * 4])
     except (binascii.Error, ValueError):
         return None
-    size = _header_size(data)
-    return size if size is not None and size[0] > 0 and size[1] > 0 else None
 
 
 def _header_size(data: bytes) -> tuple[int, int] | None:

@@ -22,6 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from mockserver.api.media.images import png
 from mockserver.engine.rng import RequestRandom
+from proxy.errors import ContextTooLong
 from proxy.exchange import Exchange
 from proxy.stages.estimate import Estimator
 from proxy.wire.pricing import PriceTable
@@ -115,10 +116,11 @@ def test_a_remote_image_is_reserved_at_its_detail_level_worst_case(serve: Callab
     assert process.stop() == 0
 
 
-def estimated_prompt(path: str, body: dict[str, Any]) -> int:
+def estimated_prompt(path: str, body: dict[str, Any], check_window: bool = True) -> int:
     """The prompt tokens the gateway's estimate stage reserves for `body` on a budgeted key."""
     ex = Exchange("POST", path, "", CIMultiDictProxy(CIMultiDict()), json.dumps(body).encode())
-    asyncio.run(Estimator(4096, prices=PriceTable(), budgeted=lambda _: (True, None)).request(ex))
+    estimator = Estimator(4096, prices=PriceTable(), budgeted=lambda _: (True, None), check_window=check_window)
+    asyncio.run(estimator.request(ex))
     assert ex.estimate is not None
     return ex.estimate.prompt
 
@@ -169,3 +171,18 @@ def test_the_responses_estimate_covers_what_the_mock_charges(client: openai.Open
     assert estimate >= charged
     if not remote:
         assert estimate - text_estimate == charged - text_charged
+
+
+@pytest.mark.parametrize("check_window", [True, False])
+def test_remote_images_whose_worst_case_passes_the_window_are_not_refused(client: openai.OpenAI,
+                                                                          check_window: bool) -> None:
+    """Three remote images on gpt-4o-mini could cost 3 x 48,169 tokens at most, past its 128K window, or
+    3 x 8,500 at least: the window pre-check refuses only on the least, the budget reserves the window."""
+    parts = [{"type": "input_image", "image_url": f"https://example.com/{n}.png", "detail": "high"} for n in range(3)]
+    body = {"model": MODEL, "input": [{"role": "user", "content": parts}], "max_output_tokens": 16}
+    assert estimated_prompt("/v1/responses", body, check_window) == 128_000
+    made = client.responses.create(**body)
+    assert made.usage is not None and made.usage.input_tokens < 128_000
+    many = {**body, "input": [{"role": "user", "content": parts * 6}]}  # 18 x 8,500 > 128K even at least
+    with pytest.raises(ContextTooLong):
+        estimated_prompt("/v1/responses", many, check_window)
