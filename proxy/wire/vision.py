@@ -94,10 +94,12 @@ def image_size(url: str) -> tuple[int, int] | None:
     comma = url.find(",", 0, 256)
     if comma < 0 or ";base64" not in url[:comma]:
         return None
-    data = _decode(url[comma + 1:comma + 1 + 64])  # PNG, GIF and WebP sizes are in the first 30 bytes
-    if data is not None and data[:2] == b"\xff\xd8":  # JPEG: the frame header follows EXIF, ICC... segments
-        data = _decode(url[comma + 1:comma + 1 + HEADER_CHARS])
-    size = _header_size(data) if data is not None else None
+    size = None
+    for chars in (64, 4096, HEADER_CHARS):  # PNG, GIF, WebP: the first 30 bytes; a JPEG's frame header
+        data = _decode(url[comma + 1:comma + 1 + chars])  # follows its EXIF, ICC... segments
+        size = _header_size(data) if data is not None else None
+        if size is not None or data is None or data[:2] != b"\xff\xd8" or len(data) < chars // 4 * 3:
+            break
     return size if size is not None and size[0] > 0 and size[1] > 0 else None
 
 
