@@ -29,6 +29,7 @@ from ..wire.jsoncodec import dumps
 from ..wire.pricing import PriceTable
 from ..wire.tokens import PromptTooLong, count_request_prompt
 from ..wire.usage import Usage
+from ..wire.vision import unknown_slack
 from . import Stage
 
 if TYPE_CHECKING:
@@ -162,11 +163,13 @@ class Estimator(Stage):
         known, unknown = self._chained(ex.json, ex.model, applies)
         chained = known + unknown
         window = self.window(ex.model)
+        # images of unknown size count their worst case (the budget's bound); the window refuses only on the least
+        slack = await _slack(ex) if window is not None else 0
         limit = None
         if bound is not None:
             limit = max(bound - chained, 0)
-        if window is not None and (limit is None or window - known < limit):  # `unknown` is a bound, not a size
-            limit = max(window - known, 0)
+        if window is not None and (limit is None or window - known + slack < limit):  # `unknown`: a bound
+            limit = max(window - known + slack, 0)
         checked = self.check_window and windowed(ex)
         requested = requested_output(ex.path, ex.json)  # before `_completion` adds the gateway's default cap
         try:
@@ -181,10 +184,12 @@ class Estimator(Stage):
                 await self._check_window(ex, window, known)
                 raise  # not reached: the whole prompt is over the window
             else:
-                raise context_error(ex.path, window or 0, exc.counted + known, 0, exact=False) from None
-        if checked and window is not None and prompt + known + requested > window:
+                raise context_error(ex.path, window or 0, exc.counted - slack + known, 0, exact=False) from None
+        if checked and window is not None and prompt - slack + known + requested > window:
             ex.cost_micros = 0
-            raise context_error(ex.path, window, prompt + known, requested)
+            raise context_error(ex.path, window, prompt - slack + known, requested)
+        if slack and window is not None:  # the upstream charges no prompt over the window: it refuses it
+            prompt = max(min(prompt, window - known), prompt - slack)
         prompt += chained
         completion = self._completion(ex, prompt)
         ex.estimate = Estimate(prompt, completion)
@@ -201,6 +206,8 @@ class Estimator(Stage):
         if len(ex.body) <= limit and not any(part in ex.body for part in _NOT_TEXT):
             return  # a text token is at least one byte of the body: it fits without counting
         body, model = ex.json, ex.model or ""
+        slack = await _slack(ex)
+        limit += slack
         try:
             if len(ex.body) > OFFLOAD_BYTES:
                 prompt = await asyncio.to_thread(count_request_prompt, body, model, limit)
@@ -209,12 +216,12 @@ class Estimator(Stage):
         except PromptTooLong as exc:
             ex.cost_micros = 0
             if len(ex.body) > EXACT_COUNT_BYTES:
-                raise context_error(ex.path, window, exc.counted + known, requested, exact=False) from None
+                raise context_error(ex.path, window, exc.counted - slack + known, requested, exact=False) from None
             prompt = await asyncio.to_thread(count_request_prompt, body, model, None)
-            raise context_error(ex.path, window, prompt + known, requested) from None
-        if prompt + known + requested > window:
+            raise context_error(ex.path, window, prompt - slack + known, requested) from None
+        if prompt - slack + known + requested > window:
             ex.cost_micros = 0
-            raise context_error(ex.path, window, prompt + known, requested)
+            raise context_error(ex.path, window, prompt - slack + known, requested)
 
     def _chained(self, body: dict[str, Any], model: str | None, applies: bool) -> tuple[int, int]:
         """Tokens a Responses request carries besides its own body (see the module's docstring): those
@@ -262,6 +269,15 @@ class Estimator(Stage):
             ex.json = {**body, fields[0]: completion}
             ex.body = dumps(ex.json)
         return completion * answers(ex.path, body)
+
+
+async def _slack(ex: Exchange) -> int:
+    """`unknown_slack` of the request's images (0 without any), off the event loop for a large body."""
+    if ex.json is None or b"image" not in ex.body:
+        return 0
+    if len(ex.body) > OFFLOAD_BYTES:
+        return await asyncio.to_thread(unknown_slack, ex.json, ex.model or "")
+    return unknown_slack(ex.json, ex.model or "")
 
 
 _OPAQUE_TYPES = frozenset({"item_reference", "input_file", "file"})

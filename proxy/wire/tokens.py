@@ -21,6 +21,8 @@ from typing import Any
 
 import tiktoken
 
+from . import vision
+
 
 @dataclass(frozen=True, slots=True)
 class _Spec:
@@ -73,8 +75,6 @@ _O200K_GPT4_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5")
 _TOKENS_PER_MESSAGE = 3
 _TOKENS_PER_NAME = 1
 _REPLY_PRIMING = 3
-_IMAGE_LOW_TOKENS = 85
-_IMAGE_DEFAULT_TOKENS = 85 + 170 * 4
 _AUDIO_PART_TOKENS = 200
 _FILE_PART_TOKENS = 1000
 _FUNCTION_INIT = {"o200k_base": 7, "cl100k_base": 10}
@@ -147,15 +147,29 @@ class PromptTooLong(Exception):
 
 
 class _Tally:
-    """An encoding that keeps a running count of the text it has tokenized and stops past `limit`."""
+    """An encoding that keeps a running count of what it has counted (text and images) for `model`, and
+    stops past `limit` (None: never). Images of unknown size count as `unknown_image` (None: their worst
+    case, see `proxy.wire.vision`)."""
 
-    __slots__ = ("encoding", "name", "limit", "seen")
+    __slots__ = ("encoding", "name", "limit", "seen", "model", "unknown_image")
 
-    def __init__(self, encoding: tiktoken.Encoding, limit: int) -> None:
+    def __init__(self, encoding: tiktoken.Encoding, limit: int | None, model: str = "",
+                 unknown_image: tuple[int, int] | None = None) -> None:
         self.encoding, self.name, self.limit, self.seen = encoding, encoding.name, limit, 0
+        self.model, self.unknown_image = model, unknown_image
 
     def count(self, text: str) -> int:
         return _count_pieces(self.encoding, text, self)
+
+    def image(self, part: dict) -> int:
+        n = vision.part_tokens(part, self.model, self.unknown_image)
+        self._add(n)
+        return n
+
+    def _add(self, n: int) -> None:
+        self.seen += n
+        if self.limit is not None and self.seen > self.limit:
+            raise PromptTooLong(self.seen, self.limit)
 
 
 def _pieces(text: str):
@@ -180,9 +194,7 @@ def _count_pieces(encoding: tiktoken.Encoding, text: str, tally: _Tally | None =
         n = len(encoding.encode_ordinary(piece))
         total += n
         if tally is not None:
-            tally.seen += n
-            if tally.seen > tally.limit:
-                raise PromptTooLong(tally.seen, tally.limit)
+            tally._add(n)
     return total
 
 
@@ -191,15 +203,16 @@ def count_text(text: str, model: str) -> int:
     return _count_pieces(encoding_for_model(model), text)
 
 
-def count_chat_prompt(messages: list, model: str, tools: list | None = None) -> int:
+def count_chat_prompt(messages: list, model: str, tools: list | None = None, *,
+                      unknown_image: tuple[int, int] | None = None) -> int:
     """Prompt tokens of a chat request, counted the way OpenAI's cookbook does.
 
     Each message costs 3 tokens plus the tokens of its string fields (role, tool_call_id, ...), a
     `name` costs 1 more, and 3 more prime the reply. Content may be a string, null or a list of
-    parts: text parts count as text, `image_url` parts 85 tokens at detail "low" and otherwise 765
-    (the high-detail cost of a 1024x1024 image: 85 + 170 * 4 tiles), `input_audio` parts a flat 200
-    and `file` parts a flat 1000. `tool_calls` (and legacy `function_call`) count each function's
-    name and arguments.
+    parts: text parts count as text, image parts (`image_url`, `input_image`) by OpenAI's tile rule
+    (`proxy.wire.vision`: a data URL by its size, any other image as `unknown_image` or, by default,
+    the worst case of its detail level), `input_audio` parts a flat 200 and `file` parts a flat 1000.
+    `tool_calls` (and legacy `function_call`) count each function's name and arguments.
 
     Tools follow the cookbook's estimate (OpenAI's TypeScript-like rendering of them is unpublished;
     the cookbook's constants reproduce its measured examples). Each function (`{"type": "function",
@@ -211,10 +224,10 @@ def count_chat_prompt(messages: list, model: str, tools: list | None = None) -> 
 
     Never raises on malformed input: whatever is not countable is skipped.
     """
-    return _chat_prompt(encoding_for_model(model), messages, tools)
+    return _chat_prompt(_Tally(encoding_for_model(model), None, model, unknown_image), messages, tools)
 
 
-def _chat_prompt(encoding: Any, messages: Any, tools: Any) -> int:
+def _chat_prompt(encoding: _Tally, messages: Any, tools: Any) -> int:
     total = _REPLY_PRIMING
     if isinstance(messages, list):
         total += sum(_count_message(encoding, m) for m in messages if isinstance(m, dict))
@@ -260,15 +273,11 @@ def _load_ranks(name: str, sha256: str) -> dict[bytes, int]:
     }
 
 
-def _len(encoding: tiktoken.Encoding | _Tally, value: Any) -> int:
-    if not isinstance(value, str):
-        return 0
-    if isinstance(encoding, _Tally):
-        return encoding.count(value)
-    return _count_pieces(encoding, value)
+def _len(encoding: _Tally, value: Any) -> int:
+    return encoding.count(value) if isinstance(value, str) else 0
 
 
-def _count_message(encoding: tiktoken.Encoding, message: dict) -> int:
+def _count_message(encoding: _Tally, message: dict) -> int:
     total = _TOKENS_PER_MESSAGE
     for key, value in message.items():
         if key == "content":
@@ -287,22 +296,18 @@ def _count_message(encoding: tiktoken.Encoding, message: dict) -> int:
     return total
 
 
-def _count_content(encoding: tiktoken.Encoding, content: Any) -> int:
+def _count_content(encoding: _Tally, content: Any) -> int:
     if isinstance(content, list):
         return sum(_count_part(encoding, part) for part in content)
     return _len(encoding, content)
 
 
-def _count_part(encoding: tiktoken.Encoding, part: Any) -> int:
+def _count_part(encoding: _Tally, part: Any) -> int:
     if not isinstance(part, dict):
         return _len(encoding, part)
     kind = part.get("type")
-    if kind == "image_url":
-        image = part.get("image_url")
-        low = isinstance(image, dict) and image.get("detail") == "low"
-        return _IMAGE_LOW_TOKENS if low else _IMAGE_DEFAULT_TOKENS
-    if kind == "input_image":  # the Responses API's image part: `detail` on the part itself
-        return _IMAGE_LOW_TOKENS if part.get("detail") == "low" else _IMAGE_DEFAULT_TOKENS
+    if kind in ("image_url", "input_image"):  # chat's and the Responses API's image parts
+        return encoding.image(part)
     if kind == "input_audio":
         return _AUDIO_PART_TOKENS
     if kind in ("file", "input_file"):
@@ -310,13 +315,13 @@ def _count_part(encoding: tiktoken.Encoding, part: Any) -> int:
     return _len(encoding, part.get("text")) + _len(encoding, part.get("refusal"))
 
 
-def _count_function(encoding: tiktoken.Encoding, function: Any) -> int:
+def _count_function(encoding: _Tally, function: Any) -> int:
     if not isinstance(function, dict):
         return 0
     return _len(encoding, function.get("name")) + _len(encoding, function.get("arguments"))
 
 
-def _count_tools(encoding: tiktoken.Encoding, tools: list) -> int:
+def _count_tools(encoding: _Tally, tools: list) -> int:
     total = 0
     for tool in tools:
         if not isinstance(tool, dict):
@@ -331,7 +336,7 @@ def _count_tools(encoding: tiktoken.Encoding, tools: list) -> int:
     return total + _FUNCTIONS_END if total else 0
 
 
-def _count_parameters(encoding: tiktoken.Encoding, parameters: Any) -> int:
+def _count_parameters(encoding: _Tally, parameters: Any) -> int:
     properties = parameters.get("properties") if isinstance(parameters, dict) else None
     if not isinstance(properties, dict) or not properties:
         return 0
@@ -364,12 +369,12 @@ def _text(value: Any) -> str:
 def count_request_prompt(body: dict, model: str, limit: int | None = None) -> int:
     """Prompt tokens of any generation request body: chat `messages` (+ `tools`), completions
     `prompt`, embeddings/moderations/responses `input` (strings counted, token arrays by length,
-    Responses API items by their text), plus Responses `instructions`. Never raises on malformed
+    Responses API items by their text and images), plus Responses `instructions`. An image whose size
+    the body does not show (a remote URL, a file id) counts as the worst case of its detail level, so
+    the count bounds what the upstream charges. Never raises on malformed
     input; with `limit`, raises `PromptTooLong` once the count passes it (counting stops there, so a
     huge prompt costs no more time or memory than `limit` tokens' worth)."""
-    encoding: Any = encoding_for_model(model)
-    if limit is not None:
-        encoding = _Tally(encoding, limit)
+    encoding = _Tally(encoding_for_model(model), limit, model)
     if isinstance(body.get("messages"), list):
         return _chat_prompt(encoding, body["messages"], body.get("tools"))
     total = _len(encoding, body.get("instructions"))

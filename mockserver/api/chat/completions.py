@@ -406,8 +406,8 @@ def generate(body: dict[str, Any], model: ModelInfo, rnd: RequestRandom, request
     enc = encoding_for_model(model.id)
     messages = body["messages"]
     limit = token_limit(body)
-    prompt_tokens = count_chat_prompt(messages, model.id, body.get("tools") or body.get("functions"))
-    prompt_tokens += vision.adjustment(messages, model.id)
+    prompt_tokens = count_chat_prompt(messages, model.id, body.get("tools") or body.get("functions"),
+                                      unknown_image=vision.UNKNOWN_SIZE)
     too_long = context_error(model, prompt_tokens, limit)
     if too_long is not None:
         raise too_long

@@ -445,7 +445,8 @@ def _as_chat_messages(instructions: str | None, context: list[dict[str, Any]]) -
     parts = {"input_text": lambda p: {"type": "text", "text": p["text"]},
              "output_text": lambda p: {"type": "text", "text": p["text"]},
              "refusal": lambda p: p,
-             "input_image": lambda p: {"type": "image_url", "image_url": {"detail": p["detail"]}},
+             "input_image": lambda p: {"type": "image_url",
+                                       "image_url": {"url": p.get("image_url"), "detail": p["detail"]}},
              "input_file": lambda p: {"type": "file"}}
     messages: list[dict[str, Any]] = [{"role": "developer", "content": instructions}] if instructions else []
     for item in context:
@@ -705,8 +706,8 @@ def _build(body: dict[str, Any], model: ModelInfo, context: list[dict[str, Any]]
            ) -> dict[str, Any]:
     """The response object."""
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
-    input_tokens = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
-    input_tokens += vision.adjustment(context, model.id)
+    input_tokens = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools,
+                                     unknown_image=vision.UNKNOWN_SIZE)
     too_long = context_error(model, input_tokens, body.get("max_output_tokens"), responses=True)
     if too_long is not None:
         raise too_long
@@ -819,8 +820,8 @@ def _counted(call: Call, body: dict[str, Any], model: ModelInfo) -> tuple[list[d
     context = _context(body, store, request_random(call.settings.seed, "responses/count", body),
                        conversation.items if conversation else None)
     tools = [t for t in body.get("tools") or [] if t["type"] == "function"]
-    counted = count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools)
-    return context, counted + vision.adjustment(context, model.id)
+    return context, count_chat_prompt(_as_chat_messages(body.get("instructions"), context), model.id, tools,
+                                      unknown_image=vision.UNKNOWN_SIZE)
 
 
 async def input_tokens(call: Call) -> web.StreamResponse:

@@ -324,10 +324,13 @@ def test_text_parts_count_like_string_content() -> None:
     ("part", "expected"),
     [
         ({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "low"}}, 85),
-        ({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}, 765),
-        ({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "auto"}}, 765),
-        ({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, 765),
-        ({"type": "image_url"}, 765),
+        # a remote image's size is unknown: the worst case of its detail, 85 + 170 * 8 tiles
+        ({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}, 1445),
+        ({"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "auto"}}, 1445),
+        ({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, 1445),
+        ({"type": "image_url"}, 1445),
+        ({"type": "input_image", "image_url": "https://x/y.png", "detail": "low"}, 85),
+        ({"type": "input_image", "file_id": "file-1", "detail": "high"}, 1445),
         ({"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}, 200),
         ({"type": "file", "file": {"file_id": "file-1"}}, 1000),
     ],

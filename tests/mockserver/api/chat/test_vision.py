@@ -11,7 +11,7 @@ import pytest
 
 from mockserver.api.media.images import png
 from mockserver.engine.rng import RequestRandom
-from mockserver.engine.vision import image_size
+from proxy.wire.vision import image_size
 
 
 def data_url(width: int, height: int) -> str:
