@@ -15,7 +15,7 @@ from .seed import seed
 
 ADMIN, ALICE, CI = "sk-dash-admin-1f2e", "sk-dash-alice-9a8b", "sk-dash-ci-77c0"
 KEYS = [{"name": "ops", "key": ADMIN, "admin": True},
-        {"name": "alice", "key": ALICE, "budget_usd": 1000, "rpm": 600},
+        {"name": "alice", "key": ALICE, "budget_usd": 1000, "rpm": 12},
         {"name": "ci", "key": CI, "budget_usd": 1000, "budget_period": "month"}]
 
 

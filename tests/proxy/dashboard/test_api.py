@@ -188,7 +188,8 @@ def test_limits_show_use(seeded: Callable[..., Seeded]) -> None:
     gw.gateway.settle()
     _, limits = get(gw.root + "/oaigate/limits")
     alice = next(r for r in limits["data"] if r["scope"] == "key:alice")
-    assert alice["rpm"] == 600 and 3 <= alice["requests_used"] <= 4 and alice["in_flight"] == 0
+    # rpm 12 refills one request every 5 s: the 3 just made still show, however slow the machine
+    assert alice["rpm"] == 12 and 3 <= alice["requests_used"] <= 4 and alice["in_flight"] == 0
     assert {b["scope"] for b in limits["budgets"]} >= {"key:alice", "key:ci"}
     assert limits["soft_threshold"] == 0.8
 
