@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -187,10 +188,8 @@ class LedgerWriter:
             if not self._queue:
                 self._sleeping = True  # before checking again: a row queued after that check wakes us
                 if not self._queue:
-                    try:
+                    with contextlib.suppress(queue.Empty):
                         self._wake.get(timeout=self._interval_s)
-                    except queue.Empty:
-                        pass
                 self._sleeping = False
             batch = self._take()
             delay = 0.05
