@@ -51,7 +51,8 @@ def make_app(config: Config, *, config_file: str = "config.toml", sleep: Sleep =
     app = web.Application(client_max_size=MAX_BODY_BYTES, handler_args={"max_field_size": 65536})
     app[CONFIG] = config
     check_state(config, config_file)  # fails now on an unset [state] password_env
-    app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file)  # fails now on a missing key_env
+    # fails now on a missing key_env or admin_key_env
+    app[AUTHENTICATE] = authenticate = Authenticate(config.keys, config_file, config.server.admin_key_env)
     app[OWNERS] = owners = Owners(config, authenticate)  # with [[keys]]: who created what; lists filtered
     if owners.enabled:
         app.middlewares.append(filter_lists)
@@ -170,7 +171,8 @@ async def healthz(request: web.Request) -> web.Response:
     ledger = None if writer is None else {"backlog": writer.backlog, "written": writer.written,
                                           "dropped": writer.dropped, "write_failures": writer.failures,
                                           "durability_timeouts": writer.durability_timeouts, "batches": writer.batches,
-                                          "synchronous": writer.synchronous}
+                                          "synchronous": writer.synchronous,
+                                          "backend": getattr(writer, "backend", "sqlite")}
     shared = request.app[PIPELINE].budgets.shared
     state: dict[str, object] = {"backend": "local"}
     if shared is not None:

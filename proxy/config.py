@@ -37,6 +37,8 @@ class ServerConfig(Section):
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
     port: int = Field(4141, ge=0, le=65535, description="Port to bind; 0 picks a free one.")
     allow_remote: bool = Field(False, description="Allow binding a non-loopback address with no [[keys]].")
+    admin_key_env: str | None = Field(None, description="Environment variable holding an operator's key (named "
+                                      "`admin`): with [[keys]], it sees every key's rows, objects and budgets.")
     metrics_public: bool = Field(False, description="With [[keys]], serve /metrics to callers without a key "
                                  "(for a scraper); /metrics always answers anyone when there are no [[keys]].")
     header_timeout_s: float = Field(30.0, gt=0, description="A request's line and headers must arrive within this "
@@ -123,6 +125,10 @@ class UpstreamConfig(Section):
 class LedgerConfig(Section):
     enabled: bool = Field(True, description="Write one row per request to the ledger.")
     path: str = Field("oaigate.db", description="SQLite file for the spend ledger.")
+    url: str | None = Field(None, description="A PostgreSQL ledger instead of the file: "
+                            '"postgresql://USER@HOST:PORT/DB" (several gateways may share it).')
+    password_env: str | None = Field(None, description="Environment variable holding the PostgreSQL password "
+                                     "(else the URL's, PGPASSWORD or ~/.pgpass).")
     log_bodies: bool = Field(False, description="Store request and response bodies (truncated).")
     synchronous: Literal["normal", "full"] = Field(
         "normal", description='"normal": a committed row survives the process being killed; "full": also '
@@ -130,6 +136,13 @@ class LedgerConfig(Section):
     durable_wait_s: float = Field(
         1.0, ge=0, description="Longest a complete answer waits for its row to be committed before its last "
         "bytes go out (then it goes on, counted in /healthz); 0: do not wait.")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a PostgreSQL URL: postgresql://USER@HOST:PORT/DB")
+        return value
 
 
 class StateConfig(Section):

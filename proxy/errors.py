@@ -7,6 +7,7 @@
         │   ├── Unestimable         400 a budgeted request whose cost cannot be bounded     estimate
         │   └── ContextTooLong      400 a prompt over the model's context window            estimate
         ├── OverrideRefused         403 a fixtures mode or cassette header the config forbids  fixtures
+        ├── Forbidden               403 a dashboard view this key may not see (another key's rows)  dashboard
         ├── NotFound                404 an object this key may not see (another key's, or unknown): owners
         │   └── ModelNotFound       404 `model_not_found`: no upstream serves the model      budget
         ├── RequestTimeout          408 the client stopped sending its body
@@ -15,6 +16,7 @@
         ├── BudgetExceeded          429 `insufficient_quota`: a budget is spent (not retried)  budget
         ├── RateLimited             429 over a rate limit, with `retry-after`               ratelimit
         ├── FixtureMiss             `[fixtures] miss_status` (404): no recording, replay mode  fixtures
+        ├── StateUnavailable        503 the shared state (Redis) is unreachable: fail closed  budget, ratelimit
         └── UpstreamError           502 the upstream could not be reached or broke the connection
             └── UpstreamTimeout     504 the upstream did not answer in time
 
@@ -113,3 +115,19 @@ class UpstreamTimeout(UpstreamError):
 __all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "GatewayError",
            "InvalidRequest", "NotFound", "OverrideRefused", "PayloadTooLarge", "RateLimited", "RequestTimeout",
            "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]
+
+
+class Forbidden(GatewayError):
+    """A dashboard or spend-API view of another key's rows, asked for by a key that is not an admin."""
+
+    status, type, code = 403, INVALID_REQUEST, "forbidden"
+
+
+class StateUnavailable(GatewayError):
+    """503: the shared state cannot be reached, so a budget or limit cannot be enforced (fail closed)."""
+
+    status, code = 503, "state_unavailable"
+
+    def __init__(self, message: str = "The gateway cannot reach its shared budget and rate-limit state "
+                 "(Redis), so it cannot enforce this request's limits. Please try again shortly.") -> None:
+        super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})

@@ -23,6 +23,8 @@ from aiohttp import web
 from .cache_store import SQLiteCacheStore
 from .clock import Clock
 from .config import Config
+from .db.ledger import open_writer
+from .db.ledger import target as ledger_target
 from .db.writer import LedgerWriter
 from .durable import COMPLETE
 from .exchange import Exchange
@@ -139,8 +141,8 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
     `resume_open`: poll the batches and background responses the ledger shows open (worker 0 only)."""
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
-        writer = LedgerWriter(config.ledger.path, synchronous=config.ledger.synchronous) \
-            if config.ledger.enabled else None
+        db = ledger_target(config.ledger) if config.ledger.enabled else ""
+        writer = open_writer(config.ledger) if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
         # the encoding of current models, before serving: estimates (budgets, TPM limits, answers with no
@@ -153,8 +155,8 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
         book = BudgetBook(budget_rules(config), clock, limits.timezone, limits.soft_threshold)
         chains = Chains()
         if config.ledger.enabled:
-            await asyncio.to_thread(book.load_ledger, config.ledger.path, config.resolved_aliases())
-            await asyncio.to_thread(chains.load_ledger, config.ledger.path)
+            await asyncio.to_thread(book.load_ledger, db, config.resolved_aliases())
+            await asyncio.to_thread(chains.load_ledger, db)
         default, routes, governor = _targets(app[UPSTREAMS], limits.adaptive, up.pass_through)
         limiter = RateLimiter(rate_rules(config), clock, on_limit=limits.on_limit, max_wait_s=limits.max_wait_s,
                               governor=governor)
@@ -174,8 +176,8 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
         models = UpstreamModels(session, clock, limits.models_ttl_s, up.pass_through)
         cache = await _cache(config, clock) if config.cache.enabled else None
         if config.ledger.enabled and resume_open:
-            await asyncio.to_thread(batches.load_ledger, config.ledger.path)
-            await asyncio.to_thread(pending.load_ledger, config.ledger.path)
+            await asyncio.to_thread(batches.load_ledger, db)
+            await asyncio.to_thread(pending.load_ledger, db)
         app[PIPELINE] = pipeline = default_pipeline(Resources(
             config=config, sleep=sleep, authenticate=authenticate, owners=app[OWNERS],
             default=default, routes=routes, observe=_observe(clock) if limits.adaptive else None, writer=writer,

@@ -10,13 +10,14 @@ from typing import Any
 import click
 
 from ..clock import Clock, ManualClock
+from ..db.ledger import LedgerError, ledger_db
 from ..stages.budget import BudgetBook, rules_from_config
-from .common import config_option, db_option, load, now_option, print_table
+from .common import config_option, db_option, fail, load, now_option, print_table
 
 
 @click.command("budgets")
 @config_option("Config file with the budgets. Default: ./config.toml if present.")
-@db_option("Ledger file. Default: [ledger] path of the config.")
+@db_option("Ledger file or postgresql://... URL. Default: [ledger] url or path of the config.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help="An aligned table, or JSON for scripts.")
 @now_option
@@ -28,7 +29,10 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
     settings = load(config)
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
-    book.load_ledger(str(db or settings.ledger.path), settings.resolved_aliases())
+    try:
+        book.load_ledger(str(db or ledger_db(settings.ledger)), settings.resolved_aliases())
+    except LedgerError as exc:
+        fail(str(exc))
     rows = book.status()
     if fmt == "json":
         click.echo(json.dumps({"budgets": rows}, indent=2))

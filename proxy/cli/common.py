@@ -29,9 +29,12 @@ def config_option(help: str = "Config file. Default: ./config.toml if present, e
     return click.option("--config", "config", type=click.Path(dir_okay=False, path_type=Path), help=help)
 
 
-def db_option(help: str = "Ledger file. Default: [ledger] path of the config (oaigate.db).") -> Callable[[F], F]:
-    """`--db PATH` (the parameter `db`)."""
-    return click.option("--db", type=click.Path(dir_okay=False, path_type=Path), help=help)
+def db_option(help: str = "Ledger file or postgresql://USER@HOST:PORT/DB. Default: [ledger] url or path of the "
+              "config (oaigate.db).") -> Callable[[F], F]:
+    """`--db PATH|URL` (the parameter `db`: a Path, or a PostgreSQL URL as text)."""
+    from ..db.ledger import LEDGER
+
+    return click.option("--db", type=LEDGER, help=help)
 
 
 now_option = click.option("--now", "now", hidden=True, help="Pretend it is this ISO-8601 instant (for tests).")

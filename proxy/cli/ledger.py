@@ -19,19 +19,10 @@ from typing import Any
 
 import click
 
-from ..db.prune import prune
-from ..db.reports import (
-    GroupBy,
-    LedgerError,
-    SpendRow,
-    format_usd,
-    ledger_info,
-    ledger_time,
-    open_readonly,
-    parse_time,
-    spend_by,
-    spend_total,
-)
+from ..db.ledger import connect_readonly, is_url, ledger_db, shown
+from ..db.ledger import info as ledger_info
+from ..db.ledger import prune as prune_ledger
+from ..db.reports import GroupBy, LedgerError, SpendRow, format_usd, ledger_time, parse_time, spend_by, spend_total
 from .common import F, config_option, db_option, fail, load, now_option, print_table
 
 _TIME_HELP = "YYYY-MM-DD (UTC), an ISO-8601 timestamp, or a span back from now such as 7d, 24h, 30m."
@@ -45,15 +36,18 @@ def _ledger_options(func: F) -> F:
     return db_option()(func)
 
 
-def _ledger_path(db: Path | None, config: Path | None) -> Path:
+def _ledger_path(db: Path | None, config: Path | None) -> Path | str:
     if db is not None:
         return db
-    return Path(load(config).ledger.path)
-
-
-def _open(path: Path) -> sqlite3.Connection:
     try:
-        return open_readonly(path)
+        return ledger_db(load(config).ledger)
+    except LedgerError as exc:
+        fail(str(exc))
+
+
+def _open(path: Path | str) -> sqlite3.Connection:
+    try:
+        return connect_readonly(path)
     except LedgerError as exc:
         fail(str(exc))
 
@@ -123,7 +117,7 @@ def _write_csv(rows: list[SpendRow], by: str | None) -> None:
 
 
 def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: tuple[str | None, str | None],
-                 path: Path) -> None:
+                 path: Path | str) -> None:
     from rich import box
     from rich.table import Table
 
@@ -149,7 +143,8 @@ def _print_table(rows: list[SpendRow], total: SpendRow, by: str | None, window: 
 
     since, until = window
     span = f"{since or 'the start'} to {until or 'now'}" if since or until else "all time"
-    table = Table(title=f"Spend in {path.name}, {span}", caption=_caption(total), box=box.SIMPLE_HEAD,
+    name = path.name if isinstance(path, Path) else shown(path)
+    table = Table(title=f"Spend in {name}, {span}", caption=_caption(total), box=box.SIMPLE_HEAD,
                   title_justify="left", caption_justify="left")
     table.add_column(by or "", no_wrap=True)
     for header, _ in columns:
@@ -205,11 +200,11 @@ def prune_command(db: Path | None, config: Path | None, now: str | None, before:
     cutoff = _when(before, "--before", _clock(now))
     path = _ledger_path(db, config)
     try:
-        result = prune(path, cutoff, vacuum=vacuum, dry_run=dry_run)
+        result = prune_ledger(path, cutoff, vacuum=vacuum, dry_run=dry_run)
     except LedgerError as exc:
         fail(str(exc))
     verb = "would delete" if result.dry_run else "deleted"
-    click.echo(f"{verb} {result.deleted:,} requests started before {result.before} from {path}; "
+    click.echo(f"{verb} {result.deleted:,} requests started before {result.before} from {shown(path)}; "
                f"{result.remaining:,} remain")
     if result.vacuumed:
         click.echo(f"vacuumed: {_bytes(result.size_before)} -> {_bytes(result.size_after)}")
@@ -225,7 +220,7 @@ def info(db: Path | None, config: Path | None, fmt: str) -> None:
 
     path = _ledger_path(db, config)
     with closing(_open(path)) as conn:
-        facts = ledger_info(conn, path.resolve())
+        facts = ledger_info(conn, path)
     if fmt == "json":
         click.echo(json.dumps(asdict(facts), indent=2))
         return
@@ -236,7 +231,8 @@ def info(db: Path | None, config: Path | None, fmt: str) -> None:
         ("requests", f"{facts.rows:,}"),
         ("first request", facts.first_started_at or "—"),
         ("last request", facts.last_started_at or "—"),
-        ("size on disk", f"{_bytes(facts.size_bytes)} ({facts.size_bytes:,} bytes, with -wal and -shm)"),
+        ("size on disk", f"{_bytes(facts.size_bytes)} ({facts.size_bytes:,} bytes, "
+                         f"{'table and indexes' if is_url(path) else 'with -wal and -shm'})"),
     ]
     for label, value in lines:
         click.echo(f"{label:<15} {value}")

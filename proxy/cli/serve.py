@@ -10,6 +10,7 @@ import click
 from mockserver import cli as mock_cli
 
 from ..config import FIXTURE_MODES, Config, ConfigError, FixtureMode, check_base_url, lacks_api_version
+from ..db.ledger import LedgerError, is_url, shown
 from ..logs import LEVELS, configure
 from .common import EXIT_CONFIG, config_option, db_option, fail, load
 
@@ -33,7 +34,7 @@ _LOOPBACK = ("127.", "localhost", "::1", "[::1]")
 @click.option("--mode", type=click.Choice(FIXTURE_MODES),
               help="Fixtures: live (none), record, replay (offline, misses are errors) or record-missing.")
 @click.option("--fixtures", type=click.Path(file_okay=False, path_type=Path), help="Fixtures folder.")
-@db_option("SQLite ledger file.")
+@db_option("Ledger: a SQLite file or postgresql://USER@HOST:PORT/DB.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="warning", show_default=True,
               help="info adds an access log line per request (never a key or a body).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
@@ -61,6 +62,7 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
     settings.fixtures.mode = mode or settings.fixtures.mode
     settings.fixtures.dir = str(fixtures) if fixtures else settings.fixtures.dir
     settings.ledger.path = str(db) if db else settings.ledger.path
+    settings.ledger.url = None if db else settings.ledger.url  # --db (a file or a URL) wins over the config's
     if not settings.server.host.startswith(_LOOPBACK) and not settings.keys and not settings.server.allow_remote:
         fail(f"refusing to bind {settings.server.host} with no [[keys]] configured: anyone who can reach it "
              "could spend through it. Add [[keys]] or set server.allow_remote = true.", EXIT_CONFIG)
@@ -85,7 +87,7 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         base = settings.upstream.base_url
         routes = f" (+{len(settings.routes)} routes)" if settings.routes else ""
         click.echo(f"oaigate serving on {url}/v1 -> upstream {base if base == 'mock' else display_name(base)}"
-                   f"{routes}; ledger {settings.ledger.path}; Ctrl-C to stop", err=True)
+                   f"{routes}; ledger {shown(settings.ledger.url or settings.ledger.path)}; Ctrl-C to stop", err=True)
         for line in _summary(settings):
             click.echo(f"  {line}", err=True)
 
@@ -94,6 +96,8 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         run(app, server.host, server.port, ready, handler_cancellation=True, shutdown_grace_s=server.shutdown_grace_s,
             header_timeout_s=server.header_timeout_s, max_connections=server.max_connections,
             reuse_port=worker_index is not None)
+    except LedgerError as exc:  # a PostgreSQL ledger that cannot be reached or migrated at start
+        fail(str(exc))
     except OSError as exc:
         click.echo(f"oaigate: cannot listen on {settings.server.host}:{settings.server.port}: "
                    f"{exc.strerror or exc}", err=True)
@@ -128,7 +132,7 @@ def _supervise(settings: Config, config: Path | None, upstream: str | None, mode
         fail(f"config error: --workers {count} with {budgets} budget(s) and {rates} rate limit(s) but no [state] "
              f"url: each worker would enforce its own copy, so together they could spend {count}x a budget. Set "
              f'[state] url = "redis://127.0.0.1:6379/0" (shared by all workers), or run one worker.', EXIT_CONFIG)
-    if settings.ledger.enabled and not settings.ledger.path.startswith("postgresql:"):
+    if settings.ledger.enabled and not settings.ledger.url and not is_url(settings.ledger.path):
         from ..db.schema import connect
 
         connect(settings.ledger.path, settings.ledger.synchronous).close()  # migrate once, before the workers
@@ -182,7 +186,7 @@ def _summary(settings: Config) -> list[str]:
                   for r in settings.routes]
     fx = settings.fixtures
     fixtures = fx.mode if fx.mode == "live" else f"{fx.mode}, cassette {fx.cassette!r} in {fx.dir}"
-    ledger = settings.ledger.path if settings.ledger.enabled else "off"
+    ledger = shown(settings.ledger.url or settings.ledger.path) if settings.ledger.enabled else "off"
     budgets, rates = _limited(settings)
     keys = f"{len(settings.keys)} key(s)" if settings.keys else "any bearer token (no [[keys]])"
     from ..state.redis import safe_url

@@ -7,12 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from ..errors import GatewayError, InvalidRequest
-from ..wire.errors import INVALID_REQUEST
-
-
-class Forbidden(GatewayError):
-    status, type, code = 403, INVALID_REQUEST, "forbidden"
+from ..errors import Forbidden, InvalidRequest
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,7 @@ async def _window(request: web.Request, kind: str) -> tuple[Any, ...]:
     keys = _list(request, "api_key_ids")
     if who.key is not None:
         if any(k != who.key for k in keys):
-            from .access import Forbidden
+            from ..errors import Forbidden
 
             raise Forbidden(f"This key may see only its own usage ({who.key}); an admin key sees every key's.",
                             param="api_key_ids")

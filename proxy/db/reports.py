@@ -34,15 +34,15 @@ SELECT {{group}} AS grp,
        COALESCE(SUM(completion_tokens), 0),
        COALESCE(SUM(cached_tokens), 0),
        COALESCE(SUM(reasoning_tokens), 0),
-       SUM(CASE WHEN {{simulated}} THEN 0 ELSE cost_microusd END),
+       SUM(CASE WHEN {{simulated}} <> 0 THEN 0 ELSE cost_microusd END),
        COALESCE(SUM(cost_microusd IS NULL AND {_SUCCESS} AND {_METERED}), 0),
        COALESCE(SUM(usage_source = 'estimated'), 0),
-       COALESCE(SUM(CASE WHEN {{simulated}} THEN COALESCE(replayed_cost_microusd, cost_microusd) END), 0),
+       COALESCE(SUM(CASE WHEN {{simulated}} <> 0 THEN COALESCE(replayed_cost_microusd, cost_microusd) END), 0),
        COALESCE(SUM({{saved}}), 0)
 FROM requests {{where}} {{tail}}
 """
-_COSTLIEST_FIRST = ("ORDER BY SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, grp IS NULL, "
-                    "grp")
+_COSTLIEST_FIRST = ("ORDER BY SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, {group} IS NULL, "
+                    "{group}")  # the group's expression, not its alias: PostgreSQL runs this too
 
 _RELATIVE = re.compile(r"(\d+)\s*([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -201,7 +201,7 @@ def spend_by(conn: sqlite3.Connection, by: GroupBy, since: datetime | None = Non
     Days are UTC and come in date order; the other groupings come costliest first.
     """
     where, params = _where(since, until)
-    order = "ORDER BY grp" if by == "day" else _COSTLIEST_FIRST
+    order = "ORDER BY grp" if by == "day" else _COSTLIEST_FIRST.format(group=GROUPS[by])
     sql = _SELECT.format(group=GROUPS[by], where=where, tail=f"GROUP BY grp {order}", simulated=_simulated(conn),
                          saved=_saved(conn))
     return [_spend_row(row) for row in conn.execute(sql, params)]

@@ -47,9 +47,9 @@ COLUMNS: dict[str, type] = {**_V1_COLUMNS, "replayed_cost_microusd": int, "objec
 _SPEND = """
 SELECT {group} AS {name}, COUNT(*) AS requests,
        SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens,
-       SUM(CASE WHEN simulated THEN 0 ELSE cost_microusd END) AS cost_microusd,
-       ROUND(SUM(CASE WHEN simulated THEN 0 ELSE cost_microusd END) / 1e6, 6) AS cost_usd,
-       SUM(CASE WHEN simulated THEN COALESCE(replayed_cost_microusd, cost_microusd) END) AS simulated_microusd,
+       SUM(CASE WHEN simulated <> 0 THEN 0 ELSE cost_microusd END) AS cost_microusd,
+       ROUND(SUM(CASE WHEN simulated <> 0 THEN 0 ELSE cost_microusd END) / 1e6, 6) AS cost_usd,
+       SUM(CASE WHEN simulated <> 0 THEN COALESCE(replayed_cost_microusd, cost_microusd) END) AS simulated_microusd,
        SUM(cost_microusd IS NULL AND prompt_tokens IS NOT NULL AND status BETWEEN 200 AND 399)
            AS unpriced_requests,
        SUM(usage_source = 'estimated') AS estimated_requests
@@ -59,8 +59,8 @@ _GROUPS = {"spend_by_day": ("substr(started_at, 1, 10)", "day"),
            "spend_by_model": ("COALESCE(model_served, model_requested)", "model"),
            "spend_by_key": ("key_name", "key_name")}
 VIEWS = {view: _SPEND.format(group=group, name=name) for view, (group, name) in _GROUPS.items()}
-_V1_VIEWS = {view: sql.replace("CASE WHEN simulated THEN 0 ELSE cost_microusd END", "cost_microusd")
-             .replace("SUM(CASE WHEN simulated THEN COALESCE(replayed_cost_microusd, cost_microusd) END) AS "
+_V1_VIEWS = {view: sql.replace("CASE WHEN simulated <> 0 THEN 0 ELSE cost_microusd END", "cost_microusd")
+             .replace("SUM(CASE WHEN simulated <> 0 THEN COALESCE(replayed_cost_microusd, cost_microusd) END) AS "
                       "simulated_microusd,", "")
              for view, sql in VIEWS.items()}
 

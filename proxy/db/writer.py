@@ -182,8 +182,20 @@ class LedgerWriter:
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 self._loop = None
 
+    # the engine, behind the thread (proxy/db/postgres.py's writer overrides these three)
+    _errors: tuple[type[Exception], ...] = (sqlite3.Error,)
+
+    def _connect(self) -> Any:
+        return connect(self.path, self.synchronous)
+
+    def _write(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
+        """One transaction with every row of `batch`."""
+        with conn:
+            conn.execute("BEGIN")
+            conn.executemany(_INSERT, batch)
+
     def _run(self) -> None:
-        conn: sqlite3.Connection | None = None
+        conn: Any = None
         while not (self._stop.is_set() and not self._queue):
             if not self._queue:
                 self._sleeping = True  # before checking again: a row queued after that check wakes us
@@ -195,11 +207,9 @@ class LedgerWriter:
             delay = 0.05
             while batch:
                 try:
-                    conn = conn or connect(self.path, self.synchronous)
-                    with conn:
-                        conn.execute("BEGIN")
-                        conn.executemany(_INSERT, batch)
-                except sqlite3.Error as exc:
+                    conn = conn or self._connect()
+                    self._write(conn, batch)
+                except self._errors as exc:
                     self.failures += 1
                     log.warning("ledger write failed (%s); retrying %d rows in %.2fs", exc, len(batch), delay)
                     if conn is not None:

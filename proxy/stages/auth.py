@@ -13,6 +13,8 @@ from ..exchange import Exchange
 from ..wire.configfile import ConfigError
 from . import Stage
 
+ADMIN_NAME = "admin"  # the principal of `[server] admin_key_env`'s key
+
 
 def token_of(headers: Mapping[str, str]) -> str | None:
     """The bearer token from `Authorization`, or Azure-style `api-key`."""
@@ -30,9 +32,20 @@ def _digest(token: str) -> bytes:
 class Authenticate(Stage):
     """Sets `ex.principal`: the key's name, or `anon-<hash>` when no keys are configured."""
 
-    def __init__(self, keys: list[KeyConfig], config_file: str = "config.toml") -> None:
+    def __init__(self, keys: list[KeyConfig], config_file: str = "config.toml",
+                 admin_key_env: str | None = None) -> None:
         self._keys: list[tuple[bytes, str]] = []
         self._admins = {key.name for key in keys if key.admin}
+        if admin_key_env is not None and keys:  # with no [[keys]] every caller sees only what is open anyway
+            value = os.environ.get(admin_key_env)
+            if not value:
+                raise ConfigError(config_file, "server.admin_key_env",
+                                  f"environment variable {admin_key_env} is not set")
+            if any(key.name == ADMIN_NAME for key in keys):
+                raise ConfigError(config_file, "server.admin_key_env",
+                                  f"a [[keys]] entry is already named {ADMIN_NAME!r}, the name of this key")
+            self._keys.append((_digest(value), ADMIN_NAME))
+            self._admins.add(ADMIN_NAME)
         for key in keys:
             if key.key_sha256 is not None:
                 digest = bytes.fromhex(key.key_sha256)

@@ -14,7 +14,6 @@ said (and enforce alone while Redis is away, with `on_unavailable = "local"`).
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 from ..clock import Clock
 from ..config import Config
+from ..db.ledger import read_rows
 from ..errors import BudgetExceeded, InvalidRequest
 from ..exchange import Exchange, Slot
 from ..state import StateUnavailable
@@ -333,24 +333,18 @@ class BudgetBook:
         if not self.rules:
             return 0
         earliest = min(period_bounds(r.period, self._now())[0] for r in self.rules)
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
-                # a fallback's row was charged to the model that answered, not the one requested
-                model = ("CASE WHEN fallback_from IS NULL THEN COALESCE(model_requested, model_served) "
-                         "ELSE COALESCE(model_served, model_requested) END" if "fallback_from" in columns
-                         else "COALESCE(model_requested, model_served)")
-                rows = conn.execute(
-                    f"SELECT key_name, {model}, started_at, cost_microusd, "
-                    "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
-                    f"WHERE started_at >= ? AND {CHARGED_ROWS}",
-                    (_iso(earliest), *CHARGED_PARAMS),
-                ).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            return 0  # no ledger yet
+        columns = {row[1] for row in read_rows(path, "PRAGMA table_info(requests)")}
+        # a fallback's row was charged to the model that answered, not the one requested
+        model = ("CASE WHEN fallback_from IS NULL THEN COALESCE(model_requested, model_served) "
+                 "ELSE COALESCE(model_served, model_requested) END" if "fallback_from" in columns
+                 else "COALESCE(model_requested, model_served)")
+        rows = read_rows(
+            path,
+            f"SELECT key_name, {model}, started_at, cost_microusd, "
+            "COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
+            f"WHERE started_at >= ? AND {CHARGED_ROWS} ORDER BY started_at, id",  # callers in first-seen order
+            (_iso(earliest), *CHARGED_PARAMS),
+        )
         for key_name, model, started_at, cost, tokens in rows:
             if aliases and model in aliases:
                 model = aliases[model]

@@ -9,9 +9,9 @@ estimate adds it to a chained request's prompt (see `estimate`).
 
 from __future__ import annotations
 
-import sqlite3
 from collections import OrderedDict
 
+from ..db.ledger import read_rows
 from ..exchange import Exchange
 from . import Stage
 
@@ -42,18 +42,12 @@ class Chains(Stage):
 
     def load_ledger(self, path: str) -> int:
         """Every response the ledger knows (once at start, off the event loop); how many."""
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                rows = conn.execute(
-                    "SELECT object_id, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
-                    "WHERE object_id IS NOT NULL AND method = 'POST' AND endpoint IN ('/v1/responses', "
-                    "'/v1/responses/compact') AND status < 400 ORDER BY started_at DESC LIMIT ?",
-                    (self.max_kept,)).fetchall()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            return 0  # no ledger yet
+        rows = read_rows(
+            path,
+            "SELECT object_id, COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) FROM requests "
+            "WHERE object_id IS NOT NULL AND method = 'POST' AND endpoint IN ('/v1/responses', "
+            "'/v1/responses/compact') AND status < 400 ORDER BY started_at DESC LIMIT ?",
+            (self.max_kept,))
         for object_id, tokens in reversed(rows):
             self.remember(object_id, tokens)
         return len(rows)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sqlite3
 import sys
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +38,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Config
+from ..db.ledger import read_rows, target
 from ..errors import GatewayError, InvalidRequest, NotFound, UpstreamError
 from ..exchange import Exchange, Slot
 from ..wire.jsoncodec import JSONDecodeError, dumps, loads
@@ -209,7 +209,7 @@ class Owners(Stage):
     def __init__(self, config: Config, authenticate: Stage) -> None:
         self.enabled = bool(config.keys)
         self.authenticate = authenticate
-        self.ledger_path = config.ledger.path if config.ledger.enabled else None
+        self.ledger_path = target(config.ledger) if config.ledger.enabled else None
         self._owner: dict[str, str] = {}
 
     @property
@@ -230,15 +230,8 @@ class Owners(Stage):
 
     def load_ledger(self, path: str) -> int:
         """Owners of the objects created through the gateway so far (once at start, off the event loop)."""
-        try:
-            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-            try:
-                rows = conn.execute("SELECT object_id, key_name FROM requests WHERE object_id IS NOT NULL "
-                                    "AND key_name IS NOT NULL ORDER BY started_at").fetchall()
-            finally:
-                conn.close()
-        except sqlite3.OperationalError:
-            return 0  # no ledger yet
+        rows = read_rows(path, "SELECT object_id, key_name FROM requests WHERE object_id IS NOT NULL "
+                               "AND key_name IS NOT NULL ORDER BY started_at")
         for object_id, key_name in rows:
             self.register(object_id, key_name)
         return len(rows)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from typing import Any
 
 from ..clock import Clock
+from ..db.ledger import read_rows
 
 
 class Poller:
@@ -49,14 +49,6 @@ class Poller:
 def unsettled(path: str, columns: str, created: str, settle_method: str) -> list[tuple[Any, ...]]:
     """Rows (`columns`) of the creating requests matching `created` whose object has no settlement row
     (`method = settle_method`) yet; none when there is no ledger. Read-only, off the event loop."""
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            return conn.execute(
-                f"SELECT {columns} FROM requests WHERE {created} AND object_id IS NOT NULL AND object_id NOT IN "
-                "(SELECT object_id FROM requests WHERE method = ? AND object_id IS NOT NULL)",
-                (settle_method,)).fetchall()
-        finally:
-            conn.close()
-    except sqlite3.OperationalError:
-        return []
+    return read_rows(
+        path, f"SELECT {columns} FROM requests WHERE {created} AND object_id IS NOT NULL AND object_id NOT IN "
+        "(SELECT object_id FROM requests WHERE method = ? AND object_id IS NOT NULL)", (settle_method,))

@@ -138,3 +138,29 @@ def test_missing_key_env_fails_at_startup(tmp_path: object, monkeypatch: pytest.
 def test_a_key_needs_exactly_one_valid_source(fields: dict[str, str]) -> None:
     with pytest.raises(ValidationError):
         KeyConfig(name="x", **fields)
+
+
+def test_the_admin_key_from_server_admin_key_env_sees_every_key(gateway: Callable[..., Gateway],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """`[server] admin_key_env`: an operator's key, kept out of the config file, that sees every key's
+    budgets (and dashboard rows); another key sees only its own; a wrong key stays a 401."""
+    monkeypatch.setenv("OAIGATE_TEST_ADMIN_KEY", "sk-operator-77aa")
+    gw = gateway(keys=[{"name": "alice", "key": ALICE, "budget_usd": 1},
+                       {"name": "dave", "key": "sk-dave-5f5f", "budget_usd": 2}],
+                 server={"admin_key_env": "OAIGATE_TEST_ADMIN_KEY"})
+    admin = json.loads(fetch("GET", gw.root + "/oaigate/budgets", key="sk-operator-77aa").body)
+    assert admin["key"] == "admin" and {b["scope"] for b in admin["budgets"]} == {"key:alice", "key:dave"}
+    own = json.loads(fetch("GET", gw.root + "/oaigate/budgets", key=ALICE).body)
+    assert {b["scope"] for b in own["budgets"]} == {"key:alice"}
+    assert fetch("GET", gw.root + "/oaigate/budgets", key="sk-operator-77ab").status == 401
+    with openai.OpenAI(base_url=gw.root + "/v1", api_key="sk-operator-77aa", max_retries=0) as client:
+        assert client.models.list().data  # the admin key is a working key too
+
+
+def test_an_unset_admin_key_env_fails_at_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OAIGATE_TEST_NOT_SET", raising=False)
+    config = Config.model_validate({"keys": [{"name": "ci", "key": ALICE}],
+                                    "server": {"admin_key_env": "OAIGATE_TEST_NOT_SET"}})
+    with pytest.raises(ConfigError) as err:
+        make_app(config, config_file="my.toml")
+    assert "server.admin_key_env" in str(err.value) and "OAIGATE_TEST_NOT_SET" in str(err.value)
