@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
+import queue
 import sqlite3
 import threading
 import time
@@ -53,7 +55,8 @@ class LedgerWriter:
         self._max_queue, self._interval_s, self._max_retry_delay_s = max_queue, interval_s, max_retry_delay_s
         self._in_flight = 0
         self._stop = threading.Event()
-        self._wake = threading.Event()
+        # wake-up tokens for the writer thread: a C-level queue costs far less per wake than an Event
+        self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waiters: collections.deque[tuple[int, asyncio.Future[bool], float]] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
@@ -74,16 +77,18 @@ class LedgerWriter:
             return None
         self._queue.append(tuple(map(row.get, COLUMNS)))
         self.accepted += 1
-        if self._sleeping and not self._wake.is_set():  # a busy writer takes this row without a wake-up
-            self._wake.set()
+        if self._sleeping:  # a busy writer takes this row without a wake-up
+            self._sleeping = False  # one token per sleep
+            self._wake.put(None)
         return self.accepted
 
     async def wait_written(self, ticket: int, timeout: float) -> bool:
         """Wait (on the event loop) until the row `ticket` and every row before it is committed, at
         most `timeout` seconds. False, and counted in `durability_timeouts`, if that took too long.
 
-        One future per wait and one timer for all of them (armed at the earliest deadline), so a
-        busy gateway does not pay a timer per request."""
+        One future per wait and one timer for all of them (armed at the earliest deadline, and left
+        armed when the waits end early: waits share one timeout, so a later wait's deadline is never
+        earlier), so a gateway does not pay a timer per request."""
         if self.written >= ticket:
             return True
         if not self._thread.is_alive():  # not started, stopped, or died: nothing will commit it
@@ -140,9 +145,6 @@ class LedgerWriter:
             done = waiting.popleft()[1]
             if not done.done():  # not cancelled
                 done.set_result(True)
-        if not waiting and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     @property
     def backlog(self) -> int:
@@ -163,7 +165,7 @@ class LedgerWriter:
         if self._thread.is_alive():
             self.flush(timeout)
             self._stop.set()
-            self._wake.set()
+            self._wake.put(None)
             self._thread.join(timeout)
 
     def _take(self) -> list[tuple[Any, ...]]:
@@ -196,11 +198,11 @@ class LedgerWriter:
         conn: Any = None
         while not (self._stop.is_set() and not self._queue):
             if not self._queue:
-                self._sleeping = True  # before checking again: a row queued after that check sets `_wake`
+                self._sleeping = True  # before checking again: a row queued after that check wakes us
                 if not self._queue:
-                    self._wake.wait(self._interval_s)
+                    with contextlib.suppress(queue.Empty):
+                        self._wake.get(timeout=self._interval_s)
                 self._sleeping = False
-                self._wake.clear()
             batch = self._take()
             delay = 0.05
             while batch:

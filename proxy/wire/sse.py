@@ -39,6 +39,11 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[Event]:
         """Consume `chunk`; return the events it completed."""
+        if not self._buffer and not self._data and self._event is None and chunk.endswith(b"\n\n") \
+                and b"\r" not in chunk:  # the usual case: whole `data: ...` frames, read without a line loop
+            frames = chunk[:-2].split(b"\n\n")
+            if all(frame.startswith(b"data: ") and b"\n" not in frame for frame in frames):
+                return [Event(frame[6:]) for frame in frames]
         self._buffer += chunk
         events: list[Event] = []
         for line in self._complete_lines():

@@ -111,7 +111,7 @@ def finish_reason_of_event(event: Event) -> str | None:
     """`finish_reason` of one stream event; cheap (no parsing) for the events that cannot hold one."""
     data = event.data
     if b'"finish_reason"' in data:
-        if data.count(b'"finish_reason"') == 1 and _NULL_REASON.search(data):
+        if data.count(b'"finish_reason"') == 1 and (b'"finish_reason":null' in data or _NULL_REASON.search(data)):
             return None
     elif event.event not in _RESPONSE_ENDS and not _RESPONSE_END.search(data):
         return None

@@ -41,3 +41,20 @@ def test_any_chunking_gives_the_same_events(datas: list[bytes], draw: st.DataObj
         events += parser.feed(stream[start:cut])
         start = cut
     assert [e.data for e in events] == datas
+
+
+pieces = st.sampled_from([b"data: a\n", b"data: [DONE]\n\n", b"data: b\n\n", b"data:c\n", b"data:  d\n", b"event: e\n",
+                          b": f\n", b"\n", b"\r", b"\r\n", b"da", b"ta: g"])
+
+
+@given(st.lists(pieces, max_size=30), st.lists(st.integers(0, 30), max_size=6))
+def test_whole_frames_read_at_once_give_what_byte_by_byte_gives(parts: list[bytes], cuts: list[int]) -> None:
+    """Chunks of whole `data:` frames take a shortcut: it must parse exactly as the line loop does."""
+    stream = b"".join(parts)
+    slow = SSEParser()
+    expected = [event for i in range(len(stream)) for event in slow.feed(stream[i:i + 1])]
+    fast, got, start = SSEParser(), [], 0
+    for cut in sorted({min(c, len(parts)) for c in cuts} | {len(parts)}):
+        got += fast.feed(b"".join(parts[start:cut]))
+        start = cut
+    assert got == expected
