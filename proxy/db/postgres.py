@@ -178,6 +178,17 @@ class ReadConnection:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = connect(url, read_only=True)
+        self._columns: list[str] | None = None
+
+    def columns(self) -> list[str]:
+        """The ledger table's columns, in order (looked up once per connection)."""
+        if self._columns is None:
+            self._columns = [row[1] for row in self.execute(f"PRAGMA table_info({TABLE})")]
+        return self._columns
+
+    def interrupt(self) -> None:
+        """Cancel the query running now (from another thread), as `sqlite3.Connection.interrupt` does."""
+        self.conn.cancel_safe(timeout=2)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         text = sql.strip()

@@ -6,7 +6,8 @@ micro-dollars, simulated rows (oaigate's mock, replayed fixtures) priced apart, 
 group whose successful metered requests have no price has an unknown cost (None), never $0.
 
 The SQL that depends on the database is kept in `Dialect` (time buckets cut from the ISO text of
-`started_at`, the list of columns): another database supplies its own.
+`started_at`, the list of columns, what marks a change for the rollup): `SQLITE` for a file,
+`POSTGRES` for a `postgres.ReadConnection`. Both engines give the same numbers for the same rows.
 """
 
 from __future__ import annotations
@@ -55,10 +56,14 @@ _N_SUMS = 10
 
 class Dialect:
     """SQLite's spelling of the few things that differ between databases. The rest is portable SQL with
-    `?` placeholders, which `sql` turns into the driver's (a PostgreSQL dialect: `%s`)."""
+    `?` placeholders, which `sql` turns into the driver's."""
+
+    name = "sqlite"
+    rollup = True  # whether `marks` and `touched` can tell the rollup what changed
 
     def sql(self, text: str) -> str:
         return text
+
     _PREFIX = {"minute": 16, "hour": 13, "day": 10}  # of `2026-11-23T09:15:19.900Z`
 
     def bucket(self, width: Width) -> str:
@@ -85,7 +90,37 @@ class Dialect:
         return {row[0] for row in conn.execute(self.sql(sql), [mark])}
 
 
+class PostgresDialect(Dialect):
+    """PostgreSQL's, on a `postgres.ReadConnection` (which turns `?` into `%s` and PostgreSQL's numeric
+    sums back into ints). The buckets are cut from the same ISO text with `left()`, so they are the same
+    text as SQLite's; the columns come from `information_schema`. There is no rowid to mark what changed,
+    and with several gateways writing at once no sequence would say it in commit order either: the
+    rollup is off, and every query reads the table through the `(started_at)` index and the covering
+    index of `postgres.py` (benchmarks/dashboard_queries.py --db postgresql://... measures it)."""
+
+    name = "postgresql"
+    rollup = False
+
+    def bucket(self, width: Width) -> str:
+        return f"left(started_at, {self._PREFIX[width]})"
+
+    def columns(self, conn: Any) -> list[str]:
+        return list(conn.columns())
+
+    def marks(self, conn: Any) -> tuple[Any, Any]:
+        raise NotImplementedError("the PostgreSQL ledger has no change marks: its queries skip the rollup")
+
+    def touched(self, conn: Any, mark: Any) -> set[str]:
+        raise NotImplementedError("the PostgreSQL ledger has no change marks: its queries skip the rollup")
+
+
 SQLITE = Dialect()
+POSTGRES = PostgresDialect()
+
+
+def dialect_of(conn: Any) -> Dialect:
+    """The dialect of a connection from `ledger.connect_readonly`."""
+    return POSTGRES if getattr(conn, "dialect", None) == "postgresql" else SQLITE
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,23 +173,25 @@ def _spend_row(group: str | None, values: Sequence[Any]) -> SpendRow:
     return replace(row, cost_microusd=0) if row.cost_microusd is None and not row.unpriced_requests else row
 
 
-def total(conn: sqlite3.Connection, where: Filter, dialect: Dialect = SQLITE) -> SpendRow:
+def total(conn: sqlite3.Connection, where: Filter, dialect: Dialect | None = None) -> SpendRow:
     """Totals over the rows `where` selects: the numbers `oaigate spend` shows for the same range."""
+    dialect = dialect or dialect_of(conn)
     clause, params = where.where()
     sql = f"SELECT {_SUMS.format(simulated=_simulated(dialect.columns(conn)))} FROM requests {clause}"
     return _spend_row(None, conn.execute(dialect.sql(sql), params).fetchone())
 
 
 def grouped(conn: sqlite3.Connection, where: Filter, by: Width | Split, split: Split | None = None,
-            dialect: Dialect = SQLITE) -> list[tuple[str | None, str | None, SpendRow]]:
+            dialect: Dialect | None = None) -> list[tuple[str | None, str | None, SpendRow]]:
     """`(group, split, sums)` per time bucket (`minute`, `hour`, `day`: oldest first, as ISO instants) or per
     model, key or endpoint (costliest first), each further split by model, key or endpoint when `split`."""
+    dialect = dialect or dialect_of(conn)
     clause, params = where.where()
     timed = by in ("minute", "hour", "day")
     group = dialect.bucket(by) if timed else SPLITS[by]  # type: ignore[arg-type,index]
     second = SPLITS[split] if split else "NULL"
-    order = "grp, 2" if timed else ("SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, "
-                                    "grp IS NULL, grp")
+    order = "1, 2" if timed else ("SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, "
+                                  f"{group} IS NULL, {group}")
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
     sql = f"SELECT {group} AS grp, {second}, {sums} FROM requests {clause} GROUP BY 1, 2 ORDER BY {order}"
     out = []
@@ -188,9 +225,10 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 def page(conn: sqlite3.Connection, where: Filter, limit: int, before: str | None = None,
-         dialect: Dialect = SQLITE) -> tuple[list[dict[str, Any]], str | None]:
+         dialect: Dialect | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Up to `limit` rows, newest first (by `started_at`, then `id`), older than the cursor `before`; and
     the cursor of the next page, None when there is none. The bodies are left out."""
+    dialect = dialect or dialect_of(conn)
     columns = [c for c in dialect.columns(conn) if c not in BODY_COLUMNS]
     extra, extra_params = [], []
     if before is not None:
@@ -232,9 +270,10 @@ def plus(a: Sums, b: Sums) -> Sums:
 
 
 def cells(conn: sqlite3.Connection, where: Filter, width: Width = "hour",
-          dialect: Dialect = SQLITE) -> dict[Cell, Sums]:
+          dialect: Dialect | None = None) -> dict[Cell, Sums]:
     """The sums of `total` per time bucket (its text, e.g. `2026-11-23T09`), key, model and endpoint,
     with the successful requests' part: everything the page's spend views and OpenAI's usage API add up."""
+    dialect = dialect or dialect_of(conn)
     clause, params = where.where()
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
     sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, {sums}, {_OK_SUMS} "
@@ -323,7 +362,7 @@ class Rollup:
     `max_cells` cells (about 250 bytes each), the oldest hours are dropped and ranges reaching before
     what is kept read that part from the table. Thread-safe: queries run in worker threads."""
 
-    def __init__(self, dialect: Dialect = SQLITE, max_cells: int = 400_000) -> None:
+    def __init__(self, dialect: Dialect | None = None, max_cells: int = 400_000) -> None:
         self.dialect, self.max_cells = dialect, max_cells
         self._floor: str | None = None  # hours before this one are not kept (the table answers for them)
         self._hours: dict[str, dict[Cell, Sums]] = {}
@@ -350,13 +389,16 @@ class Rollup:
 
     def refresh(self, conn: sqlite3.Connection, now: datetime) -> None:
         current = _hour_text(now)
-        last, first = self.dialect.marks(conn)
+        dialect = self.dialect or dialect_of(conn)
+        if not dialect.rollup:
+            return
+        last, first = dialect.marks(conn)
         mark = self._mark
         if mark is None or first != mark[1] or (last or 0) < (mark[0] or 0) or self._upto is None:
             self._hours, self._floor = {}, None
             self._load(conn, Filter(until=_hour_start(current)))
         else:
-            stale = {h for h in self.dialect.touched(conn, mark[0] or 0) if h < current}
+            stale = {h for h in dialect.touched(conn, mark[0] or 0) if h < current}
             if self._upto < current:  # hours that closed since the last look
                 self._load(conn, Filter(since=_hour_start(self._upto), until=_hour_start(current)),
                            [h for h in self._hours if h >= self._upto])
@@ -367,8 +409,12 @@ class Rollup:
         self._mark, self._upto = (last, first), current
         self._trim(current)
 
-    def cells(self, conn: sqlite3.Connection, where: Filter, now: datetime | None = None) -> dict[Cell, Sums]:
-        """`cells(conn, where, "hour")`, the closed hours taken from memory."""
+    def cells(self, conn: sqlite3.Connection, where: Filter, now: datetime | None = None,
+              coarsest: Width = "hour") -> dict[Cell, Sums]:
+        """`cells(conn, where, "hour")`, the closed hours taken from memory. Without a rollup (PostgreSQL)
+        the table answers, in buckets of `coarsest` ("day" when the caller needs no hours: fewer cells)."""
+        if not (self.dialect or dialect_of(conn)).rollup:
+            return cells(conn, where, coarsest, self.dialect)
         if where.status is not None:
             return cells(conn, where, "hour", self.dialect)
         now = now or datetime.now(UTC)
@@ -402,5 +448,6 @@ class Rollup:
         return found
 
 
-__all__ = ["SQLITE", "Dialect", "Filter", "Rollup", "cells", "cost_text", "decode_cursor", "spend_of",
-           "encode_cursor", "grouped", "grouped_of", "page", "total", "total_of"]
+__all__ = ["POSTGRES", "SQLITE", "Dialect", "Filter", "PostgresDialect", "Rollup", "cells", "cost_text",
+           "decode_cursor", "dialect_of", "encode_cursor", "grouped", "grouped_of", "page", "spend_of", "total",
+           "total_of"]
