@@ -1,7 +1,8 @@
-"""`oaigate spend` and `oaigate ledger prune|info`: reading and trimming the SQLite ledger.
+"""`oaigate spend` and `oaigate ledger prune|info|copy`: reading, trimming and moving the ledger.
 
-These commands need nothing but the ledger file (`--db`, else the config's `[ledger] path`), so
-they work just as well on a copy of the file taken to another machine.
+These commands need nothing but the ledger (`--db`: a file or a PostgreSQL URL, else the config's
+`[ledger] url` or `path`), so they work just as well on a copy of the file taken to another machine.
+`ledger copy` moves a SQLite ledger into PostgreSQL: the upgrade from the embedded default.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _requests(count: int) -> str:
 
 @click.group("ledger")
 def ledger() -> None:
-    """Inspect and trim the SQLite ledger (one row per request)."""
+    """Inspect, trim and move the ledger (one row per request): a SQLite file or PostgreSQL."""
 
 
 @ledger.command("prune")
@@ -236,6 +237,38 @@ def info(db: Path | None, config: Path | None, fmt: str) -> None:
     ]
     for label, value in lines:
         click.echo(f"{label:<15} {value}")
+
+
+@ledger.command("copy")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The SQLite ledger file to copy (read only; stop the gateway writing it first).")
+@click.option("--to", "dest", required=True, metavar="URL",
+              help="postgresql://USER@HOST:PORT/DB: the PostgreSQL ledger to fill (created if empty). The password "
+                   "goes in the URL, or in PGPASSWORD or ~/.pgpass; it is never printed.")
+@click.option("--batch", default=5000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Rows per COPY and transaction.")
+def copy_command(source: Path, dest: str, batch: int) -> None:
+    """Copy every row of a SQLite ledger into a PostgreSQL ledger: the upgrade from the embedded default.
+
+    Rows are merged by id, so running it again (after an interruption, or to catch up with rows written
+    since) leaves one row per request, each as the file has it. Progress goes to stderr.
+    """
+    from ..db.postgres import copy_from_sqlite
+
+    if not is_url(dest):
+        raise click.BadParameter(f"{dest!r} is not a postgresql:// URL", param_hint="'--to'")
+    if is_url(str(source)):
+        raise click.BadParameter("--from takes a SQLite ledger file", param_hint="'--from'")
+    name = shown(dest)
+    with closing(_open(source)) as conn:
+        def progress(copied: int, total: int) -> None:
+            click.echo(f"copied {copied:,} of {total:,} rows to {name}", err=True)
+
+        try:
+            copied, held = copy_from_sqlite(conn, dest, batch=batch, progress=progress)
+        except LedgerError as exc:
+            fail(str(exc))
+    click.echo(f"copied {copied:,} requests from {source} to {name}; it holds {held:,}")
 
 
 @ledger.command("metadata")

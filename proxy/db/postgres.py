@@ -24,7 +24,7 @@ A URL's password is never shown: `redact` is what logs, errors and reports print
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -337,3 +337,35 @@ class PgLedgerWriter(LedgerWriter):
 
     def _write(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
         write_batch(conn, batch, self.method)
+
+
+# --- copying a SQLite ledger in --------------------------------------------------------------------
+
+COPY_BATCH = 5000
+
+
+def copy_from_sqlite(source: Any, url: str, *, batch: int = COPY_BATCH,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Every row of the SQLite ledger open on `source` (a read-only `sqlite3.Connection`) into the
+    PostgreSQL ledger at `url`, created or migrated first: batches of `batch` rows, each one COPY merged
+    by id in one transaction (`write_batch`), so running it again, or after an interruption, gives the
+    same table. Columns an older file lacks are NULL (`simulated`: 0). `progress(copied, total)` after
+    each batch. Returns (rows copied, rows now in the PostgreSQL ledger)."""
+    have = [r[1] for r in source.execute("PRAGMA table_info(requests)")]
+    picked = [c if c in have else ("0" if c == "simulated" else "NULL") for c in COLUMNS]
+    total = source.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    copied = 0
+    try:
+        with connect(url) as conn:
+            migrate(conn)
+            cursor = source.execute(f"SELECT {', '.join(picked)} FROM requests ORDER BY rowid")
+            while chunk := cursor.fetchmany(batch):
+                write_batch(conn, chunk, "copy")
+                copied += len(chunk)
+                if progress is not None:
+                    progress(copied, total)
+            held = conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
+    except _psycopg().Error as exc:
+        raise LedgerError(f"copying into {redact(url)} stopped after {copied:,} rows (run it again to resume): "
+                          f"{_scrub(str(exc).strip(), url)}") from None
+    return copied, int(held)
