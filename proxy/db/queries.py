@@ -60,6 +60,7 @@ class Dialect:
 
     name = "sqlite"
     rollup = True  # whether `marks` and `touched` can tell the rollup what changed
+    summary: str | None = None  # a table of sums per hour, key, model and endpoint the database keeps
 
     def sql(self, text: str) -> str:
         return text
@@ -100,6 +101,7 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     rollup = False
+    summary = "oaigate_hourly"  # kept by triggers in the database (postgres.py): whole hours are read there
 
     def bucket(self, width: Width) -> str:
         return f"left(started_at, {self._PREFIX[width]})"
@@ -345,6 +347,52 @@ def _hour_start(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
+def summary_cells(conn: Any, where: Filter, width: Width, dialect: Dialect) -> dict[Cell, Sums]:
+    """`cells` (hour or day buckets) from the database's own hourly summary for the whole hours of the
+    range, and from the table for the parts of an hour at either end."""
+    lo = hi = None
+    if where.since is not None:
+        lo = _hour_start(_hour_text(where.since))
+        if lo < where.since:
+            lo += timedelta(hours=1)
+    if where.until is not None:
+        hi = _hour_start(_hour_text(where.until))
+    if lo is not None and hi is not None and lo >= hi:
+        return cells(conn, where, width, dialect)
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, bound in (("hour >= ?", lo), ("hour < ?", hi)):
+        if bound is not None:
+            clauses.append(column)
+            params.append(_hour_text(bound))
+    for column, value in (("key_name = ?", where.key), ("model = ?", where.model), ("endpoint = ?", where.endpoint)):
+        if value is not None:
+            clauses.append(column)
+            params.append(value)
+    if where.endpoints:
+        clauses.append(f"endpoint IN ({', '.join('?' for _ in where.endpoints)})")
+        params += list(where.endpoints)
+    names = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+             "cost_microusd", "unpriced_requests", "estimated_requests", "simulated_microusd", "priced",
+             "ok_requests", "ok_prompt_tokens", "ok_completion_tokens", "ok_cached_tokens")
+    sql = (f"SELECT left(hour, {Dialect._PREFIX[width]}), key_name, model, endpoint, "
+           f"{', '.join(f'SUM({n})' for n in names)} FROM {dialect.summary} "
+           f"{'WHERE ' + ' AND '.join(clauses) if clauses else ''} GROUP BY 1, 2, 3, 4 HAVING SUM(requests) > 0")
+    found: dict[Cell, Sums] = {}
+    for row in conn.execute(dialect.sql(sql), params):
+        values = row[4:]
+        found[tuple(row[:4])] = (*values[:_PRICED], int(values[_PRICED] > 0), *values[_PRICED + 1:])
+    edges = []
+    if lo is not None and where.since is not None and where.since < lo:
+        edges.append(replace(where, until=lo))
+    if hi is not None and where.until is not None and hi < where.until:
+        edges.append(replace(where, since=hi))
+    for edge in edges:
+        for cell, sums in cells(conn, edge, width, dialect).items():
+            found[cell] = plus(found.get(cell, ZERO), sums)
+    return found
+
+
 def _matches(where: Filter, cell: Cell) -> bool:
     return ((where.key is None or cell[1] == where.key) and (where.model is None or cell[2] == where.model)
             and (where.endpoint is None or cell[3] == where.endpoint)
@@ -413,8 +461,11 @@ class Rollup:
               coarsest: Width = "hour") -> dict[Cell, Sums]:
         """`cells(conn, where, "hour")`, the closed hours taken from memory. Without a rollup (PostgreSQL)
         the table answers, in buckets of `coarsest` ("day" when the caller needs no hours: fewer cells)."""
-        if not (self.dialect or dialect_of(conn)).rollup:
-            return cells(conn, where, coarsest, self.dialect)
+        dialect = self.dialect or dialect_of(conn)
+        if not dialect.rollup:
+            if dialect.summary and where.status is None:
+                return summary_cells(conn, where, coarsest, dialect)
+            return cells(conn, where, coarsest, dialect)
         if where.status is not None:
             return cells(conn, where, "hour", self.dialect)
         now = now or datetime.now(UTC)

@@ -152,3 +152,77 @@ def test_queries_give_the_same_answers_on_both(tmp_path: Path, pg_url: str) -> N
     finally:
         lite.close()
         pg.close()
+
+
+def _table_cells(url: str) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """(the cells the summary gives, the cells the table gives) for the whole ledger."""
+    reader = open_readonly(url)
+    try:
+        return queries.Rollup().cells(reader, queries.Filter()), queries.cells(reader, queries.Filter(), "hour")
+    finally:
+        reader.close()
+
+
+def test_the_summary_follows_every_write_replace_and_prune(pg_url: str) -> None:  # noqa: F811
+    from proxy.db.postgres import SUMMARY, delete_before
+
+    now = datetime(2026, 11, 23, 12, 30, tzinfo=UTC)
+    rows = make_rows(500, 3, now, seed=21)
+    tuples = [tuple(r.get(c) for c in COLUMNS) for r in rows]
+    with connect(pg_url) as conn:
+        migrate(conn)
+        write_batch(conn, tuples[:300], "copy")
+        for start in range(300, 500, 7):  # small batches: executemany
+            write_batch(conn, tuples[start:start + 7], "executemany")
+    summary, table = _table_cells(pg_url)
+    assert summary == table and sum(v[0] for v in table.values()) == 500
+    # rows written again with other values (a retry, a background response settled late): replaced
+    changed = [dict(r, cost_microusd=(r["cost_microusd"] or 0) + 1000, status=200, key_name="late")
+               for r in rows[::9]]
+    with connect(pg_url) as conn:
+        write_batch(conn, [tuple(r.get(c) for c in COLUMNS) for r in changed], "copy")
+        write_batch(conn, [tuple(r.get(c) for c in COLUMNS) for r in changed[:5]], "executemany")
+    summary, table = _table_cells(pg_url)
+    assert summary == table and any(cell[1] == "late" for cell in table)
+    delete_before(pg_url, ledger_time(now - timedelta(days=1, minutes=30)), batch=50, vacuum=False, dry_run=False)
+    summary, table = _table_cells(pg_url)
+    assert summary == table and sum(v[0] for v in table.values()) < 500
+    with connect(pg_url) as conn:  # a ledger from before the summary: the next start builds it from the rows
+        conn.execute(f"DROP TABLE {SUMMARY} CASCADE")
+        conn.execute(f"DROP TRIGGER {SUMMARY}_insert ON requests")
+        migrate(conn)
+        empty = conn.execute(f"SELECT COUNT(*) FROM {SUMMARY} WHERE requests = 0").fetchone()[0]
+    summary, table = _table_cells(pg_url)
+    assert summary == table and empty == 0
+
+
+def test_the_summary_is_right_with_writers_at_once(pg_url: str) -> None:  # noqa: F811
+    """Two gateways writing the same hours at the same time (each its own connection and batches)."""
+    import threading
+
+    import psycopg
+
+    now = datetime(2026, 11, 23, 12, 30, tzinfo=UTC)
+    with connect(pg_url) as conn:
+        migrate(conn)
+    failures: list[BaseException] = []
+
+    def writer(seed: int) -> None:
+        tuples = [tuple(r.get(c) for c in COLUMNS) for r in make_rows(400, 0.1, now, seed=seed)]
+        with connect(pg_url) as conn:
+            for start in range(0, len(tuples), 20):
+                for _ in range(5):  # as the ledger writer does: a failed batch is written again
+                    try:
+                        write_batch(conn, tuples[start:start + 20])
+                        break
+                    except psycopg.Error as exc:
+                        failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(seed,)) for seed in (1, 2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    summary, table = _table_cells(pg_url)
+    assert summary == table and sum(v[0] for v in table.values()) == 1200
+    assert len(failures) < 5, failures
