@@ -10,8 +10,8 @@ filtered by key. Prints the median and worst of 5 runs of each. With --http, als
 serving that ledger: GET /oaigate/spend?since=30d and /oaigate/requests?limit=50, end to end.
 
 With --postgres, the same on a PostgreSQL ledger: starts its own server (tests/postgres_server.py,
-fsync on), loads the rows with COPY, and times the queries as the gateway runs them there (no
-rollup: every query reads the table)."""
+fsync on), loads the rows with COPY, and times the queries as the gateway runs them there (whole
+hours from the hourly summary the database keeps, the ends of the range from the table)."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ def postgres(count: int, days: float, over_http: bool) -> None:
         ro = open_readonly(url)
         month = queries.Filter(since=NOW - timedelta(days=30), until=NOW)
         print(f"{ro.execute('SELECT COUNT(*) FROM requests').fetchone()[0]:,} rows, "  # type: ignore[index]
-              f"{queries.total(ro, month).requests:,} of them in the last 30 days (PostgreSQL, no rollup)")
+              f"{queries.total(ro, month).requests:,} of them in the last 30 days (PostgreSQL)")
         timings(ro, queries.Rollup(), month)
         ro.close()
         if over_http:

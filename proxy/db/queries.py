@@ -94,10 +94,10 @@ class Dialect:
 class PostgresDialect(Dialect):
     """PostgreSQL's, on a `postgres.ReadConnection` (which turns `?` into `%s` and PostgreSQL's numeric
     sums back into ints). The buckets are cut from the same ISO text with `left()`, so they are the same
-    text as SQLite's; the columns come from `information_schema`. There is no rowid to mark what changed,
-    and with several gateways writing at once no sequence would say it in commit order either: the
-    rollup is off, and every query reads the table through the `(started_at)` index and the covering
-    index of `postgres.py` (benchmarks/dashboard_queries.py --db postgresql://... measures it)."""
+    text as SQLite's; the columns come from `information_schema`. There is no rowid to mark what changed
+    (and with several gateways writing at once, no sequence says it in commit order): instead of the
+    in-memory rollup, the database keeps the hourly sums itself (`summary`, kept by triggers, exact in
+    every transaction), and `Rollup.cells` reads whole hours there and only the ends from the table."""
 
     name = "postgresql"
     rollup = False
@@ -376,7 +376,7 @@ def summary_cells(conn: Any, where: Filter, width: Width, dialect: Dialect) -> d
              "cost_microusd", "unpriced_requests", "estimated_requests", "simulated_microusd", "priced",
              "ok_requests", "ok_prompt_tokens", "ok_completion_tokens", "ok_cached_tokens")
     sql = (f"SELECT left(hour, {Dialect._PREFIX[width]}), key_name, model, endpoint, "
-           f"{', '.join(f'SUM({n})' for n in names)} FROM {dialect.summary} "
+           f"{', '.join(f'CAST(SUM({n}) AS bigint)' for n in names)} FROM {dialect.summary} "
            f"{'WHERE ' + ' AND '.join(clauses) if clauses else ''} GROUP BY 1, 2, 3, 4 HAVING SUM(requests) > 0")
     found: dict[Cell, Sums] = {}
     for row in conn.execute(dialect.sql(sql), params):
