@@ -70,7 +70,8 @@ def main() -> None:
 
 def timings(ro: Any, rollup: queries.Rollup, month: queries.Filter) -> None:
     def spend(by: str, split: str | None = None) -> Any:
-        return queries.spend_of(rollup.cells(ro, month, NOW), by, split)  # type: ignore[arg-type]
+        coarsest = "hour" if by == "hour" else "day"  # as the gateway asks (PostgreSQL: fewer cells by day)
+        return queries.spend_of(rollup.cells(ro, month, NOW, coarsest), by, split)  # type: ignore[arg-type]
 
     cases: dict[str, Callable[[], Any]] = {
         "30-day spend by day + total": lambda: spend("day"),
