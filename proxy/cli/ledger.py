@@ -240,14 +240,16 @@ def info(db: Path | None, config: Path | None, fmt: str) -> None:
 
 
 @ledger.command("copy")
+@config_option("Config file whose [ledger] url (and password_env) is the default --to. Default: ./config.toml "
+               "if present.")
 @click.option("--from", "source", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="The SQLite ledger file to copy (read only; stop the gateway writing it first).")
-@click.option("--to", "dest", required=True, metavar="URL",
+@click.option("--to", "dest", metavar="URL",
               help="postgresql://USER@HOST:PORT/DB: the PostgreSQL ledger to fill (created if empty). The password "
-                   "goes in the URL, or in PGPASSWORD or ~/.pgpass; it is never printed.")
+                   "goes in the URL, PGPASSWORD or ~/.pgpass; it is never printed. Default: the config's [ledger] url.")
 @click.option("--batch", default=5000, show_default=True, type=click.IntRange(1, 1_000_000),
               help="Rows per COPY and transaction.")
-def copy_command(source: Path, dest: str, batch: int) -> None:
+def copy_command(config: Path | None, source: Path, dest: str | None, batch: int) -> None:
     """Copy every row of a SQLite ledger into a PostgreSQL ledger: the upgrade from the embedded default.
 
     Rows are merged by id, so running it again (after an interruption, or to catch up with rows written
@@ -255,6 +257,12 @@ def copy_command(source: Path, dest: str, batch: int) -> None:
     """
     from ..db.postgres import copy_from_sqlite
 
+    if dest is None:
+        configured = _ledger_path(None, config)
+        if not is_url(configured):
+            raise click.BadParameter("give the PostgreSQL ledger's URL, or a config whose [ledger] url names it",
+                                     param_hint="'--to'")
+        dest = str(configured)
     if not is_url(dest):
         raise click.BadParameter(f"{dest!r} is not a postgresql:// URL", param_hint="'--to'")
     if is_url(str(source)):

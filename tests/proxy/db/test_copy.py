@@ -82,3 +82,19 @@ def test_bad_arguments_are_clear_errors(tmp_path: Path, pg_url: str) -> None:
     refused = run("--from", str(db), "--to", pg_url.replace(PASSWORD, "not-the-password"))
     assert refused.exit_code == 1 and "cannot connect to the ledger" in refused.output
     assert "not-the-password" not in refused.output and PASSWORD not in refused.output
+
+
+def test_the_config_names_the_target(tmp_path: Path, pg_url: str, monkeypatch: Any) -> None:
+    db = tmp_path / "oaigate.db"
+    load(rows(40, seed=5), str(db))
+    monkeypatch.setenv("TEAM_LEDGER_PASSWORD", PASSWORD)
+    config = tmp_path / "team.toml"
+    url = pg_url.replace(":" + PASSWORD, "")
+    config.write_text(f'[ledger]\nurl = "{url}"\npassword_env = "TEAM_LEDGER_PASSWORD"\n')
+    result = run("--from", str(db), "--config", str(config))
+    assert result.exit_code == 0, result.output
+    assert table(pg_url) == file_rows(db) and PASSWORD not in result.output
+    plain = tmp_path / "plain.toml"
+    plain.write_text('[ledger]\npath = "x.db"\n')
+    refused = run("--from", str(db), "--config", str(plain))
+    assert refused.exit_code == 2 and "[ledger] url" in refused.output
