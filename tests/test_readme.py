@@ -125,7 +125,7 @@ def _run_shell(script: str, workspace: Workspace, timeout: float = BLOCK_TIMEOUT
 def _needs_tools(source: str) -> None:
     """The README's shell examples use curl and sqlite3; .ci/run installs them, elsewhere a missing one
     skips the example (under CI it fails)."""
-    for tool in ("curl", "sqlite3", "redis-server"):
+    for tool in ("curl", "sqlite3", "redis-server", "pg_virtualenv"):
         if re.search(rf"\b{tool}\b", source) and shutil.which(tool) is None:
             if os.environ.get("CI") == "true":
                 raise AssertionError(f"{tool} is not installed (.ci/run installs it)")

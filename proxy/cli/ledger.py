@@ -1,7 +1,8 @@
-"""`oaigate spend` and `oaigate ledger prune|info`: reading and trimming the SQLite ledger.
+"""`oaigate spend` and `oaigate ledger prune|info|copy`: reading, trimming and moving the ledger.
 
-These commands need nothing but the ledger file (`--db`, else the config's `[ledger] path`), so
-they work just as well on a copy of the file taken to another machine.
+These commands need nothing but the ledger (`--db`: a file or a PostgreSQL URL, else the config's
+`[ledger] url` or `path`), so they work just as well on a copy of the file taken to another machine.
+`ledger copy` moves a SQLite ledger into PostgreSQL: the upgrade from the embedded default.
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def _requests(count: int) -> str:
 
 @click.group("ledger")
 def ledger() -> None:
-    """Inspect and trim the SQLite ledger (one row per request)."""
+    """Inspect, trim and move the ledger (one row per request): a SQLite file or PostgreSQL."""
 
 
 @ledger.command("prune")
@@ -236,6 +237,46 @@ def info(db: Path | None, config: Path | None, fmt: str) -> None:
     ]
     for label, value in lines:
         click.echo(f"{label:<15} {value}")
+
+
+@ledger.command("copy")
+@config_option("Config file whose [ledger] url (and password_env) is the default --to. Default: ./config.toml "
+               "if present.")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The SQLite ledger file to copy (read only; stop the gateway writing it first).")
+@click.option("--to", "dest", metavar="URL",
+              help="postgresql://USER@HOST:PORT/DB: the PostgreSQL ledger to fill (created if empty). The password "
+                   "goes in the URL, PGPASSWORD or ~/.pgpass; it is never printed. Default: the config's [ledger] url.")
+@click.option("--batch", default=5000, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="Rows per COPY and transaction.")
+def copy_command(config: Path | None, source: Path, dest: str | None, batch: int) -> None:
+    """Copy every row of a SQLite ledger into a PostgreSQL ledger: the upgrade from the embedded default.
+
+    Rows are merged by id, so running it again (after an interruption, or to catch up with rows written
+    since) leaves one row per request, each as the file has it. Progress goes to stderr.
+    """
+    from ..db.postgres import copy_from_sqlite
+
+    if dest is None:
+        configured = _ledger_path(None, config)
+        if not is_url(configured):
+            raise click.BadParameter("give the PostgreSQL ledger's URL, or a config whose [ledger] url names it",
+                                     param_hint="'--to'")
+        dest = str(configured)
+    if not is_url(dest):
+        raise click.BadParameter(f"{dest!r} is not a postgresql:// URL", param_hint="'--to'")
+    if is_url(str(source)):
+        raise click.BadParameter("--from takes a SQLite ledger file", param_hint="'--from'")
+    name = shown(dest)
+    with closing(_open(source)) as conn:
+        def progress(copied: int, total: int) -> None:
+            click.echo(f"copied {copied:,} of {total:,} rows to {name}", err=True)
+
+        try:
+            copied, held = copy_from_sqlite(conn, dest, batch=batch, progress=progress)
+        except LedgerError as exc:
+            fail(str(exc))
+    click.echo(f"copied {copied:,} requests from {source} to {name}; it holds {held:,}")
 
 
 @ledger.command("metadata")

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
+import threading
 import time
 from collections.abc import Callable
-from contextlib import closing, suppress
+from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import metadata, resources
@@ -18,8 +18,9 @@ from typing import Any, TypeVar, get_args
 from aiohttp import web
 
 from ..db import queries
+from ..db.ledger import connect_readonly, is_url, target
 from ..db.queries import Filter, Rollup
-from ..db.reports import LedgerError, SpendRow, ledger_time, open_readonly, parse_time
+from ..db.reports import LedgerError, SpendRow, ledger_time, parse_time
 from ..errors import GatewayError, InvalidRequest
 from ..wire.jsoncodec import dumps
 from .access import Viewer, integer, one, viewer
@@ -33,10 +34,36 @@ SLOTS = web.AppKey("dashboard_slots", asyncio.Semaphore)
 
 
 class Running:
-    """The connections of the queries running now: interrupted at shutdown."""
+    """The connections of the queries running now (interrupted at shutdown), and the PostgreSQL ones kept
+    for the next query (opening one costs a login; a SQLite file opens in microseconds)."""
 
     def __init__(self) -> None:
-        self.conns: set[sqlite3.Connection] = set()
+        self.conns: set[Any] = set()
+        self.idle: list[Any] = []
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def take(self, db: str) -> Any:
+        with self.lock:
+            conn = self.idle.pop() if self.idle else None
+        conn = conn or connect_readonly(db)
+        self.conns.add(conn)
+        return conn
+
+    def give_back(self, conn: Any, keep: bool) -> None:
+        self.conns.discard(conn)
+        with self.lock:
+            if keep and not self.closed and len(self.idle) < THREADS:
+                self.idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed, idle, self.idle = True, self.idle, []
+        for conn in idle:
+            with suppress(Exception):
+                conn.close()
 
 
 OPEN = web.AppKey("dashboard_open", Running)
@@ -83,7 +110,9 @@ async def _startup(app: web.Application) -> None:
 async def _cleanup(app: web.Application) -> None:
     """Stop the queries still running (the rollup of a big ledger takes seconds): shutdown does not wait."""
     for conn in list(app[OPEN].conns):
-        conn.interrupt()
+        with suppress(Exception):
+            conn.interrupt()
+    app[OPEN].close()
     task = app[WARMING]
     if not task.done():
         task.cancel()
@@ -92,8 +121,9 @@ async def _cleanup(app: web.Application) -> None:
 
 
 async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T:
-    """`query(conn)` in a worker thread on a read-only connection (at most `THREADS` at once); `empty` when
-    there is no ledger yet."""
+    """`query(conn)` in a worker thread on a read-only connection to the SQLite file or the PostgreSQL
+    database (at most `THREADS` at once); `empty` when there is no ledger yet (or it cannot be reached:
+    logged, without the password)."""
     from ..app import CONFIG
 
     config = app[CONFIG]
@@ -101,16 +131,21 @@ async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T
         return empty
 
     def run() -> T:
+        running = app[OPEN]
         try:
-            conn = open_readonly(config.ledger.path)
-        except LedgerError:
+            db = target(config.ledger)
+            conn = running.take(db)
+        except LedgerError as exc:
+            if is_url(config.ledger.url or config.ledger.path):
+                log.warning("dashboard: the ledger cannot be read: %s", exc)
             return empty
-        app[OPEN].conns.add(conn)
+        keep = False
         try:
-            with closing(conn):
-                return query(conn)
+            found = query(conn)
+            keep = is_url(db)
+            return found
         finally:
-            app[OPEN].conns.discard(conn)
+            running.give_back(conn, keep)
 
     async with app[SLOTS]:
         return await asyncio.to_thread(run)
@@ -192,12 +227,13 @@ async def spend(request: web.Request) -> web.Response:
     rollup = request.app[ROLLUP]
 
     def query(conn: Any) -> dict[str, Any]:
-        rows, total = queries.spend_of(rollup.cells(conn, where, now), by, split)  # type: ignore[arg-type]
+        coarsest = "hour" if by == "hour" else "day"
+        rows, total = queries.spend_of(rollup.cells(conn, where, now, coarsest), by, split)  # type: ignore[arg-type]
         previous = None
         if where.since is not None:
             end = where.until or now
             previous = queries.total_of(rollup.cells(conn, replace(where, since=where.since - (end - where.since),
-                                                                     until=where.since), now))
+                                                                     until=where.since), now, "day"))
         return {"rows": [{by: g, **({"split": s} if split else {}), **record(r)} for g, s, r in rows],
                 "total": record(total), "previous": previous and record(previous)}
 

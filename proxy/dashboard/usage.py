@@ -121,7 +121,7 @@ async def _buckets(request: web.Request, kind: str) -> tuple[list[int], dict[int
     rollup = request.app[ROLLUP]
 
     def query(conn: Any) -> dict[Cell, Sums]:
-        return cells(conn, where, "minute") if width == "minute" else rollup.cells(conn, where)
+        return cells(conn, where, "minute") if width == "minute" else rollup.cells(conn, where, None, width)
 
     nothing: dict[Cell, Sums] = {}
     found = await ledger(request.app, query, nothing)

@@ -10,7 +10,7 @@ starting at once migrate one after the other (an advisory lock).
 
 `PgLedgerWriter` is `LedgerWriter` with PostgreSQL behind its thread: the same bounded queue,
 tickets and counters, the same retries; the thread has its own connection and writes each batch in
-one transaction: a small batch with a pipelined `executemany` of `INSERT ... ON CONFLICT`, a big one
+one transaction: a small batch with one multi-row `INSERT ... ON CONFLICT` ("executemany"), a big one
 (100 rows and more, as under load or after an outage) with `COPY` into a temporary table merged by
 one `INSERT ... ON CONFLICT` (benchmarks/pg_ledger.py measured both). A row written twice, by a
 retry after a commit whose answer was lost, replaces itself as `INSERT OR REPLACE` does in SQLite.
@@ -18,13 +18,19 @@ A thread rather than psycopg's async connection in a task: adapting rows costs C
 event loop it would delay every request in flight (the same benchmark measures the loop's lag).
 Several gateway processes and machines may write one ledger at once.
 
+`oaigate_hourly` holds the dashboard's sums per hour, key, model and endpoint, kept equal to the table
+by statement triggers inside each writing transaction (inserts, replacements, prunes, whoever writes),
+so a month of spend is read from a few thousand summary rows instead of the month's requests. Each
+batch is one statement, so the triggers run once per batch and lock the hours they add to in one
+order (two gateways writing the same hour wait for each other, briefly, instead of deadlocking).
+
 A URL's password is never shown: `redact` is what logs, errors and reports print.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,6 +123,7 @@ def migrate(conn: Any) -> int:
         if version > SCHEMA_VERSION:
             raise LedgerError(f"ledger schema version {version} is newer than this oaigate ({SCHEMA_VERSION})")
         if version == SCHEMA_VERSION:
+            _ensure_summary(conn)
             return version
         conn.execute(table_sql())
         have = {r[0] for r in conn.execute(
@@ -132,9 +139,87 @@ def migrate(conn: Any) -> int:
         for name, sql in VIEWS.items():
             conn.execute(f"DROP VIEW IF EXISTS {name}")
             conn.execute(f"CREATE VIEW {name} AS {_nulls_first(sql)}")
+        _ensure_summary(conn)
         conn.execute(f"DELETE FROM {VERSION_TABLE}")
         conn.execute(f"INSERT INTO {VERSION_TABLE} (version) VALUES (%s)", (SCHEMA_VERSION,))
     return SCHEMA_VERSION
+
+
+# --- the hourly summary ----------------------------------------------------------------------------
+
+SUMMARY = "oaigate_hourly"
+# what the dashboard adds up per hour, key, model and endpoint (`queries.cells`' sums, in their order; the
+# cost as 0 when NULL, with `priced` counting the rows that gave a cost)
+_SUCCESS = "status BETWEEN 200 AND 399"
+_METERED = "(usage_source IS NOT NULL OR prompt_tokens IS NOT NULL)"
+SUMMARY_SUMS: dict[str, str] = {
+    "requests": "COUNT(*)",
+    "errors": f"SUM(CASE WHEN {_SUCCESS} THEN 0 ELSE 1 END)",
+    "prompt_tokens": "COALESCE(SUM(prompt_tokens), 0)",
+    "completion_tokens": "COALESCE(SUM(completion_tokens), 0)",
+    "cached_tokens": "COALESCE(SUM(cached_tokens), 0)",
+    "reasoning_tokens": "COALESCE(SUM(reasoning_tokens), 0)",
+    "cost_microusd": "COALESCE(SUM(CASE WHEN simulated <> 0 THEN 0 ELSE cost_microusd END), 0)",
+    "unpriced_requests": f"SUM(CASE WHEN cost_microusd IS NULL AND {_SUCCESS} AND {_METERED} THEN 1 ELSE 0 END)",
+    "estimated_requests": "SUM(CASE WHEN usage_source = 'estimated' THEN 1 ELSE 0 END)",
+    "simulated_microusd": "COALESCE(SUM(CASE WHEN simulated <> 0 THEN COALESCE(replayed_cost_microusd, "
+                          "cost_microusd) END), 0)",
+    "priced": "SUM(CASE WHEN simulated <> 0 OR cost_microusd IS NOT NULL THEN 1 ELSE 0 END)",
+    "ok_requests": f"SUM(CASE WHEN {_SUCCESS} THEN 1 ELSE 0 END)",
+    "ok_prompt_tokens": f"COALESCE(SUM(CASE WHEN {_SUCCESS} THEN prompt_tokens END), 0)",
+    "ok_completion_tokens": f"COALESCE(SUM(CASE WHEN {_SUCCESS} THEN completion_tokens END), 0)",
+    "ok_cached_tokens": f"COALESCE(SUM(CASE WHEN {_SUCCESS} THEN cached_tokens END), 0)",
+}
+_NO = "E'\\x01'"  # stands for NULL in the unique index (ON CONFLICT never matches NULLs)
+_CELL = f"hour, COALESCE(key_name, {_NO}), COALESCE(model, {_NO}), endpoint"
+_GROUP = "left(started_at, 13), key_name, COALESCE(model_served, model_requested), endpoint"
+
+
+def _fold(sign: int, rows: str) -> str:
+    """Add (`sign` 1) or take away (-1) the sums of the transition table `rows` to the summary."""
+    sums = ", ".join(f"{sign} * {expr}" for expr in SUMMARY_SUMS.values())
+    update = ", ".join(f"{name} = {SUMMARY}.{name} + EXCLUDED.{name}" for name in SUMMARY_SUMS)
+    # in the unique index's order, so two writers lock the cells they share in the same order
+    return (f"INSERT INTO {SUMMARY} (hour, key_name, model, endpoint, {', '.join(SUMMARY_SUMS)}) "
+            f"SELECT {_GROUP}, {sums} FROM {rows} GROUP BY 1, 2, 3, 4 "
+            f"ORDER BY 1, COALESCE(key_name, {_NO}), COALESCE(COALESCE(model_served, model_requested), {_NO}), 4 "
+            f"ON CONFLICT ({_CELL}) DO UPDATE SET {update}")
+
+
+def summary_sql() -> list[str]:
+    """The summary table and the statement triggers that keep it equal to the `requests` table's sums
+    (inside each writing transaction: never stale, whoever writes)."""
+    columns = ", ".join(f"{name} bigint NOT NULL" for name in SUMMARY_SUMS)
+    sweep = (f"DELETE FROM {SUMMARY} s USING (SELECT DISTINCT left(started_at, 13) AS hour FROM old_rows) d "
+             f"WHERE s.hour = d.hour AND s.requests = 0")
+    functions = {"insert": [_fold(1, "new_rows")], "update": [_fold(-1, "old_rows"), _fold(1, "new_rows"), sweep],
+                 "delete": [_fold(-1, "old_rows"), sweep]}
+    tables = {"insert": "NEW TABLE AS new_rows", "update": "OLD TABLE AS old_rows NEW TABLE AS new_rows",
+              "delete": "OLD TABLE AS old_rows"}
+    out = [f'CREATE TABLE IF NOT EXISTS {SUMMARY} (hour text COLLATE "C" NOT NULL, key_name text COLLATE "C", '
+           f'model text COLLATE "C", endpoint text COLLATE "C" NOT NULL, {columns})',
+           f"CREATE UNIQUE INDEX IF NOT EXISTS {SUMMARY}_cell ON {SUMMARY} ({_CELL})"]
+    for op, statements in functions.items():
+        body = ";\n".join(statements)
+        out.append(f"CREATE OR REPLACE FUNCTION {SUMMARY}_{op}() RETURNS trigger LANGUAGE plpgsql AS "
+                   f"$$ BEGIN {body}; RETURN NULL; END $$")
+        out.append(f"DROP TRIGGER IF EXISTS {SUMMARY}_{op} ON {TABLE}")
+        out.append(f"CREATE TRIGGER {SUMMARY}_{op} AFTER {op.upper()} ON {TABLE} REFERENCING {tables[op]} "
+                   f"FOR EACH STATEMENT EXECUTE FUNCTION {SUMMARY}_{op}()")
+    out.append(f"DELETE FROM {SUMMARY}")
+    out.append(_fold(1, TABLE))  # what the table holds already
+    return out
+
+
+def _ensure_summary(conn: Any) -> None:
+    """Create the summary (and fill it from the rows there) where it is missing: a ledger migrated before
+    it existed gets it on the next start. Under the migration lock; the triggers' lock on `requests`
+    holds writers back until it is filled."""
+    if conn.execute(f"SELECT to_regclass('{SUMMARY}') IS NOT NULL AND EXISTS (SELECT 1 FROM pg_trigger "
+                    f"WHERE tgname = '{SUMMARY}_insert')").fetchone()[0]:
+        return
+    for statement in summary_sql():
+        conn.execute(statement)
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -178,6 +263,17 @@ class ReadConnection:
     def __init__(self, url: str) -> None:
         self.url = url
         self.conn = connect(url, read_only=True)
+        self._columns: list[str] | None = None
+
+    def columns(self) -> list[str]:
+        """The ledger table's columns, in order (looked up once per connection)."""
+        if self._columns is None:
+            self._columns = [row[1] for row in self.execute(f"PRAGMA table_info({TABLE})")]
+        return self._columns
+
+    def interrupt(self) -> None:
+        """Cancel the query running now (from another thread), as `sqlite3.Connection.interrupt` does."""
+        self.conn.cancel_safe(timeout=2)
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
         text = sql.strip()
@@ -278,8 +374,9 @@ _STAGE_SQL = (f"CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (LIKE {TABLE} INCL
               "oaigate_seq bigserial) ON COMMIT DELETE ROWS")
 _MERGE = (f"INSERT INTO {TABLE} ({_NAMES}) SELECT DISTINCT ON (id) {_NAMES} FROM {_STAGE} "
           f"ORDER BY id, oaigate_seq DESC ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
+_ROW = f"({', '.join('%s' for _ in COLUMNS)})"
 METHODS = ("auto", "copy", "executemany")
-COPY_FROM = 100  # rows: below, executemany (pipelined) is faster; above, COPY (benchmarks/pg_ledger.py)
+COPY_FROM = 100  # rows: below, one INSERT is faster; above, COPY (benchmarks/pg_ledger.py)
 
 
 def write_batch(conn: Any, batch: Sequence[Sequence[Any]], method: str = "auto") -> None:
@@ -290,8 +387,12 @@ def write_batch(conn: Any, batch: Sequence[Sequence[Any]], method: str = "auto")
         method = "copy" if len(batch) >= COPY_FROM else "executemany"
     with conn.transaction():
         if method == "executemany":
-            with conn.cursor() as cur:
-                cur.executemany(INSERT, batch)
+            # one statement (the summary's triggers run once per statement, and lock the hours they add
+            # to in one order), each id once (the last of its rows wins, as in a COPY batch)
+            rows = list({row[0]: row for row in batch}.values())
+            values = ", ".join(_ROW for _ in rows)
+            conn.execute(f"INSERT INTO {TABLE} ({_NAMES}) VALUES {values} ON CONFLICT (id) DO UPDATE SET {_UPDATE}",
+                         [value for row in rows for value in row])
             return
         conn.execute(_STAGE_SQL)
         with conn.cursor() as cur, cur.copy(f"COPY {_STAGE} ({_NAMES}) FROM STDIN") as copy:
@@ -326,3 +427,35 @@ class PgLedgerWriter(LedgerWriter):
 
     def _write(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
         write_batch(conn, batch, self.method)
+
+
+# --- copying a SQLite ledger in --------------------------------------------------------------------
+
+COPY_BATCH = 5000
+
+
+def copy_from_sqlite(source: Any, url: str, *, batch: int = COPY_BATCH,
+                     progress: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+    """Every row of the SQLite ledger open on `source` (a read-only `sqlite3.Connection`) into the
+    PostgreSQL ledger at `url`, created or migrated first: batches of `batch` rows, each one COPY merged
+    by id in one transaction (`write_batch`), so running it again, or after an interruption, gives the
+    same table. Columns an older file lacks are NULL (`simulated`: 0). `progress(copied, total)` after
+    each batch. Returns (rows copied, rows now in the PostgreSQL ledger)."""
+    have = [r[1] for r in source.execute("PRAGMA table_info(requests)")]
+    picked = [c if c in have else ("0" if c == "simulated" else "NULL") for c in COLUMNS]
+    total = source.execute("SELECT COUNT(*) FROM requests").fetchone()[0]
+    copied = 0
+    try:
+        with connect(url) as conn:
+            migrate(conn)
+            cursor = source.execute(f"SELECT {', '.join(picked)} FROM requests ORDER BY rowid")
+            while chunk := cursor.fetchmany(batch):
+                write_batch(conn, chunk, "copy")
+                copied += len(chunk)
+                if progress is not None:
+                    progress(copied, total)
+            held = conn.execute(f"SELECT COUNT(*) FROM {TABLE}").fetchone()[0]
+    except _psycopg().Error as exc:
+        raise LedgerError(f"copying into {redact(url)} stopped after {copied:,} rows (run it again to resume): "
+                          f"{_scrub(str(exc).strip(), url)}") from None
+    return copied, int(held)

@@ -6,7 +6,8 @@ micro-dollars, simulated rows (oaigate's mock, replayed fixtures) priced apart, 
 group whose successful metered requests have no price has an unknown cost (None), never $0.
 
 The SQL that depends on the database is kept in `Dialect` (time buckets cut from the ISO text of
-`started_at`, the list of columns): another database supplies its own.
+`started_at`, the list of columns, what marks a change for the rollup): `SQLITE` for a file,
+`POSTGRES` for a `postgres.ReadConnection`. Both engines give the same numbers for the same rows.
 """
 
 from __future__ import annotations
@@ -55,10 +56,15 @@ _N_SUMS = 10
 
 class Dialect:
     """SQLite's spelling of the few things that differ between databases. The rest is portable SQL with
-    `?` placeholders, which `sql` turns into the driver's (a PostgreSQL dialect: `%s`)."""
+    `?` placeholders, which `sql` turns into the driver's."""
+
+    name = "sqlite"
+    rollup = True  # whether `marks` and `touched` can tell the rollup what changed
+    summary: str | None = None  # a table of sums per hour, key, model and endpoint the database keeps
 
     def sql(self, text: str) -> str:
         return text
+
     _PREFIX = {"minute": 16, "hour": 13, "day": 10}  # of `2026-11-23T09:15:19.900Z`
 
     def bucket(self, width: Width) -> str:
@@ -85,7 +91,38 @@ class Dialect:
         return {row[0] for row in conn.execute(self.sql(sql), [mark])}
 
 
+class PostgresDialect(Dialect):
+    """PostgreSQL's, on a `postgres.ReadConnection` (which turns `?` into `%s` and PostgreSQL's numeric
+    sums back into ints). The buckets are cut from the same ISO text with `left()`, so they are the same
+    text as SQLite's; the columns come from `information_schema`. There is no rowid to mark what changed
+    (and with several gateways writing at once, no sequence says it in commit order): instead of the
+    in-memory rollup, the database keeps the hourly sums itself (`summary`, kept by triggers, exact in
+    every transaction), and `Rollup.cells` reads whole hours there and only the ends from the table."""
+
+    name = "postgresql"
+    rollup = False
+    summary = "oaigate_hourly"  # kept by triggers in the database (postgres.py): whole hours are read there
+
+    def bucket(self, width: Width) -> str:
+        return f"left(started_at, {self._PREFIX[width]})"
+
+    def columns(self, conn: Any) -> list[str]:
+        return list(conn.columns())
+
+    def marks(self, conn: Any) -> tuple[Any, Any]:
+        raise NotImplementedError("the PostgreSQL ledger has no change marks: its queries skip the rollup")
+
+    def touched(self, conn: Any, mark: Any) -> set[str]:
+        raise NotImplementedError("the PostgreSQL ledger has no change marks: its queries skip the rollup")
+
+
 SQLITE = Dialect()
+POSTGRES = PostgresDialect()
+
+
+def dialect_of(conn: Any) -> Dialect:
+    """The dialect of a connection from `ledger.connect_readonly`."""
+    return POSTGRES if getattr(conn, "dialect", None) == "postgresql" else SQLITE
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,23 +175,25 @@ def _spend_row(group: str | None, values: Sequence[Any]) -> SpendRow:
     return replace(row, cost_microusd=0) if row.cost_microusd is None and not row.unpriced_requests else row
 
 
-def total(conn: sqlite3.Connection, where: Filter, dialect: Dialect = SQLITE) -> SpendRow:
+def total(conn: sqlite3.Connection, where: Filter, dialect: Dialect | None = None) -> SpendRow:
     """Totals over the rows `where` selects: the numbers `oaigate spend` shows for the same range."""
+    dialect = dialect or dialect_of(conn)
     clause, params = where.where()
     sql = f"SELECT {_SUMS.format(simulated=_simulated(dialect.columns(conn)))} FROM requests {clause}"
     return _spend_row(None, conn.execute(dialect.sql(sql), params).fetchone())
 
 
 def grouped(conn: sqlite3.Connection, where: Filter, by: Width | Split, split: Split | None = None,
-            dialect: Dialect = SQLITE) -> list[tuple[str | None, str | None, SpendRow]]:
+            dialect: Dialect | None = None) -> list[tuple[str | None, str | None, SpendRow]]:
     """`(group, split, sums)` per time bucket (`minute`, `hour`, `day`: oldest first, as ISO instants) or per
     model, key or endpoint (costliest first), each further split by model, key or endpoint when `split`."""
+    dialect = dialect or dialect_of(conn)
     clause, params = where.where()
     timed = by in ("minute", "hour", "day")
     group = dialect.bucket(by) if timed else SPLITS[by]  # type: ignore[arg-type,index]
     second = SPLITS[split] if split else "NULL"
-    order = "grp, 2" if timed else ("SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, "
-                                    "grp IS NULL, grp")
+    order = "1, 2" if timed else ("SUM(cost_microusd) IS NULL, SUM(cost_microusd) DESC, COUNT(*) DESC, "
+                                  f"{group} IS NULL, {group}")
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
     sql = f"SELECT {group} AS grp, {second}, {sums} FROM requests {clause} GROUP BY 1, 2 ORDER BY {order}"
     out = []
@@ -188,9 +227,10 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
 
 
 def page(conn: sqlite3.Connection, where: Filter, limit: int, before: str | None = None,
-         dialect: Dialect = SQLITE) -> tuple[list[dict[str, Any]], str | None]:
+         dialect: Dialect | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """Up to `limit` rows, newest first (by `started_at`, then `id`), older than the cursor `before`; and
     the cursor of the next page, None when there is none. The bodies are left out."""
+    dialect = dialect or dialect_of(conn)
     columns = [c for c in dialect.columns(conn) if c not in BODY_COLUMNS]
     extra, extra_params = [], []
     if before is not None:
@@ -232,9 +272,10 @@ def plus(a: Sums, b: Sums) -> Sums:
 
 
 def cells(conn: sqlite3.Connection, where: Filter, width: Width = "hour",
-          dialect: Dialect = SQLITE) -> dict[Cell, Sums]:
+          dialect: Dialect | None = None) -> dict[Cell, Sums]:
     """The sums of `total` per time bucket (its text, e.g. `2026-11-23T09`), key, model and endpoint,
     with the successful requests' part: everything the page's spend views and OpenAI's usage API add up."""
+    dialect = dialect or dialect_of(conn)
     clause, params = where.where()
     sums = _SUMS.format(simulated=_simulated(dialect.columns(conn)))
     sql = (f"SELECT {dialect.bucket(width)}, key_name, {MODEL}, endpoint, {sums}, {_OK_SUMS} "
@@ -306,6 +347,52 @@ def _hour_start(text: str) -> datetime:
     return datetime.strptime(text, "%Y-%m-%dT%H").replace(tzinfo=UTC)
 
 
+def summary_cells(conn: Any, where: Filter, width: Width, dialect: Dialect) -> dict[Cell, Sums]:
+    """`cells` (hour or day buckets) from the database's own hourly summary for the whole hours of the
+    range, and from the table for the parts of an hour at either end."""
+    lo = hi = None
+    if where.since is not None:
+        lo = _hour_start(_hour_text(where.since))
+        if lo < where.since:
+            lo += timedelta(hours=1)
+    if where.until is not None:
+        hi = _hour_start(_hour_text(where.until))
+    if lo is not None and hi is not None and lo >= hi:
+        return cells(conn, where, width, dialect)
+    clauses: list[str] = []
+    params: list[Any] = []
+    for column, bound in (("hour >= ?", lo), ("hour < ?", hi)):
+        if bound is not None:
+            clauses.append(column)
+            params.append(_hour_text(bound))
+    for column, value in (("key_name = ?", where.key), ("model = ?", where.model), ("endpoint = ?", where.endpoint)):
+        if value is not None:
+            clauses.append(column)
+            params.append(value)
+    if where.endpoints:
+        clauses.append(f"endpoint IN ({', '.join('?' for _ in where.endpoints)})")
+        params += list(where.endpoints)
+    names = ("requests", "errors", "prompt_tokens", "completion_tokens", "cached_tokens", "reasoning_tokens",
+             "cost_microusd", "unpriced_requests", "estimated_requests", "simulated_microusd", "priced",
+             "ok_requests", "ok_prompt_tokens", "ok_completion_tokens", "ok_cached_tokens")
+    sql = (f"SELECT left(hour, {Dialect._PREFIX[width]}), key_name, model, endpoint, "
+           f"{', '.join(f'CAST(SUM({n}) AS bigint)' for n in names)} FROM {dialect.summary} "
+           f"{'WHERE ' + ' AND '.join(clauses) if clauses else ''} GROUP BY 1, 2, 3, 4 HAVING SUM(requests) > 0")
+    found: dict[Cell, Sums] = {}
+    for row in conn.execute(dialect.sql(sql), params):
+        values = row[4:]
+        found[tuple(row[:4])] = (*values[:_PRICED], int(values[_PRICED] > 0), *values[_PRICED + 1:])
+    edges = []
+    if lo is not None and where.since is not None and where.since < lo:
+        edges.append(replace(where, until=lo))
+    if hi is not None and where.until is not None and hi < where.until:
+        edges.append(replace(where, since=hi))
+    for edge in edges:
+        for cell, sums in cells(conn, edge, width, dialect).items():
+            found[cell] = plus(found.get(cell, ZERO), sums)
+    return found
+
+
 def _matches(where: Filter, cell: Cell) -> bool:
     return ((where.key is None or cell[1] == where.key) and (where.model is None or cell[2] == where.model)
             and (where.endpoint is None or cell[3] == where.endpoint)
@@ -323,7 +410,7 @@ class Rollup:
     `max_cells` cells (about 250 bytes each), the oldest hours are dropped and ranges reaching before
     what is kept read that part from the table. Thread-safe: queries run in worker threads."""
 
-    def __init__(self, dialect: Dialect = SQLITE, max_cells: int = 400_000) -> None:
+    def __init__(self, dialect: Dialect | None = None, max_cells: int = 400_000) -> None:
         self.dialect, self.max_cells = dialect, max_cells
         self._floor: str | None = None  # hours before this one are not kept (the table answers for them)
         self._hours: dict[str, dict[Cell, Sums]] = {}
@@ -350,13 +437,16 @@ class Rollup:
 
     def refresh(self, conn: sqlite3.Connection, now: datetime) -> None:
         current = _hour_text(now)
-        last, first = self.dialect.marks(conn)
+        dialect = self.dialect or dialect_of(conn)
+        if not dialect.rollup:
+            return
+        last, first = dialect.marks(conn)
         mark = self._mark
         if mark is None or first != mark[1] or (last or 0) < (mark[0] or 0) or self._upto is None:
             self._hours, self._floor = {}, None
             self._load(conn, Filter(until=_hour_start(current)))
         else:
-            stale = {h for h in self.dialect.touched(conn, mark[0] or 0) if h < current}
+            stale = {h for h in dialect.touched(conn, mark[0] or 0) if h < current}
             if self._upto < current:  # hours that closed since the last look
                 self._load(conn, Filter(since=_hour_start(self._upto), until=_hour_start(current)),
                            [h for h in self._hours if h >= self._upto])
@@ -367,8 +457,15 @@ class Rollup:
         self._mark, self._upto = (last, first), current
         self._trim(current)
 
-    def cells(self, conn: sqlite3.Connection, where: Filter, now: datetime | None = None) -> dict[Cell, Sums]:
-        """`cells(conn, where, "hour")`, the closed hours taken from memory."""
+    def cells(self, conn: sqlite3.Connection, where: Filter, now: datetime | None = None,
+              coarsest: Width = "hour") -> dict[Cell, Sums]:
+        """`cells(conn, where, "hour")`, the closed hours taken from memory. Without a rollup (PostgreSQL)
+        the table answers, in buckets of `coarsest` ("day" when the caller needs no hours: fewer cells)."""
+        dialect = self.dialect or dialect_of(conn)
+        if not dialect.rollup:
+            if dialect.summary and where.status is None:
+                return summary_cells(conn, where, coarsest, dialect)
+            return cells(conn, where, coarsest, dialect)
         if where.status is not None:
             return cells(conn, where, "hour", self.dialect)
         now = now or datetime.now(UTC)
@@ -402,5 +499,6 @@ class Rollup:
         return found
 
 
-__all__ = ["SQLITE", "Dialect", "Filter", "Rollup", "cells", "cost_text", "decode_cursor", "spend_of",
-           "encode_cursor", "grouped", "grouped_of", "page", "total", "total_of"]
+__all__ = ["POSTGRES", "SQLITE", "Dialect", "Filter", "PostgresDialect", "Rollup", "cells", "cost_text",
+           "decode_cursor", "dialect_of", "encode_cursor", "grouped", "grouped_of", "page", "spend_of", "total",
+           "total_of"]

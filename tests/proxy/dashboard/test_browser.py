@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from ..db.conftest import pg_server, pg_url  # noqa: F401 - the session's PostgreSQL server, a database per test
 from .conftest import ADMIN, ALICE, Seeded
 
 CHROMIUM = "/usr/bin/chromium"
@@ -234,4 +235,38 @@ def test_an_open_gateway_on_a_phone(seeded: Callable[..., Seeded], tab: Callable
     budgets = page.page.locator("#budgets .meter[data-state='over']")
     assert budgets.count() >= 1  # the gpt-4o budget is exhausted: drawn red
     assert page.page.inner_text("#health").count("mock") >= 1
+    assert page.errors == []
+
+
+def test_the_page_on_a_postgres_ledger_shows_its_sums(gateway: Callable[..., Any], tab: Callable[..., Page],
+                                                      pg_url: str) -> None:  # noqa: F811
+    """`[ledger] url`: the page reads PostgreSQL, and its totals are the table's sums there."""
+    from datetime import UTC, datetime
+
+    import psycopg
+
+    from .conftest import KEYS
+    from .seed import make_rows
+    from .test_postgres import load_postgres
+
+    rows = make_rows(300, 6, datetime.now(UTC))
+    load_postgres(pg_url, rows)
+    gw = gateway(keys=KEYS, ledger={"url": pg_url})
+    page = tab(gw.root)
+    page.login(ADMIN)
+    page.loaded()
+    window = page.page.locator("#window")
+    since, until = window.get_attribute("data-since"), window.get_attribute("data-until")
+    with psycopg.connect(pg_url) as conn:
+        cost, requests, prompt, completion = conn.execute(
+            "SELECT COALESCE(SUM(CASE WHEN simulated <> 0 THEN 0 ELSE cost_microusd END), 0), COUNT(*), "
+            "SUM(prompt_tokens), SUM(completion_tokens) FROM requests WHERE started_at >= %s AND started_at < %s",
+            [since, until]).fetchone()
+    assert requests > 200
+    value = lambda id_: page.page.get_attribute(f"#total-{id_}", "data-value")  # noqa: E731
+    assert (value("cost"), value("requests"), value("tokens-in"), value("tokens-out")) == \
+        (str(cost), str(requests), str(prompt), str(completion))
+    points = page.page.eval_on_selector_all("#chart g.point", "gs => gs.map(g => Number(g.dataset.requests))")
+    assert sum(points) == requests
+    assert len(page.rows()) == 25
     assert page.errors == []
