@@ -149,7 +149,8 @@ class RedisState:
                 "backlog": len(self.backlog), "round_trips": self.round_trips}
 
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        if not self.available and not (self._recovering and asyncio.current_task() is self._probe):
+        """`fn(...)` with a deadline; its failure marks Redis unavailable (`StateUnavailable`)."""
+        if not self._may_call():
             raise StateUnavailable()
         try:
             async with asyncio.timeout(self.timeout_s * 2):  # the socket timeouts should fire first
@@ -157,6 +158,19 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)
             raise StateUnavailable() from None
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """`script` in the next pipeline, as `_call` (the deadline is the pipeline's: one timer per batch)."""
+        if not self._may_call():
+            raise StateUnavailable()
+        try:
+            return await self._eval(script, keys, args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(exc)
+            raise StateUnavailable() from None
+
+    def _may_call(self) -> bool:
+        return self.available or (self._recovering and asyncio.current_task() is self._probe)
 
     def _down(self, exc: BaseException) -> None:
         if not self.available:
@@ -219,23 +233,24 @@ class RedisState:
     async def _send(self, batch: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
                     ) -> None:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            self.round_trips += 1
-            results = await pipe.execute(raise_on_error=False)
-            for (script, keys, args, future), result in zip(batch, results, strict=True):
-                if isinstance(result, NoScriptError):  # a Redis that restarted: load it, run it again
-                    try:
-                        result = await script(keys=keys, args=args)
-                    except Exception as exc:  # noqa: BLE001 (handed to the caller)
-                        result = exc
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            async with asyncio.timeout(self.timeout_s * 2):  # the socket timeouts should fire first
+                pipe = self.client.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                self.round_trips += 1
+                results = await pipe.execute(raise_on_error=False)
+                for (script, keys, args, future), result in zip(batch, results, strict=True):
+                    if isinstance(result, NoScriptError):  # a Redis that restarted: load it, run it again
+                        try:
+                            result = await script(keys=keys, args=args)
+                        except Exception as exc:  # noqa: BLE001 (handed to the caller)
+                            result = exc
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
         except Exception as exc:  # noqa: BLE001 (handed to every caller in the batch)
             for *_, future in batch:
                 if not future.done():
@@ -268,7 +283,7 @@ class RedisState:
     async def reserve(self, call: Reserve) -> Reserved:
         """Send a prepared reservation. Returns (the 1-based index of the account that refused, 0 when
         reserved; each account's totals; the reservation's id)."""
-        return call.parse(await self._call(self._eval, self._reserve, keys=call.keys, args=call.args))
+        return call.parse(await self._run(self._reserve, keys=call.keys, args=call.args))
 
     async def settle(self, rid: str, held: Sequence[str], live: Sequence[tuple[str, int]], micros: int,
                      tokens: int) -> list[Totals] | None:
@@ -280,7 +295,7 @@ class RedisState:
             keys += [*self._account_keys(name), self._account_keys(now_name)[0]]
         args: list[Any] = [rid, micros, tokens, *(keep for _, keep in live)]
         try:
-            out = await self._call(self._eval, self._settle, keys=keys, args=args)
+            out = await self._run(self._settle, keys=keys, args=args)
         except StateUnavailable:
             if len(self.backlog) < MAX_BACKLOG:
                 self.backlog.append((keys, args))
@@ -297,7 +312,7 @@ class RedisState:
         for keys, args in self.backlog:
             if key in keys[3::4]:
                 micros, tokens = micros - int(args[1]), tokens - int(args[2])
-        out = await self._call(self._eval, self._seed, keys=[key], args=[max(micros, 0), max(tokens, 0), keep])
+        out = await self._run(self._seed, keys=[key], args=[max(micros, 0), max(tokens, 0), keep])
         return tuple(int(v) for v in out)  # type: ignore[return-value]
 
     # --- rate limits -----------------------------------------------------------------------------
@@ -332,7 +347,7 @@ class RedisState:
         seconds left; per scope (wait in seconds, None: only a finishing request makes room; requests
         level; tokens level))."""
         keys, args, pid = self._admission(scopes, tokens, now, hold, give_back)
-        return self._admitted(await self._call(self._eval, self._admit, keys=keys, args=args), pid, len(scopes))
+        return self._admitted(await self._run(self._admit, keys=keys, args=args), pid, len(scopes))
 
     async def reserve_and_admit(self, call: Reserve, scopes: Sequence[tuple[str, int, int, int]], tokens: int,
                                 now: float, hold: str | None, give_back: Sequence[float] = ()
@@ -340,7 +355,7 @@ class RedisState:
         """`reserve(call)` then, only if it reserved, `admit(...)`: one script, one round trip. The
         admission's answer is None when the reservation was refused (then nothing was admitted)."""
         keys, args, pid = self._admission(scopes, tokens, now, hold, give_back)
-        out = await self._call(self._eval, self._reserve_admit, keys=[*call.keys, *keys],
+        out = await self._run(self._reserve_admit, keys=[*call.keys, *keys],
                                args=[len(call.keys), len(call.args), *call.args, *args])
         reserved = call.parse(out[0])
         return reserved, (self._admitted(out[1], pid, len(scopes)) if not reserved[0] else None)
@@ -350,13 +365,13 @@ class RedisState:
         take more). A release that fails is dropped: the slot frees itself when the permit expires."""
         keys = [k for name, _ in scopes for k in self._scope_keys(name)]
         with contextlib.suppress(StateUnavailable):
-            await self._call(self._eval, self._release, keys=keys, args=[pid, give_back, *(tpm for _, tpm in scopes)])
+            await self._run(self._release, keys=keys, args=[pid, give_back, *(tpm for _, tpm in scopes)])
 
     def hold(self, key: str, until: float, seconds: float) -> None:
         """Share a governor's hold (an upstream window at zero) with every process, in the background."""
         async def go() -> None:
             with contextlib.suppress(StateUnavailable):
-                await self._call(self._eval, self._hold, keys=[f"{self.prefix}hold:{key}"],
+                await self._run(self._hold, keys=[f"{self.prefix}hold:{key}"],
                                  args=[repr(until), repr(seconds)])
 
         if self.available:
