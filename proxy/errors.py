@@ -15,6 +15,7 @@
         ├── BudgetExceeded          429 `insufficient_quota`: a budget is spent (not retried)  budget
         ├── RateLimited             429 over a rate limit, with `retry-after`               ratelimit
         ├── FixtureMiss             `[fixtures] miss_status` (404): no recording, replay mode  fixtures
+        ├── StateUnavailable        503 the shared state (Redis) cannot be reached: fail closed  budget, ratelimit
         └── UpstreamError           502 the upstream could not be reached or broke the connection
             └── UpstreamTimeout     504 the upstream did not answer in time
 
@@ -102,6 +103,16 @@ class FixtureMiss(GatewayError):
     type, code = INVALID_REQUEST, "fixture_not_found"
 
 
+class StateUnavailable(GatewayError):
+    """503: the shared state cannot be reached, so a budget or limit cannot be enforced (fail closed)."""
+
+    status, code = 503, "state_unavailable"
+
+    def __init__(self, message: str = "The gateway cannot reach its shared budget and rate-limit state "
+                 "(Redis), so it cannot enforce this request's limits. Please try again shortly.") -> None:
+        super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})
+
+
 class UpstreamError(GatewayError):
     status, type, code = 502, SERVER_ERROR, "upstream_error"
 
@@ -112,4 +123,4 @@ class UpstreamTimeout(UpstreamError):
 
 __all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "GatewayError",
            "InvalidRequest", "NotFound", "OverrideRefused", "PayloadTooLarge", "RateLimited", "RequestTimeout",
-           "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]
+           "StateUnavailable", "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]

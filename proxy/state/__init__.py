@@ -19,22 +19,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..errors import GatewayError
+from ..errors import StateUnavailable
 from ..exchange import Slot
 
 if TYPE_CHECKING:
     from ..config import Config
     from .redis import RedisState, Reserve, Reserved
-
-
-class StateUnavailable(GatewayError):
-    """503: the shared state cannot be reached, so a budget or limit cannot be enforced (fail closed)."""
-
-    status, code = 503, "state_unavailable"
-
-    def __init__(self, message: str = "The gateway cannot reach its shared budget and rate-limit state "
-                 "(Redis), so it cannot enforce this request's limits. Please try again shortly.") -> None:
-        super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})
 
 
 class Health(Protocol):
