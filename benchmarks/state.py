@@ -3,7 +3,8 @@
 Starts the canned upstream of `benchmarks/gateway.py` (near-zero, constant upstream time), a real
 redis-server on a free loopback port, and two gateways in their own processes with the same budget
 and limits (`[limits] budget_usd`, `rpm`, `tpm`), one with `[state] url` and one without. Each request
-then costs Redis one round trip to reserve, one to admit, one to settle and one to release. Rounds
+then costs Redis two script calls: one to reserve and admit, one to settle (no `concurrent` limit, so
+no slot to release); concurrent requests' calls share pipelines. Rounds
 alternate between the two so machine noise hits both alike; the median round is reported.
 
     python benchmarks/state.py [--requests 2000] [--rounds 3]
@@ -86,6 +87,7 @@ def main() -> None:
             proc.wait(10)
         redis.stop()
     local, shared = (statistics.median(results[n]) for n in ("in-process", "redis"))
+    n = args.requests * args.rounds
     print(f"c32 throughput, {args.requests} requests x {args.rounds} rounds (median; all rounds in brackets)")
     for name, rounds in results.items():
         print(f"  {name:12}{statistics.median(rounds):8.0f} req/s   [{', '.join(f'{r:.0f}' for r in rounds)}]"
@@ -93,7 +95,8 @@ def main() -> None:
     print(f"  redis-server CPU {cpu['redis-server']:.3f} ms/request")
     evalsha = calls.get("cmdstat_evalsha", {})
     print(f"redis state costs {100 * (1 - shared / local):.1f}% of in-process throughput (target: <= 15%); "
-          f"redis EVALSHA calls: {evalsha.get('calls', 0)}, {evalsha.get('usec_per_call', 0):.1f} us each")
+          f"redis EVALSHA calls: {evalsha.get('calls', 0)} ({evalsha.get('calls', 0) / (200 + n):.2f} per request), "
+          f"{evalsha.get('usec_per_call', 0):.1f} us each")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,16 @@ class FixtureMiss(GatewayError):
     type, code = INVALID_REQUEST, "fixture_not_found"
 
 
+class StateUnavailable(GatewayError):
+    """503: the shared state cannot be reached, so a budget or limit cannot be enforced (fail closed)."""
+
+    status, code = 503, "state_unavailable"
+
+    def __init__(self, message: str = "The gateway cannot reach its shared budget and rate-limit state "
+                 "(Redis), so it cannot enforce this request's limits. Please try again shortly.") -> None:
+        super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})
+
+
 class UpstreamError(GatewayError):
     status, type, code = 502, SERVER_ERROR, "upstream_error"
 
@@ -114,20 +124,11 @@ class UpstreamTimeout(UpstreamError):
 
 __all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "GatewayError",
            "InvalidRequest", "NotFound", "OverrideRefused", "PayloadTooLarge", "RateLimited", "RequestTimeout",
-           "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout"]
+           "StateUnavailable", "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout", "Forbidden",
+           "ModelNotFound"]
 
 
 class Forbidden(GatewayError):
     """A dashboard or spend-API view of another key's rows, asked for by a key that is not an admin."""
 
     status, type, code = 403, INVALID_REQUEST, "forbidden"
-
-
-class StateUnavailable(GatewayError):
-    """503: the shared state cannot be reached, so a budget or limit cannot be enforced (fail closed)."""
-
-    status, code = 503, "state_unavailable"
-
-    def __init__(self, message: str = "The gateway cannot reach its shared budget and rate-limit state "
-                 "(Redis), so it cannot enforce this request's limits. Please try again shortly.") -> None:
-        super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})

@@ -13,7 +13,8 @@ One `/v1` request becomes one `Exchange` (see `proxy.exchange`) that goes throug
                       is served at once and skips the rest (`[cache] enabled`)
       Estimator       worst-case tokens and cost (`ex.estimate`); a prompt over  stages/estimate.py
                       the model's context window gets 400 here
-      Budget          reserve the worst case against budgets (429)               stages/budget.py
+      Budget          reserve the worst case against budgets (429); shared: sent stages/budget.py
+                      with RateLimit's admission, one round trip
       BatchBudgets    reserve a batch's worst case                               stages/batches.py
       RateLimit       RPM/TPM/concurrency, queue or reject (429)                 stages/ratelimit.py
       Fixtures        replay a recorded answer (`ex.replay`) or miss             stages/fixtures.py
@@ -79,7 +80,9 @@ log = logging.getLogger("oaigate")
 def default_pipeline(r: Resources) -> Pipeline:
     """The gateway's stages, in order, over the app-wide resources `r` (see `proxy.resources`)."""
     config, limits, up = r.config, r.config.limits, r.config.upstream
-    budget, ratelimit = Budget(r.book, r.prices, pending=r.pending, models=r.models), RateLimit(r.limiter)
+    # the budget's shared reservation goes out with the rate limit's admission (one round trip)
+    budget = Budget(r.book, r.prices, pending=r.pending, models=r.models, along=True)
+    ratelimit = RateLimit(r.limiter)
     metrics = Metrics(r.book.status if r.book.rules else None)
     r.fixtures.register(metrics.registry)
     needs_estimate = bool(r.book.rules) or any(rule.tpm for rule in r.limiter.rules)

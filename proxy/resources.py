@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 from aiohttp import web
 
-from .cache_store import SQLiteCacheStore
+from .cache_store import CacheStore, SQLiteCacheStore
 from .clock import Clock
 from .config import Config
 from .db.ledger import open_writer
@@ -205,9 +205,17 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
 
 
 async def _cache(config: Config, clock: Clock) -> Cache:
-    """The response cache's stage, its SQLite store opened (off the event loop)."""
-    store = SQLiteCacheStore(config.cache.path or default_cache_path(config.ledger.path), config.cache.max_bytes)
-    await asyncio.to_thread(store.open)
+    """The response cache's stage, over Redis with `[state] url` (shared by every gateway using it), else
+    its SQLite store, opened (off the event loop)."""
+    store: CacheStore
+    if config.state.url is not None:
+        from .state.cache import RedisCacheStore
+
+        store = RedisCacheStore.from_config(config)
+    else:
+        sqlite = SQLiteCacheStore(config.cache.path or default_cache_path(config.ledger.path), config.cache.max_bytes)
+        await asyncio.to_thread(sqlite.open)
+        store = sqlite
     return Cache(config.cache, store, clock, match_policy(config.fixtures).ignored)
 
 

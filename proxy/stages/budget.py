@@ -8,7 +8,9 @@ open. Spend of the current period is rebuilt from the ledger at start.
 
 With `[state] url` the accounts live in Redis (`proxy.state`), shared by every gateway process: `admit`
 and `asettle` are then one atomic round trip each, and this book's own accounts mirror what Redis last
-said (and enforce alone while Redis is away, with `on_unavailable = "local"`).
+said (and enforce alone while Redis is away, with `on_unavailable = "local"`). In the pipeline the
+stage's reservation is a `Claim` that the rate-limit stage sends with its own admission, in one script
+(`proxy.state.ALONG`): a request with both a budget and a rate limit is admitted in one round trip.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from ..config import Config
 from ..db.ledger import read_rows
 from ..errors import BudgetExceeded, InvalidRequest
 from ..exchange import Exchange, Slot
-from ..state import StateUnavailable
+from ..state import ALONG, StateUnavailable
 from ..wire.pricing import PriceTable
 from ..wire.usage import Usage
 from . import Stage
@@ -33,7 +35,7 @@ from .meter import METERED_PATHS, METERED_PREFIXES
 from .scopes import Selector
 
 if TYPE_CHECKING:
-    from ..state.redis import RedisState, Totals
+    from ..state.redis import RedisState, Reserve, Reserved, Totals
 
 log = logging.getLogger("oaigate.budget")
 MICROS = 1_000_000
@@ -93,6 +95,55 @@ class Account:
 class Reservation:
     holds: list[tuple[Account, int, int]] = field(default_factory=list)
     shared_id: str | None = None  # the reservation's id in the shared state, when it was made there
+
+
+@dataclass(eq=False)
+class Claim:
+    """A reservation prepared for the shared state (`BudgetBook.claim`), not sent yet: `send` sends it
+    alone; the rate-limit stage sends it with its admission (`proxy.state.Along`). `reservation` holds
+    the amounts once Redis has reserved them (or this book alone, Redis away, `on_unavailable = "local"`)."""
+
+    book: BudgetBook
+    shared: RedisState
+    principal: str | None
+    model: str | None
+    micros: int | None
+    tokens: int
+    accounts: list[Account]
+    call: Reserve
+    reservation: Reservation = field(default_factory=Reservation)
+    sent: bool = False
+
+    async def send(self) -> None:
+        if self.sent:
+            return
+        try:
+            answer = await self.shared.reserve(self.call)
+        except StateUnavailable:
+            self.unavailable()
+            return
+        self.resolve(answer)
+
+    def resolve(self, answer: Reserved) -> None:
+        self.sent = True
+        denied, totals, rid = answer
+        for account, counted in zip(self.accounts, totals, strict=True):
+            _mirror(account, counted)
+        micros = self.micros or 0
+        if denied:
+            account = self.accounts[denied - 1]
+            if account.rule.limit_micros is not None and (
+                    account.spent_micros + account.reserved_micros + micros > account.rule.limit_micros):
+                raise self.book._exceeded(account, usd(micros))
+            raise self.book._exceeded(account, f"{self.tokens} tokens")
+        self.reservation.holds[:] = [(a, micros, self.tokens) for a in self.accounts]
+        self.reservation.shared_id = rid
+
+    def unavailable(self) -> None:
+        self.sent = True
+        if not self.shared.local:
+            raise StateUnavailable()
+        self.reservation.holds[:] = self.book.reserve(self.principal, self.model, self.micros, self.tokens).holds
 
 
 def usd(micros: int) -> str:
@@ -187,37 +238,33 @@ class BudgetBook:
                     f"enforced. Add a [prices.\"{model}\"] table to the gateway's config.toml.",
                     param="model", code="unknown_model_price")
 
+    def claim(self, principal: str | None, model: str | None, micros: int | None, tokens: int,
+              ttl_s: float | None = None) -> Claim | None:
+        """`admit`'s reservation in the shared state, prepared but not sent (`Claim.send`, or along with a
+        rate-limit admission). None when there is nothing to reserve there (no shared state, or no budget
+        applies): `reserve` then. An unpriced model on a budget raises at once, as `reserve` does."""
+        if self.shared is None or not self.rules:
+            return None
+        accounts = self.accounts(principal, model)
+        if not accounts:
+            return None
+        self._priced(accounts, model, micros)
+        now = self.clock.wall()
+        limits = [(-1 if a.rule.limit_micros is None else a.rule.limit_micros,
+                   -1 if a.rule.limit_tokens is None else a.rule.limit_tokens, _keep(a, now)) for a in accounts]
+        call = self.shared.prepare_reserve([_name(a) for a in accounts], limits, micros or 0, tokens, now, ttl_s)
+        return Claim(self, self.shared, principal, model, micros, tokens, accounts, call)
+
     async def admit(self, principal: str | None, model: str | None, micros: int | None, tokens: int,
                     ttl_s: float | None = None) -> Reservation:
         """`reserve`, in the shared state when there is one (one atomic round trip; a reservation of a
         process that dies expires after `ttl_s`, by default `[state] reservation_ttl_s`). Redis away:
         `StateUnavailable` (503), or this book alone with `on_unavailable = "local"`."""
-        shared = self.shared
-        if shared is None or not self.rules:
+        claim = self.claim(principal, model, micros, tokens, ttl_s)
+        if claim is None:
             return self.reserve(principal, model, micros, tokens)
-        accounts = self.accounts(principal, model)
-        if not accounts:
-            return Reservation()
-        self._priced(accounts, model, micros)
-        now = self.clock.wall()
-        limits = [(-1 if a.rule.limit_micros is None else a.rule.limit_micros,
-                   -1 if a.rule.limit_tokens is None else a.rule.limit_tokens, _keep(a, now)) for a in accounts]
-        try:
-            denied, totals, rid = await shared.reserve([_name(a) for a in accounts], limits, micros or 0, tokens,
-                                                       now, ttl_s)
-        except StateUnavailable:
-            if shared.local:
-                return self.reserve(principal, model, micros, tokens)
-            raise
-        for account, counted in zip(accounts, totals, strict=True):
-            _mirror(account, counted)
-        if denied:
-            account = accounts[denied - 1]
-            if account.rule.limit_micros is not None and (
-                    account.spent_micros + account.reserved_micros + (micros or 0) > account.rule.limit_micros):
-                raise self._exceeded(account, usd(micros or 0))
-            raise self._exceeded(account, f"{tokens} tokens")
-        return Reservation([(a, micros or 0, tokens) for a in accounts], rid)
+        await claim.send()
+        return claim.reservation
 
     async def asettle(self, reservation: Reservation, micros: int, tokens: int) -> None:
         """`settle`, in the shared state when there is one: a reservation made there is replaced by the
@@ -388,8 +435,11 @@ def _mirror(account: Account, totals: Totals) -> None:
 class Budget(Stage):
     """Reserves before forwarding, settles after."""
 
-    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None, models: Any = None) -> None:
+    def __init__(self, book: BudgetBook, prices: PriceTable, pending: Any = None, models: Any = None,
+                 along: bool = False) -> None:
         self.book, self.prices = book, prices
+        # a `RateLimit` stage follows and sends a shared reservation with its admission (one round trip)
+        self.along = along
         self.pending = pending  # `pending.PendingResponses`: holds a background response's reservation
         self.models = models  # `models.UpstreamModels`: tells an unpriced model from one never served
 
@@ -408,7 +458,12 @@ class Budget(Stage):
         worst = Usage(ex.estimate.prompt, ex.estimate.completion)
         micros = self.prices.cost_micros(ex.model, worst)
         try:
-            ex.state.set(_HELD, await self.book.admit(ex.principal, ex.model, micros, worst.total))
+            claim = self.book.claim(ex.principal, ex.model, micros, worst.total) if self.along else None
+            if claim is not None:  # reserved in the shared state by the rate-limit stage's admission
+                ex.state.set(_HELD, claim.reservation)
+                ex.state.set(ALONG, claim)
+            else:
+                ex.state.set(_HELD, await self.book.admit(ex.principal, ex.model, micros, worst.total))
         except InvalidRequest as exc:
             if exc.code == "unknown_model_price" and ex.model and ex.target is not None and self.models:
                 from .models import model_not_found

@@ -11,7 +11,9 @@ admission back until the upstream's window resets, so a burst produces few upstr
 With `[state] url` the buckets, the requests in flight and the governor's holds live in Redis
 (`proxy.state`), shared by every gateway process: one atomic round trip admits a request against
 every scope; the local buckets then mirror what Redis said (for the headers, and for enforcement by
-this process alone while Redis is away, with `on_unavailable = "local"`). A permit with a concurrency
+this process alone while Redis is away, with `on_unavailable = "local"`). The budget stage's shared
+reservation (`proxy.state.ALONG`) goes out in the same script as the first try, so a request with both
+is admitted in one round trip; a refused budget takes no slot. A permit with a concurrency
 slot is released in one more round trip; the token corrections of the others ride along with this
 process's next admission (until then the shared bucket is stricter, never looser).
 """
@@ -30,7 +32,7 @@ from ..clock import Clock
 from ..config import Config
 from ..errors import RateLimited
 from ..exchange import Exchange, Slot
-from ..state import StateUnavailable
+from ..state import ALONG, Along, StateUnavailable
 from . import Stage
 from .retry import MAX_HINT_S, hinted_wait, parse_duration
 from .scopes import Selector
@@ -314,17 +316,21 @@ class RateLimiter:
 
     async def acquire(self, principal: str | None, model: str | None, tokens: int,
                       governor: UpstreamGovernor | None = None, *, key: object = None,
-                      max_wait_s: float | None = None) -> Permit:
+                      max_wait_s: float | None = None, along: Along | None = None) -> Permit:
         """Wait (or refuse) until the request fits every scope and the upstream's governor (this
         limiter's own unless one is given; `key` is what the governor keeps evidence per, by default
         the model), then take from all of them. `max_wait_s` shortens the line's `max_wait_s` (the
-        request's own deadline)."""
+        request's own deadline). `along`: a budget reservation decided first, with the first shared
+        try when there is one (one round trip), else alone."""
         if governor is None:
             governor = self.governor
         if key is None:
             key = model
         scopes = self.scopes(principal, model)
         now = self.clock.monotonic()
+        shared_now = self.shared is not None and scopes and not any(s.line.locked() for s in scopes)
+        if along is not None and not shared_now:
+            await along.send()
         if not scopes and governor is not None and governor.wait(now, key) == 0.0:
             governor.admitted(now, key)  # the common case, nothing to wait for: no lines, no loop
             return Permit([], tokens, governor, key)
@@ -332,14 +338,18 @@ class RateLimiter:
         if max_wait_s is not None:
             longest_wait = max(min(longest_wait, max_wait_s), 0.0)
         deadline = now + longest_wait
-        if self.shared is not None and scopes and not any(s.line.locked() for s in scopes):
+        if shared_now:
+            assert self.shared is not None
             try:  # no one of this process waiting: try at once, concurrently (Redis decides atomically)
-                return await self._acquire_shared(self.shared, scopes, tokens, governor, key, deadline, once=True)
+                return await self._acquire_shared(self.shared, scopes, tokens, governor, key, deadline, once=True,
+                                                  along=along)
             except StateUnavailable:
                 if not self.shared.local:
                     raise
             except _TryAgain:
                 pass
+        if along is not None:
+            await along.send()  # (unless it went with the first try)
         held: list[Scope] = []
         try:
             for scope in scopes:  # a fixed order: no two requests wait on each other's lines
@@ -385,9 +395,10 @@ class RateLimiter:
 
     async def _acquire_shared(self, shared: RedisState, scopes: list[Scope], tokens: int,
                               governor: UpstreamGovernor | None, key: object, deadline: float,
-                              once: bool = False) -> Permit:
+                              once: bool = False, along: Along | None = None) -> Permit:
         """`acquire`'s loop with the buckets and slots in the shared state: one round trip per try.
-        `once`: a first try outside the lines; `_TryAgain` when it must wait (then in line)."""
+        `once`: a first try outside the lines; `_TryAgain` when it must wait (then in line). `along`:
+        a budget reservation, sent with the first try (decided first: its refusal raises) or alone."""
         refs = [(_shared_name(s), s.rule.rpm or 0, s.rule.tpm or 0, s.rule.concurrent or 0) for s in scopes]
         hold = governor.hold_key(key) if governor is not None and governor.shared is not None else None
         while True:
@@ -400,7 +411,18 @@ class RateLimiter:
             waits: list[float | None]
             if held_back == 0.0:
                 back = [self._give_back.pop(name, 0.0) for name, *_ in refs]
-                pid, hold_s, per = await shared.admit(refs, tokens, self.clock.wall(), hold, back)
+                if along is not None and not along.sent:
+                    try:
+                        reserved, admitted = await shared.reserve_and_admit(
+                            along.call, refs, tokens, self.clock.wall(), hold, back)
+                    except StateUnavailable:
+                        along.unavailable()  # the budget's say first: 503, or reserved locally
+                        raise
+                    along.resolve(reserved)  # a refused budget raises here (nothing was admitted)
+                    assert admitted is not None
+                    pid, hold_s, per = admitted
+                else:
+                    pid, hold_s, per = await shared.admit(refs, tokens, self.clock.wall(), hold, back)
                 now = self.clock.monotonic()
                 for scope, (_, requests, tokens_left) in zip(scopes, per, strict=True):
                     for bucket, level in ((scope.requests, requests), (scope.tokens, tokens_left)):
@@ -414,6 +436,8 @@ class RateLimiter:
                     return Permit(scopes, tokens, governor, key, shared_id=pid, taken=tokens)
                 waits = [*(w for w, _, _ in per), hold_s if hold_s > 0 else 0.0]
             else:
+                if along is not None:
+                    await along.send()
                 waits = [*(0.0 for _ in scopes), held_back]
             known = [w for w in waits if w is not None]
             longest = max(known, default=0.0)
@@ -563,14 +587,18 @@ class RateLimit(Stage):
 
     async def request(self, ex: Exchange) -> None:
         tokens = ex.estimate.total if ex.estimate is not None else 0
+        along = ex.state.pop(ALONG)  # the budget stage's shared reservation, sent with the admission
         if self.limiter.rules or self.limiter.governor is not None:
             # the routed upstream's (`resources` gives every target an UpstreamGovernor or None)
             governor = cast("UpstreamGovernor | None", ex.target.governor if ex.target is not None else None)
             paced_by = governor or self.limiter.governor
             key = paced_by.key(ex) if paced_by is not None else None
             left = ex.deadline - time.monotonic()  # queueing counts against the request's deadline
-            permit = await self.limiter.acquire(ex.principal, ex.model, tokens, governor, key=key, max_wait_s=left)
+            permit = await self.limiter.acquire(ex.principal, ex.model, tokens, governor, key=key, max_wait_s=left,
+                                                along=along)
             ex.state.set(_PERMIT, permit)
+        elif along is not None:
+            await along.send()
         if self.limiter.rules:
             ex.response_headers.update(self.limiter.headers(ex.principal, ex.model))
 

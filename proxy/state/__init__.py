@@ -20,16 +20,39 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import StateUnavailable
+from ..exchange import Slot
 
 if TYPE_CHECKING:
     from ..config import Config
-    from .redis import RedisState
+    from .redis import RedisState, Reserve, Reserved
 
 
 class Health(Protocol):
     """What `/healthz` shows of a state backend."""
 
     def health(self) -> dict[str, object]: ...
+
+
+class Along(Protocol):
+    """A request's budget reservation, prepared for the shared state but not sent: the rate limit's
+    admission takes it along in the same script (`RedisState.reserve_and_admit`), one round trip for
+    both, and hands the answer back (`resolve`, or `unavailable`); with no shared admission to ride
+    with, `send` sends it alone. The reservation is always decided before the admission is tried."""
+
+    call: Reserve
+    sent: bool
+
+    def resolve(self, answer: Reserved) -> None:
+        """Take Redis's answer (raises `BudgetExceeded` when a budget refused)."""
+
+    def unavailable(self) -> None:
+        """Redis is away: reserve in this process alone (`on_unavailable = "local"`), else raise 503."""
+
+    async def send(self) -> None:
+        """Send it alone, unless it went already."""
+
+
+ALONG = Slot[Along]("state.along")  # set by the budget stage, taken by the rate-limit stage
 
 
 def check_config(config: Config, config_file: str) -> None:
@@ -52,4 +75,4 @@ def open_state(config: Config) -> RedisState | None:
     return RedisState.from_config(config)
 
 
-__all__ = ["Health", "StateUnavailable", "check_config", "open_state"]
+__all__ = ["ALONG", "Along", "Health", "StateUnavailable", "check_config", "open_state"]

@@ -1,7 +1,9 @@
 """Shared state on Redis (`redis.asyncio`, one pooled client per process).
 
-Every hot-path step is one Lua script, one round trip: reserving in every budget that applies, settling
-a request, admitting against every rate-limit scope, releasing a permit (see `scripts`). Script calls
+Every hot-path step is one Lua script, one round trip: reserving in every budget that applies and
+admitting against every rate-limit scope (one script for both when a request has both: a `Reserve`
+prepared by the budget rides along with the rate limit's admission), settling a request, releasing a
+permit (see `scripts`). Script calls
 made in the same turn of the event loop (concurrent requests) go out together in one pipeline, so a
 busy gateway pays for one write and one read per batch, not per call. Each call has
 a short deadline (`[state] timeout_s`); the first that fails marks the state unavailable and starts a
@@ -19,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +40,23 @@ MAX_BACKLOG = 100_000  # settles kept while Redis is away
 MAX_BATCH = 256  # script calls per pipeline
 
 Totals = tuple[int, int, int, int]  # spent micros, spent tokens, reserved micros, reserved tokens
+Reserved = tuple[int, list[Totals], str]  # refusing account (1-based, 0: reserved), totals, reservation id
+Admitted = tuple[str | None, float, list[tuple[float | None, float, float]]]  # see `RedisState.admit`
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """A reservation's script call, prepared (`RedisState.prepare_reserve`): sent alone (`reserve`) or
+    with the request's rate-limit admission, in one script (`reserve_and_admit`)."""
+
+    keys: list[str]
+    args: list[Any]
+    rid: str
+    accounts: int
+
+    def parse(self, out: Sequence[Any]) -> Reserved:
+        totals = [tuple(int(v) for v in out[1 + 4 * i:5 + 4 * i]) for i in range(self.accounts)]
+        return int(out[0]), totals, self.rid  # type: ignore[return-value]
 
 
 def safe_url(url: str) -> str:
@@ -60,6 +80,7 @@ class RedisState:
         self.available = True
         self.latency_ms: float | None = None
         self.outages = 0
+        self.round_trips = 0  # pipelines sent (each one write and one read, however many calls it holds)
         self.backlog: list[tuple[list[str], list[Any]]] = []
         self.on_recover: list[Callable[[], Awaitable[None]]] = []  # e.g. the budget book re-seeding
         self._probe: asyncio.Task[None] | None = None
@@ -67,6 +88,7 @@ class RedisState:
         self._settle = client.register_script(scripts.SETTLE)
         self._seed = client.register_script(scripts.SEED)
         self._admit = client.register_script(scripts.ADMIT)
+        self._reserve_admit = client.register_script(scripts.RESERVE_ADMIT)
         self._release = client.register_script(scripts.RELEASE)
         self._hold = client.register_script(scripts.HOLD)
         self._background: set[asyncio.Task[Any]] = set()
@@ -124,10 +146,11 @@ class RedisState:
         return {"backend": "redis", "url": self.url, "available": self.available, "mode": mode,
                 "degraded_to_local": not self.available and self.local, "outages": self.outages,
                 "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
-                "backlog": len(self.backlog)}
+                "backlog": len(self.backlog), "round_trips": self.round_trips}
 
     async def _call(self, fn: Callable[..., Awaitable[Any]], *args: Any, **kwargs: Any) -> Any:
-        if not self.available and not (self._recovering and asyncio.current_task() is self._probe):
+        """`fn(...)` with a deadline; its failure marks Redis unavailable (`StateUnavailable`)."""
+        if not self._may_call():
             raise StateUnavailable()
         try:
             async with asyncio.timeout(self.timeout_s * 2):  # the socket timeouts should fire first
@@ -135,6 +158,19 @@ class RedisState:
         except (RedisError, OSError, TimeoutError) as exc:
             self._down(exc)
             raise StateUnavailable() from None
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """`script` in the next pipeline, as `_call` (the deadline is the pipeline's: one timer per batch)."""
+        if not self._may_call():
+            raise StateUnavailable()
+        try:
+            return await self._eval(script, keys, args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._down(exc)
+            raise StateUnavailable() from None
+
+    def _may_call(self) -> bool:
+        return self.available or (self._recovering and asyncio.current_task() is self._probe)
 
     def _down(self, exc: BaseException) -> None:
         if not self.available:
@@ -197,22 +233,24 @@ class RedisState:
     async def _send(self, batch: list[tuple[AsyncScript, Sequence[str], Sequence[Any], asyncio.Future[Any]]]
                     ) -> None:
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for script, keys, args, _ in batch:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-            for (script, keys, args, future), result in zip(batch, results, strict=True):
-                if isinstance(result, NoScriptError):  # a Redis that restarted: load it, run it again
-                    try:
-                        result = await script(keys=keys, args=args)
-                    except Exception as exc:  # noqa: BLE001 (handed to the caller)
-                        result = exc
-                if future.done():
-                    continue
-                if isinstance(result, Exception):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            async with asyncio.timeout(self.timeout_s * 2):  # the socket timeouts should fire first
+                pipe = self.client.pipeline(transaction=False)
+                for script, keys, args, _ in batch:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
+                self.round_trips += 1
+                results = await pipe.execute(raise_on_error=False)
+                for (script, keys, args, future), result in zip(batch, results, strict=True):
+                    if isinstance(result, NoScriptError):  # a Redis that restarted: load it, run it again
+                        try:
+                            result = await script(keys=keys, args=args)
+                        except Exception as exc:  # noqa: BLE001 (handed to the caller)
+                            result = exc
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
         except Exception as exc:  # noqa: BLE001 (handed to every caller in the batch)
             for *_, future in batch:
                 if not future.done():
@@ -230,19 +268,22 @@ class RedisState:
         base = f"{self.prefix}budget:{name}"
         return [base, base + ":r", base + ":h"]
 
-    async def reserve(self, names: Sequence[str], limits: Sequence[tuple[int, int, int]], micros: int, tokens: int,
-                      now: float, ttl_s: float | None = None) -> tuple[int, list[Totals], str]:
-        """Hold `micros`/`tokens` in every account (`limits`: limit micros, limit tokens, -1 for none, and
-        how long the account's keys live, in seconds, 0: forever) unless one cannot pay. Returns (the 1-based index of
-        the account that refused, 0 when reserved; each account's totals; the reservation's id)."""
+    def prepare_reserve(self, names: Sequence[str], limits: Sequence[tuple[int, int, int]], micros: int,
+                        tokens: int, now: float, ttl_s: float | None = None) -> Reserve:
+        """The call holding `micros`/`tokens` in every account (`limits`: limit micros, limit tokens, -1 for
+        none, and how long the account's keys live, in seconds, 0: forever) unless one cannot pay; a
+        reservation not settled expires after `ttl_s` (default `[state] reservation_ttl_s`)."""
         rid = os.urandom(8).hex()
         keys = [k for name in names for k in self._account_keys(name)]
         args: list[Any] = [repr(now), repr(now + (ttl_s or self.reservation_ttl_s)), rid, micros, tokens]
         for limit in limits:
             args.extend(limit)
-        out = await self._call(self._eval, self._reserve, keys=keys, args=args)
-        totals = [tuple(int(v) for v in out[1 + 4 * i:5 + 4 * i]) for i in range(len(names))]
-        return int(out[0]), totals, rid  # type: ignore[return-value]
+        return Reserve(keys, args, rid, len(names))
+
+    async def reserve(self, call: Reserve) -> Reserved:
+        """Send a prepared reservation. Returns (the 1-based index of the account that refused, 0 when
+        reserved; each account's totals; the reservation's id)."""
+        return call.parse(await self._run(self._reserve, keys=call.keys, args=call.args))
 
     async def settle(self, rid: str, held: Sequence[str], live: Sequence[tuple[str, int]], micros: int,
                      tokens: int) -> list[Totals] | None:
@@ -254,7 +295,7 @@ class RedisState:
             keys += [*self._account_keys(name), self._account_keys(now_name)[0]]
         args: list[Any] = [rid, micros, tokens, *(keep for _, keep in live)]
         try:
-            out = await self._call(self._eval, self._settle, keys=keys, args=args)
+            out = await self._run(self._settle, keys=keys, args=args)
         except StateUnavailable:
             if len(self.backlog) < MAX_BACKLOG:
                 self.backlog.append((keys, args))
@@ -271,7 +312,7 @@ class RedisState:
         for keys, args in self.backlog:
             if key in keys[3::4]:
                 micros, tokens = micros - int(args[1]), tokens - int(args[2])
-        out = await self._call(self._eval, self._seed, keys=[key], args=[max(micros, 0), max(tokens, 0), keep])
+        out = await self._run(self._seed, keys=[key], args=[max(micros, 0), max(tokens, 0), keep])
         return tuple(int(v) for v in out)  # type: ignore[return-value]
 
     # --- rate limits -----------------------------------------------------------------------------
@@ -280,39 +321,57 @@ class RedisState:
         base = f"{self.prefix}rate:{name}"
         return [base, base + ":c"]
 
-    async def admit(self, scopes: Sequence[tuple[str, int, int, int]], tokens: int, now: float,
-                    hold: str | None, give_back: Sequence[float] = ()
-                    ) -> tuple[str | None, float, list[tuple[float | None, float, float]]]:
-        """Take one request and `tokens` from every scope (name, rpm, tpm, concurrent; 0: none) if all
-        have room (after adding `give_back`, per scope: earlier requests' corrections) and the governor's
-        hold (`hold`, its key) has passed. Returns (the permit's id, None when not admitted; the hold's
-        seconds left; per scope (wait in seconds, None: only a finishing request makes room; requests
-        level; tokens level))."""
+    def _admission(self, scopes: Sequence[tuple[str, int, int, int]], tokens: int, now: float,
+                   hold: str | None, give_back: Sequence[float]) -> tuple[list[str], list[Any], str]:
         pid = os.urandom(8).hex()
         keys = [k for name, *_ in scopes for k in self._scope_keys(name)]
         keys.append(f"{self.prefix}hold:{hold}" if hold is not None else f"{self.prefix}hold:-")
         args: list[Any] = [repr(now), repr(now + self.reservation_ttl_s), pid, tokens]
         for i, (_, rpm, tpm, concurrent) in enumerate(scopes):
             args += [rpm, tpm, concurrent, repr(give_back[i]) if give_back else 0]
-        out = await self._call(self._eval, self._admit, keys=keys, args=args)
+        return keys, args, pid
+
+    @staticmethod
+    def _admitted(out: Sequence[Any], pid: str, scopes: int) -> Admitted:
         per = []
-        for i in range(len(scopes)):
+        for i in range(scopes):
             wait = float(out[2 + 3 * i])
             per.append((None if wait < 0 else wait, float(out[3 + 3 * i]), float(out[4 + 3 * i])))
         return (pid if out[0] == "1" else None), float(out[1]), per
+
+    async def admit(self, scopes: Sequence[tuple[str, int, int, int]], tokens: int, now: float,
+                    hold: str | None, give_back: Sequence[float] = ()) -> Admitted:
+        """Take one request and `tokens` from every scope (name, rpm, tpm, concurrent; 0: none) if all
+        have room (after adding `give_back`, per scope: earlier requests' corrections) and the governor's
+        hold (`hold`, its key) has passed. Returns (the permit's id, None when not admitted; the hold's
+        seconds left; per scope (wait in seconds, None: only a finishing request makes room; requests
+        level; tokens level))."""
+        keys, args, pid = self._admission(scopes, tokens, now, hold, give_back)
+        return self._admitted(await self._run(self._admit, keys=keys, args=args), pid, len(scopes))
+
+    async def reserve_and_admit(self, call: Reserve, scopes: Sequence[tuple[str, int, int, int]], tokens: int,
+                                now: float, hold: str | None, give_back: Sequence[float] = ()
+                                ) -> tuple[Reserved, Admitted | None]:
+        """`reserve(call)` then, only if it reserved, `admit(...)`: one script, one round trip. The
+        admission's answer is None when the reservation was refused (then nothing was admitted)."""
+        keys, args, pid = self._admission(scopes, tokens, now, hold, give_back)
+        out = await self._run(self._reserve_admit, keys=[*call.keys, *keys],
+                               args=[len(call.keys), len(call.args), *call.args, *args])
+        reserved = call.parse(out[0])
+        return reserved, (self._admitted(out[1], pid, len(scopes)) if not reserved[0] else None)
 
     async def release(self, pid: str, scopes: Sequence[tuple[str, int]], give_back: int) -> None:
         """Free permit `pid` in every scope (name, tpm) and give back tokens taken in excess (negative:
         take more). A release that fails is dropped: the slot frees itself when the permit expires."""
         keys = [k for name, _ in scopes for k in self._scope_keys(name)]
         with contextlib.suppress(StateUnavailable):
-            await self._call(self._eval, self._release, keys=keys, args=[pid, give_back, *(tpm for _, tpm in scopes)])
+            await self._run(self._release, keys=keys, args=[pid, give_back, *(tpm for _, tpm in scopes)])
 
     def hold(self, key: str, until: float, seconds: float) -> None:
         """Share a governor's hold (an upstream window at zero) with every process, in the background."""
         async def go() -> None:
             with contextlib.suppress(StateUnavailable):
-                await self._call(self._eval, self._hold, keys=[f"{self.prefix}hold:{key}"],
+                await self._run(self._hold, keys=[f"{self.prefix}hold:{key}"],
                                  args=[repr(until), repr(seconds)])
 
         if self.available:

@@ -179,3 +179,24 @@ if till > tonumber(redis.call('GET', KEYS[1]) or '0') then
 end
 return 1
 """
+
+
+def _function(name: str, body: str) -> str:
+    """A script's body as a Lua function of its own KEYS and ARGV (so two scripts run as one)."""
+    return f"local function {name}(KEYS, ARGV)\n{body}\nend\n"
+
+
+# A request's budget reservation and its rate-limit admission in one atomic round trip. KEYS: RESERVE's,
+# then ADMIT's. ARGV: how many of the keys and arguments are RESERVE's, then RESERVE's arguments, then
+# ADMIT's. The reservation comes first, as when the two are sent one after the other: the admission is
+# only tried when it was made (a refused budget takes no rate-limit slot; a refused admission leaves the
+# reservation to be settled to nothing, as before). Returns {RESERVE's answer, ADMIT's ({} when not tried)}.
+RESERVE_ADMIT = _function("reserve", RESERVE) + _function("admit", ADMIT) + """
+local nk, na = tonumber(ARGV[1]), tonumber(ARGV[2])
+local rk, rv, ak, av = {}, {}, {}, {}
+for i = 1, #KEYS do if i <= nk then rk[i] = KEYS[i] else ak[i - nk] = KEYS[i] end end
+for i = 3, #ARGV do if i <= na + 2 then rv[i - 2] = ARGV[i] else av[i - 2 - na] = ARGV[i] end end
+local reserved = reserve(rk, rv)
+if reserved[1] ~= 0 then return {reserved, {}} end
+return {reserved, admit(ak, av)}
+"""
