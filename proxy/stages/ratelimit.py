@@ -232,9 +232,12 @@ class UpstreamGovernor:
         self.in_flight += 1
         state = self._state(key, now) if self.informative else self._states.get(key)
         if state is not None:
+            # the window as of now first: a window refilled by `count` must not count this request twice
+            # (once as in flight, once taken from what is left)
+            left = state.count(now)
             state.in_flight += 1
-            if state.remaining is not None and state.count(now) is not None:
-                state.remaining -= 1
+            if left is not None:
+                state.remaining = left - 1
 
     def finished(self, key: object = None) -> None:
         self.in_flight -= 1

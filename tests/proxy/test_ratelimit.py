@@ -368,3 +368,15 @@ def test_a_stated_limit_of_one_holds_the_second_request_of_a_window_until_an_ans
     governor.finished("m")
     governor.observe(200, {}, now + 0.1, "m")  # an answer with no count: nothing known, nothing held
     assert governor.wait(now + 0.1, "m") == 0.0
+
+
+def test_a_request_admitted_as_its_window_refills_is_counted_once() -> None:
+    """Found by the property above: the window of a count at zero refills on the admission itself; the
+    request was then counted twice (in flight, and taken from what was left), so a third one was held."""
+    governor = UpstreamGovernor()
+    governor.observe(200, {}, 0.0, "warm-up")
+    governor.observe(200, {"x-ratelimit-limit-requests": "3", "x-ratelimit-remaining-requests": "0",
+                           "x-ratelimit-reset-requests": "550ms"}, 0.0, "gpt-4o")
+    for _ in range(3):
+        assert governor.wait(121.0, "gpt-4o") == 0.0
+        governor.admitted(121.0, "gpt-4o")
