@@ -26,7 +26,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,7 +43,7 @@ from ..wire import SIMULATED_HEADER
 from ..wire.fixtures.matching import canonical_query, strip
 from ..wire.jsoncodec import canonical
 from . import Stage
-from .forward import StreamUsageStripper, prepare_body
+from .forward import relay_stored
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -222,27 +222,17 @@ async def serve(request: web.Request, ex: Exchange, on_chunk: Any) -> web.Stream
         if complete is not None:
             await complete(ex)
         return web.Response(status=answer.status, body=answer.body, headers=headers)
-    prepare_body(ex, True)  # the stored frames hold the usage chunk the gateway asked for: strip it again
-    stripper = StreamUsageStripper() if ex.strip_stream_usage else None
-    response = web.StreamResponse(status=answer.status, headers=headers)
-    await response.prepare(request)
+    return await relay_stored(request, ex, answer.status, headers, _events(answer.body), on_chunk)
+
+
+async def _events(body: bytes) -> AsyncIterator[bytes]:
+    """A stored stream's frames, one SSE event at a time (and any tail after the last one)."""
     start = 0
-    ends = [m.end() for m in _EVENT_END.finditer(answer.body)]
-    for end in [*ends, len(answer.body)] if not ends or ends[-1] < len(answer.body) else ends:
-        data, start = answer.body[start:end], end
-        on_chunk(ex, data)
-        if stripper is not None:
-            data = stripper.feed(data)
-        if data:
-            if ex.stream_ended and complete is not None:
-                await complete(ex)
-            await response.write(data)
-    if stripper is not None and (rest := stripper.flush()):
-        await response.write(rest)
-    if complete is not None:
-        await complete(ex)
-    await response.write_eof()
-    return response
+    for match in _EVENT_END.finditer(body):
+        yield body[start:match.end()]
+        start = match.end()
+    if start < len(body):
+        yield body[start:]
 
 
 __all__ = ["CACHE_HEADER", "Cache", "CacheState", "default_path", "deterministic", "directive", "serve"]

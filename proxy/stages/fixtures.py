@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import zlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +52,7 @@ from ..wire.fixtures.format import decode_body, encode_body
 from ..wire.fixtures.hits import HITS_FILE, append_hits
 from ..wire.fixtures.matching import REDACTED, normalized_body, redact_body, redact_query
 from . import Stage
-from .forward import StreamUsageStripper, prepare_body
+from .forward import relay_stored
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
@@ -370,26 +371,16 @@ async def replay(request: web.Request, ex: Exchange, fixture: Fixture, *, pace: 
         if complete is not None:
             await complete(ex)
         return web.Response(status=recorded.status, body=body, headers=headers)
-    prepare_body(ex, inject_stream_usage)  # a recorded chat stream has the usage chunk the gateway asked for
-    stripper = StreamUsageStripper() if ex.strip_stream_usage else None
-    response = web.StreamResponse(status=recorded.status, headers=headers)
-    await response.prepare(request)
+    return await relay_stored(request, ex, recorded.status, headers, _paced(recorded, pace), on_chunk,
+                              inject_stream_usage=inject_stream_usage)
+
+
+async def _paced(recorded: Any, pace: bool) -> AsyncIterator[bytes]:
+    """A recorded stream's chunks, each at its recorded offset when `pace`, else at once."""
     started = time.perf_counter()
     for offset, data in recorded.chunk_bytes():
         if pace:
             delay = offset - (time.perf_counter() - started)
             if delay > 0:
                 await asyncio.sleep(delay)
-        on_chunk(ex, data)
-        if stripper is not None:
-            data = stripper.feed(data)
-        if data:
-            if ex.stream_ended and complete is not None:
-                await complete(ex)
-            await response.write(data)
-    if stripper is not None and (rest := stripper.flush()):
-        await response.write(rest)
-    if complete is not None:
-        await complete(ex)
-    await response.write_eof()
-    return response
+        yield data

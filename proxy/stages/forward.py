@@ -15,7 +15,7 @@ import math
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -402,5 +402,31 @@ def _overhead_ms(ex: Exchange) -> str:
     ex.overhead_s = max(time.perf_counter() - ex.started - ex.upstream_wait_s, 0.0)
     return f"{ex.overhead_s * 1000:.3f}"
 
+
+
+async def relay_stored(request: web.Request, ex: Exchange, status: int, headers: Mapping[str, str],
+                       chunks: AsyncIterable[bytes], on_chunk: ChunkHook, *,
+                       inject_stream_usage: bool = True) -> web.StreamResponse:
+    """Answer a stream from stored frames (a replayed fixture, a cache hit) as a live relay would: the
+    same chunk hooks, the usage chunk the gateway asked for stripped again when the client did not, and
+    the finish hooks (with the ledger commit) run before the last bytes go out."""
+    prepare_body(ex, inject_stream_usage)  # stored chat streams hold the usage chunk the gateway asked for
+    stripper = StreamUsageStripper() if ex.strip_stream_usage else None
+    complete = request.app.get(COMPLETE)
+    response = web.StreamResponse(status=status, headers=headers)
+    await response.prepare(request)
+    async for chunk in chunks:
+        on_chunk(ex, chunk)
+        data = stripper.feed(chunk) if stripper is not None else chunk
+        if data:
+            if ex.stream_ended and complete is not None:
+                await complete(ex)
+            await response.write(data)
+    if stripper is not None and (rest := stripper.flush()):
+        await response.write(rest)
+    if complete is not None:
+        await complete(ex)
+    await response.write_eof()
+    return response
 
 __all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream"]
