@@ -88,21 +88,15 @@ def aac(samples: int) -> bytes:
     return (header + payload) * max(1, math.ceil(samples / 1024))
 
 
-def _crc8(data: bytes) -> int:
+def _crc(data: bytes, bits: int, poly: int) -> int:
+    """The MSB-first CRC of `data` with an initial value of 0 and no final XOR: FLAC's CRC-8 (0x07) and
+    CRC-16 (0x8005), Ogg's CRC-32 (0x04C11DB7)."""
+    top, mask = 1 << (bits - 1), (1 << bits) - 1
     crc = 0
     for byte in data:
-        crc ^= byte
+        crc ^= byte << (bits - 8)
         for _ in range(8):
-            crc = ((crc << 1) ^ 0x07) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
-    return crc
-
-
-def _crc16(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc ^= byte << 8
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x8005) & 0xFFFF if crc & 0x8000 else (crc << 1) & 0xFFFF
+            crc = ((crc << 1) ^ poly) & mask if crc & top else (crc << 1) & mask
     return crc
 
 
@@ -126,19 +120,10 @@ def flac(samples: int, block: int = 4096) -> bytes:
     for number, start in enumerate(range(0, samples, block)):
         size = min(block, samples - start)
         header = bytes([0xFF, 0xF8, 0x77, 0x08]) + _utf8_number(number) + (size - 1).to_bytes(2, "big")
-        header += bytes([_crc8(header)])
+        header += bytes([_crc(header, 8, 0x07)])
         frame = header + b"\x02" + bytes(2 * size)
-        out += frame + _crc16(frame).to_bytes(2, "big")
+        out += frame + _crc(frame, 16, 0x8005).to_bytes(2, "big")
     return bytes(out)
-
-
-def _ogg_crc(data: bytes) -> int:
-    crc = 0
-    for byte in data:
-        crc ^= byte << 24
-        for _ in range(8):
-            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
-    return crc
 
 
 def _ogg_page(packets: list[bytes], granule: int, sequence: int, flags: int, serial: int) -> bytes:
@@ -147,7 +132,7 @@ def _ogg_page(packets: list[bytes], granule: int, sequence: int, flags: int, ser
         lacing += b"\xff" * (len(packet) // 255) + bytes([len(packet) % 255])
     header = struct.pack("<4sBBqIII", b"OggS", 0, flags, granule, serial, sequence, 0) + bytes([len(lacing)]) + lacing
     page = header + b"".join(packets)
-    crc = _ogg_crc(page)
+    crc = _crc(page, 32, 0x04C11DB7)
     return page[:22] + struct.pack("<I", crc) + page[26:]
 
 

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mockserver.api.media.audio import _crc8, _crc16, _ogg_crc
+from mockserver.api.media.audio import _crc
 from tests.http import conforms
 from tests.openapi import requires_spec, validate_sse_events
 from tests.servers import ServerThread
@@ -68,9 +68,9 @@ def test_flac_has_streaminfo_and_frames_with_valid_crcs(sdk: openai.OpenAI) -> N
         assert data[at:at + 2] == b"\xff\xf8"
         header_end = at + 4 + (2 if data[at + 4] >= 0xC0 else 1) + 2  # a 1- or 2-byte frame number, the size
         size = int.from_bytes(data[header_end - 2:header_end], "big") + 1
-        assert _crc8(data[at:header_end]) == data[header_end]
+        assert _crc(data[at:header_end], 8, 0x07) == data[header_end]
         frame_end = header_end + 1 + 1 + 2 * size
-        assert _crc16(data[at:frame_end]) == int.from_bytes(data[frame_end:frame_end + 2], "big")
+        assert _crc(data[at:frame_end], 16, 0x8005) == int.from_bytes(data[frame_end:frame_end + 2], "big")
         at, total = frame_end + 2, total + size
     assert total == int(14 / 2.5 * 24_000)
 
@@ -82,7 +82,7 @@ def test_opus_is_ogg_pages_with_valid_crcs(sdk: openai.OpenAI) -> None:
         segments = data[at + 26]
         length = 27 + segments + sum(data[at + 27:at + 27 + segments])
         page = data[at:at + length]
-        assert _ogg_crc(page[:22] + b"\0\0\0\0" + page[26:]) == struct.unpack("<I", page[22:26])[0]
+        assert _crc(page[:22] + b"\0\0\0\0" + page[26:], 32, 0x04C11DB7) == struct.unpack("<I", page[22:26])[0]
         pages.append(page)
         at += length
     assert pages[0][28:36] == b"OpusHead" and pages[1][28:36] == b"OpusTags" and pages[-1][5] & 0x04
@@ -174,3 +174,11 @@ def test_the_same_speech_request_gives_the_same_bytes(mock_server: ServerThread,
         first = client.audio.speech.create(model="tts-1", voice="nova", input=text, response_format=fmt).content
         second = client.audio.speech.create(model="tts-1", voice="nova", input=text, response_format=fmt).content
     assert first == second and zlib.crc32(first) == zlib.crc32(second)
+
+
+def test_the_crcs_match_their_published_check_values() -> None:
+    """The catalogue's check values for b"123456789": CRC-8 (FLAC's), CRC-16/UMTS (FLAC's frame CRC),
+    and CRC-32/CKSUM before its final XOR (Ogg's page CRC)."""
+    assert _crc(b"123456789", 8, 0x07) == 0xF4
+    assert _crc(b"123456789", 16, 0x8005) == 0xFEE8
+    assert _crc(b"123456789", 32, 0x04C11DB7) == 0x765E7680 ^ 0xFFFFFFFF
