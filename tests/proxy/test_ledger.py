@@ -382,6 +382,28 @@ def test_writer_backlog_never_undercounts_rows_being_taken(tmp_path: Path) -> No
     assert len(read_rows(tmp_path / "b.db")) == 5
 
 
+def test_writer_commits_a_batch_larger_than_one_insert_statement_whole(tmp_path: Path) -> None:
+    """A batch is written as multi-row INSERTs of at most `ROWS_PER_STATEMENT` rows: a backlog of more
+    than two statements' worth commits in one batch, every row with every column as submitted."""
+    from proxy.db.writer import ROWS_PER_STATEMENT
+
+    db = tmp_path / "big.db"
+    writer = LedgerWriter(str(db))
+    count = 2 * ROWS_PER_STATEMENT + 7
+    rows = [{**_row(i), "latency_ms": i / 7, "model_served": f"m{i}", "request_body": "é" * (i % 5)}
+            for i in range(count)]
+    for row in rows:
+        writer.submit(row)
+    writer.start()  # all queued before the thread runs: one batch
+    assert writer.flush(10)
+    writer.close()
+    assert (writer.written, writer.batches) == (count, 1)
+    written = {row["id"]: row for row in read_rows(db)}
+    assert len(written) == count
+    for row in rows:
+        assert {k: written[row["id"]][k] for k in row} == row
+
+
 def test_writer_group_commit_rows_queued_during_a_commit_go_in_the_next_batch(tmp_path: Path) -> None:
     """A submit wakes the writer (no tick: `interval_s` is a minute); rows that arrive while it commits
     batch N are committed together as batch N+1; each waiter returns once its row is readable."""
