@@ -11,6 +11,7 @@ in total, then cuts them (a handler asks `cut_by_shutdown(request)` why it was c
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,10 @@ SHUTDOWN_GRACE_S = 10.0
 KEEPALIVE_TIMEOUT_S = 75.0  # aiohttp's web.run_app default (a bare AppRunner would keep idle ones an hour)
 CUT_WAIT_S = 1.0  # after the grace, how long cut handlers get to unwind (write their rows)
 
+# the cyclic GC's youngest generation is collected after this many new container objects (Python's
+# default: 700, a collection every few requests)
+GC_YOUNG_THRESHOLD = 20_000
+
 _TIMED_OUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -40,6 +45,17 @@ def _busy_answer() -> bytes:
 
 
 _BUSY = _busy_answer()
+
+
+def settle_heap() -> None:
+    """Once started, before serving: what start-up made (modules, config, tables) is kept for good, so
+    it leaves the cyclic GC's reach (`gc.freeze`), and the youngest generation is collected every
+    `GC_YOUNG_THRESHOLD` allocations instead of every 700. A request's objects are freed by reference
+    counting as it ends; with Python's defaults a busy gateway spent ~5% of its event loop's CPU in the
+    collector (perf), the older generations walking the whole start-up heap."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 50)
 
 
 def cut_by_shutdown(request: web.BaseRequest) -> bool:
@@ -191,6 +207,7 @@ async def serve(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        settle_heap()
         on_ready(f"http://{shown}:{bound[1]}")
         await stop.wait()
     finally:
