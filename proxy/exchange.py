@@ -174,6 +174,7 @@ class Exchange:
     fixture: str | None = None
     error_type: str | None = None
     finished: float | None = None
+    ledger_ticket: int | None = None  # the row's place in the writer's queue (`LedgerWriter.wait_written`)
     overhead_s: float = 0.0
     # each stage's own per-request state (see `Slot`)
     state: StageState = field(default_factory=StageState)
