@@ -42,7 +42,9 @@ asyncio.run(main())
 
 def _run(tmp_path: Path, extra: str) -> dict:
     config = tmp_path / "oaigate.toml"
-    config.write_text(f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\n[ledger]\npath = "{tmp_path / "l.db"}"\n{extra}')
+    # an upstream nobody listens on: the requests here are answered by the gateway itself
+    config.write_text(f'[upstream]\nbase_url = "http://127.0.0.1:9/v1"\n'
+                      f'[ledger]\npath = "{tmp_path / "l.db"}"\n{extra}')
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(config)], capture_output=True, text=True, env=env,
                           timeout=120, check=False)
