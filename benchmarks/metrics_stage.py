@@ -3,7 +3,8 @@
     PYTHONPATH=. python benchmarks/metrics_stage.py [--exchanges 20000] [--runs 7]
 
 Feeds `--exchanges` finished exchanges to one `Metrics` stage, `--runs` times over (a fresh stage each
-run), and prints the median and the spread of µs per `finish`. The mix is a busy gateway's: mostly
+run), and prints the median and the spread of µs per `finish`, beside a no-op stage's `finish` (the
+cost of creating and running the coroutine at all). The mix is a busy gateway's: mostly
 chat answers with usage and cost over a few models and keys, some embeddings, retries, a 429 and an
 upstream error now and then. `finish` never awaits, so it is driven without an event loop.
 """
@@ -19,6 +20,7 @@ from typing import Any
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.exchange import Exchange
+from proxy.stages import Stage
 from proxy.stages.metrics import Metrics
 from proxy.wire.usage import Usage
 
@@ -58,17 +60,22 @@ def drive(coro: Coroutine[Any, Any, None]) -> None:
     raise RuntimeError("finish suspended")
 
 
-def run(batch: list[Exchange]) -> tuple[float, float]:
-    """µs per `finish` over `batch` on a fresh stage, and ms for one scrape afterwards."""
-    metrics = Metrics()
-    finish = metrics.finish
+def timed(stage: Stage, batch: list[Exchange]) -> float:
+    """µs per `stage.finish` over `batch`."""
+    finish = stage.finish
     started = time.perf_counter()
     for ex in batch:
         drive(finish(ex))
-    per_call = (time.perf_counter() - started) / len(batch) * 1e6
+    return (time.perf_counter() - started) / len(batch) * 1e6
+
+
+def run(batch: list[Exchange]) -> tuple[float, float, float]:
+    """µs per `finish` over `batch` on a fresh stage, ms for one scrape afterwards, µs per no-op `finish`."""
+    metrics = Metrics()
+    per_call = timed(metrics, batch)
     started = time.perf_counter()
     metrics.render()
-    return per_call, (time.perf_counter() - started) * 1e3
+    return per_call, (time.perf_counter() - started) * 1e3, timed(Stage(), batch)
 
 
 def main() -> None:
@@ -79,9 +86,10 @@ def main() -> None:
     batch = exchanges(args.exchanges)
     run(batch[:1000])  # warm up
     results = [run(batch) for _ in range(args.runs)]
-    calls, scrapes = [r[0] for r in results], [r[1] for r in results]
+    calls, scrapes, noops = ([r[i] for r in results] for i in range(3))
     print(f"Metrics.finish: median {statistics.median(calls):.2f} µs per exchange "
           f"(min {min(calls):.2f}, max {max(calls):.2f}; {args.runs} runs x {args.exchanges} exchanges)")
+    print(f"no-op Stage.finish: median {statistics.median(noops):.2f} µs per exchange")
     print(f"render (/metrics): median {statistics.median(scrapes):.2f} ms per scrape")
 
 
