@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sqlite_utils
 from aiohttp import web
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
@@ -586,3 +587,28 @@ def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Pat
         lock.close()
     assert writer.durability_timeouts == 40 and writer.written == 40
     writer.close()
+
+
+def test_the_object_id_index_holds_only_rows_that_created_an_object(tmp_path: Path) -> None:
+    """Schema v6: a ledger made by an older oaigate keeps its rows; its object_id index becomes partial
+    and the owner and chain lookups still use it."""
+    from proxy.db.schema import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    for number, step in enumerate(MIGRATIONS[:5], start=1):  # a v5 ledger, as the last release left it
+        step(sqlite_utils.Database(conn))
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("INSERT INTO requests (id, started_at, endpoint, status, object_id) VALUES "
+                 "('a', '2026-01-01', '/v1/files', 200, 'file-1'), ('b', '2026-01-01', '/v1/embeddings', 200, NULL)")
+    conn.close()
+    migrated = connect(str(db))
+    (sql,) = migrated.execute("SELECT sql FROM sqlite_master WHERE name = 'idx_requests_object_id'").fetchone()
+    assert "WHERE object_id IS NOT NULL" in sql
+    plan = " ".join(str(r) for r in migrated.execute(
+        "EXPLAIN QUERY PLAN SELECT key_name FROM requests WHERE object_id = ?", ("file-1",)))
+    assert "idx_requests_object_id" in plan
+    assert migrated.execute("SELECT id, object_id FROM requests ORDER BY id").fetchall() == [("a", "file-1"),
+                                                                                              ("b", None)]
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    migrated.close()
