@@ -1,6 +1,8 @@
 """The one ledger writer: rows queue up from the event loop and a thread commits them in batches.
 
-The request path calls `submit`: an append to a deque that wakes the writer thread if it sleeps. The
+The request path calls `submit`: an append to a deque that wakes the writer thread if it sleeps, once
+the event loop is through with the callbacks at hand (a wake while the loop holds the GIL only got the
+thread switched in to wait for it, then out again: two switches per row at one connection). The
 thread takes everything queued and inserts it in one transaction (group commit): rows submitted while
 it commits batch N go into batch N+1, so the event loop never waits on SQLite and a busy gateway pays
 one commit per batch, not per row. A response that must not go out before its row is durable awaits
@@ -87,7 +89,10 @@ class LedgerWriter:
         self.accepted += 1
         if self._sleeping:  # a busy writer takes this row without a wake-up
             self._sleeping = False  # one token per sleep
-            self._wake.put(None)
+            try:
+                asyncio.get_running_loop().call_soon(self._wake.put, None)
+            except RuntimeError:  # not on the loop (a thread): at once
+                self._wake.put(None)
         return self.accepted
 
     async def wait_written(self, ticket: int, timeout: float) -> bool:
