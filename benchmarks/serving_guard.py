@@ -9,12 +9,20 @@ request with a small fixed JSON body. Round after round (the order rotates), eac
 divided by the requests wrk completed. Medians over rounds are printed, and each target's median as a
 ratio to `bare` (the ratio is the figure that counts on a shared machine).
 
+Differences of a few percent drown in a shared machine's noise; `--callgrind` counts instructions
+instead (valgrind's callgrind, deterministic to a fraction of a percent): each server runs under it
+twice, serving `--requests` and 3x as many keep-alive requests over `--connections` connections from
+an asyncio client in this process, and the difference of the two totals divided by the difference of
+requests is its instructions per request (startup and shutdown cancel out).
+
     python benchmarks/serving_guard.py [--before main] [--rounds 7] [--connections 32] [--duration 10]
+    python benchmarks/serving_guard.py --callgrind [--before main] [--requests 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import re
 import statistics
@@ -46,7 +54,7 @@ def serve(kind: str) -> None:
         from proxy.wire.serving import run
         run(app, "127.0.0.1", 0, ready)
         return
-    import asyncio
+    import signal
 
     import uvloop
 
@@ -55,25 +63,85 @@ def serve(kind: str) -> None:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         host, port = runner.addresses[0][:2]
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         ready(f"http://{host}:{port}")
-        await asyncio.Event().wait()
+        await stop.wait()
+        await runner.cleanup()
 
     uvloop.run(bare())
 
 
-def start(kind: str, src: Path) -> tuple[subprocess.Popen[str], str]:
+def start(kind: str, src: Path, prefix: tuple[str, ...] = (),
+          lines: list[str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    """Starts a server process (under `prefix`, e.g. valgrind); its later stderr lines go to `lines`."""
     env = {**os.environ, "PYTHONPATH": str(src)}
-    proc = subprocess.Popen([sys.executable, __file__, "--serve", kind], stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=src)
+    proc = subprocess.Popen([*prefix, sys.executable, __file__, "--serve", kind], stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=src)
     assert proc.stderr is not None
-    deadline = time.monotonic() + 60
+    stderr = proc.stderr
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        match = re.search(r"ready (\S+)", proc.stderr.readline())
+        match = re.search(r"ready (\S+)", stderr.readline())
         if match:
-            threading.Thread(target=proc.stderr.read, daemon=True).start()
+            sink = lines if lines is not None else []
+            threading.Thread(target=sink.extend, args=(stderr,), daemon=True).start()
             return proc, match.group(1)
     proc.kill()
     raise RuntimeError(f"{kind} from {src} did not start")
+
+
+async def keep_alive_load(url: str, requests: int, connections: int) -> None:
+    """`requests` GETs of /v1/thing over `connections` keep-alive connections, each one after the other."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    head = b"GET /v1/thing HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    async def one(count: int) -> None:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        for _ in range(count):
+            writer.write(head)
+            answer = await reader.readuntil(b"\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200"), answer
+            length = int(re.search(rb"(?i)content-length: (\d+)", answer).group(1))  # type: ignore[union-attr]
+            await reader.readexactly(length)
+        writer.close()
+        await writer.wait_closed()
+
+    share, extra = divmod(requests, connections)
+    await asyncio.gather(*(one(share + (i < extra)) for i in range(connections)))
+
+
+def instructions(kind: str, src: Path, requests: int, connections: int) -> int:
+    """Instructions a server process executes in total, serving `requests` (valgrind's callgrind)."""
+    lines: list[str] = []
+    proc, url = start(kind, src, ("valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null"), lines)
+    try:
+        asyncio.run(keep_alive_load(url, requests, connections))
+    finally:
+        proc.terminate()
+        proc.wait(300)
+    time.sleep(0.5)  # the reader thread's last lines
+    match = re.search(r"Collected : (\d+)", "".join(lines))
+    if not match:
+        raise RuntimeError("".join(lines)[-2000:])
+    return int(match.group(1))
+
+
+def callgrind(sources: dict[str, Path], requests: int, connections: int, rounds: int) -> None:
+    per: dict[str, list[float]] = {name: [] for name in sources}
+    for r in range(rounds):
+        for name, src in sources.items():
+            kind = "bare" if name == "bare" else "guarded"
+            low = instructions(kind, src, requests, connections)
+            high = instructions(kind, src, 3 * requests, connections)
+            per[name].append((high - low) / (2 * requests))
+            print(f"round {r + 1}: {name} {per[name][-1]:,.0f} instructions per request", flush=True)
+    base = statistics.median(per["bare"])
+    print(f"\ninstructions per request (callgrind), {connections} keep-alive connections, medians of {rounds}")
+    print(f"{'target':<10}{'instr/req':>12}{'÷ bare':>9}{'- bare':>9}")
+    for name in sources:
+        mid = statistics.median(per[name])
+        print(f"{name:<10}{mid:>12,.0f}{mid / base:>9.3f}{mid - base:>9,.0f}")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -96,13 +164,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--serve", choices=("bare", "guarded"), help=argparse.SUPPRESS)
     parser.add_argument("--before", metavar="REV", help="also measure proxy/ as of this git revision")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=int, help="default: 7, or 1 with --callgrind")
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--duration", type=int, default=10.0, help="seconds of wrk per target and round")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of wrk per target and round")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions per request instead")
+    parser.add_argument("--requests", type=int, default=2000, help="with --callgrind: the smaller load")
     args = parser.parse_args()
     if args.serve:
         serve(args.serve)
         return
+    rounds = args.rounds or 7
     with tempfile.TemporaryDirectory() as tmp:
         sources = {"bare": ROOT, "guarded": ROOT}
         if args.before:
@@ -112,12 +183,15 @@ def main() -> None:
                                      capture_output=True, check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
             sources = {"bare": ROOT, "before": before, "guarded": ROOT}
+        if args.callgrind:
+            callgrind(sources, args.requests, args.connections, args.rounds or 1)
+            return
         procs = {kind: start("bare" if kind == "bare" else "guarded", src) for kind, src in sources.items()}
         try:
             names = list(procs)
             cpu: dict[str, list[float]] = {n: [] for n in names}
             rate: dict[str, list[float]] = {n: [] for n in names}
-            for r in range(args.rounds):
+            for r in range(rounds):
                 order = names[r % len(names):] + names[:r % len(names)]
                 for name in order:
                     proc, url = procs[name]
@@ -134,7 +208,7 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(10)
     base = statistics.median(cpu["bare"])
-    print(f"\nCPU us per request, wrk -t1 -c{args.connections} -d{args.duration:g}s, medians of {args.rounds} rounds")
+    print(f"\nCPU us per request, wrk -t1 -c{args.connections} -d{args.duration:g}s, medians of {rounds} rounds")
     print(f"{'target':<10}{'cpu us/req':>12}{'÷ bare':>9}{'req/s':>10}   all rounds (us)")
     for name in names:
         mid = statistics.median(cpu[name])

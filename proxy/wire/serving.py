@@ -85,15 +85,14 @@ class GuardedHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        # the first bytes of a new request: waiting for one (not handling one, none queued)
-        waiter = self._waiter
-        first = (self.header_wait_since is None and waiter is not None and not waiter.done()
-                 and not self._messages and data)
-        super().data_received(data)
-        if self._messages:  # a head is complete
+        RequestHandler.data_received(self, data)  # (not super(): this runs for every read)
+        if self._messages:  # a head is complete (the usual case: one read brings a whole head)
             if self.header_wait_since is not None:
                 self.header_wait_since = None
-        elif first and not (self._force_close or self._close):  # only part of a head: its wait began
+        elif self.header_wait_since is None and (waiter := self._waiter) is not None and not waiter.done() \
+                and not (self._force_close or self._close):
+            # the read began a request's head but did not finish it, while waiting for one (not
+            # handling one: then the bytes are its body, or a pipelined head, as before it was)
             self.header_wait_since = self._loop.time()
 
     def _headers_too_slow(self) -> None:
