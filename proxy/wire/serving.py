@@ -12,7 +12,9 @@ began (nothing at all when the head arrives whole in one read, the usual case), 
 server, every `sweep_period(header_timeout_s)` = min(1 s, header_timeout_s / 4) while connections are
 open, cuts the waits that are `header_timeout_s` old. A slow client is therefore cut no sooner than
 `header_timeout_s` after its wait began and no later than `header_timeout_s` + one sweep period
-(later only by as long as the event loop is kept busy).
+(later only by as long as the event loop is kept busy). Bytes of a next head that arrive while a
+request is being handled (pipelining) start no wait, as with the timer before: such a connection is
+left to `keepalive_timeout` once it is idle.
 """
 
 from __future__ import annotations
