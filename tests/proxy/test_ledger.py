@@ -612,3 +612,29 @@ def test_the_object_id_index_holds_only_rows_that_created_an_object(tmp_path: Pa
                                                                                               ("b", None)]
     assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     migrated.close()
+
+
+def test_the_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: Path) -> None:
+    """Commits never checkpoint (short of the backstop): the checkpointer thread copies the WAL into
+    the database once rows came in, and does nothing while none do."""
+    from proxy.db.writer import AUTOCHECKPOINT_PAGES
+
+    db = tmp_path / "c.db"
+    writer = LedgerWriter(str(db), checkpoint_s=0.02)
+    writer.start()
+    for i in range(300):
+        writer.submit(_row(i))
+    assert writer.flush(10)
+    for _ in range(500):
+        if writer.checkpoints:
+            break
+        threading.Event().wait(0.01)
+    assert writer.checkpoints >= 1
+    idle = writer.checkpoints
+    threading.Event().wait(0.2)  # no new rows: no new checkpoint
+    assert writer.checkpoints == idle
+    writer.close()
+    assert len(read_rows(db)) == 300
+    writer_conn = writer._connect()
+    assert writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == AUTOCHECKPOINT_PAGES
+    writer_conn.close()
