@@ -116,6 +116,9 @@ async def handle(request: web.Request) -> web.StreamResponse:
 
 _ODD_PARTS = ("//", "/./", "/../", "\\")
 _TWO_WORD = frozenset({"chat", "fine_tuning", "audio", "images", "realtime", "organization"})
+# the paths most requests take, spelled as the API spells them: answered without looking closer
+_COMMON_PATHS = frozenset({"/v1/chat/completions", "/v1/responses", "/v1/embeddings", "/v1/completions",
+                           "/v1/models", "/v1/moderations"})
 
 
 def odd_path(raw_path: str) -> bool:
@@ -124,6 +127,8 @@ def odd_path(raw_path: str) -> bool:
     upstream (or a proxy in front of it) may resolve such a spelling to an endpoint whose budget,
     estimate and owner checks it would skip, so it is answered 404, as OpenAI answers it. Ids after the
     endpoint name keep their case and escapes (`/v1/models/org%2Fmodel`)."""
+    if raw_path in _COMMON_PATHS:
+        return False
     if any(part in raw_path for part in _ODD_PARTS) or raw_path.endswith(("/", "/.", "/..")):
         return True
     parts = raw_path.split("/", 4)  # "", "v1", name, second...

@@ -49,8 +49,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -130,7 +131,44 @@ def default_pipeline(r: Resources) -> Pipeline:
                     fixtures=r.fixtures, durable_wait_s=config.ledger.durable_wait_s)
 
 
-_COMPLETING = Slot[asyncio.Task[None]]("pipeline")  # finish hooks started by `complete`, until schedule_finish
+# finish hooks started by `complete`: the task still running them, or None once they are done
+_COMPLETING = Slot[asyncio.Task[None] | None]("pipeline")
+
+
+def run_eagerly(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None] | None:
+    """Run `coro` now, on the caller's stack, up to its first real wait (as Python 3.12's eager tasks
+    do): None when it ended without one, the usual case for the finish hooks; else a task that carries
+    it on from there. Saves a task, a shield and a loop turn per request."""
+    try:
+        waiting = coro.send(None)
+    except StopIteration:
+        return None
+    return asyncio.get_running_loop().create_task(_carry_on(coro, waiting))
+
+
+async def _carry_on(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Drive `coro`, suspended on `waiting` (the future it gave the loop, or None for a bare yield), as
+    its own task would: wait until that settles, then resume it (the future's result or exception
+    reaches it through its own `await`); anything else raised while waiting (this task cancelled while
+    the future could not be) is thrown into it where it waits."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                waiting._asyncio_future_blocking = False  # given to us as to a task: ours to wait on now
+                await waiting
+        except BaseException as exc:
+            if waiting is None or not waiting.done():
+                try:
+                    waiting = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
 
 
 @dataclass(eq=False)
@@ -159,33 +197,34 @@ class Pipeline:
     async def complete(self, ex: Exchange) -> None:
         """A response that reached its end normally, before its last bytes go out: run the finish hooks
         now (once: `schedule_finish` then does nothing), then wait, at most `durable_wait_s`, until its
-        ledger row is committed. The hooks run in their own task, so a client leaving halfway through
-        never leaves them half done."""
+        ledger row is committed. The hooks start on the caller's stack (`run_eagerly`); one that has to
+        wait (shared state, a fixture file) goes on in a task of its own, so a client leaving halfway
+        through never leaves them half done."""
         if _COMPLETING in ex.state:
             return
         ex.finished = time.perf_counter()
-        task = asyncio.get_running_loop().create_task(self._finish(ex, durable=True))
+        task = run_eagerly(self._finish(ex))
         ex.state.set(_COMPLETING, task)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-        await asyncio.shield(task)
+        if task is not None:
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            await asyncio.shield(task)
+        if ex.ledger_ticket is not None and self.writer is not None and self.durable_wait_s > 0:
+            await self.writer.wait_written(ex.ledger_ticket, self.durable_wait_s)
 
     def schedule_finish(self, ex: Exchange) -> None:
-        if ex.state.pop(_COMPLETING) is not None:
+        if _COMPLETING in ex.state:
             return  # `complete` ran the finish hooks already
         task = asyncio.get_running_loop().create_task(self._finish(ex))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _finish(self, ex: Exchange, durable: bool = False) -> None:
+    async def _finish(self, ex: Exchange) -> None:
         for stage in self.after:
             try:
                 await stage.finish(ex)
             except Exception:  # a broken stage must not lose the others' work
                 log.exception("stage %s failed to finish exchange %s", type(stage).__name__, ex.id)
-        if durable and self.writer is not None and self.durable_wait_s > 0:
-            # the ledger stage (only the access log follows) has submitted this row: the latest ticket covers it
-            await self.writer.wait_written(self.writer.accepted, self.durable_wait_s)
 
     async def drain(self) -> None:
         self.drained += len(self.tasks)

@@ -145,10 +145,6 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
         writer = open_writer(config.ledger) if config.ledger.enabled else None
         if writer is not None:
             await asyncio.to_thread(writer.start)
-        # the encoding of current models, before serving: estimates (budgets, TPM limits, answers with no
-        # usage) never wait for it. The legacy one: in the background with budgets or TPM limits, else on
-        # first use (an idle gateway keeps ~30 MB less)
-        await asyncio.to_thread(preload, CURRENT_ENCODINGS)
         limits, up = config.limits, config.upstream
         prices = PriceTable(config.price_overrides(), windows=limits.context_windows)
         prices.warm_in_background()  # the first request is not the one to load genai-prices' table
@@ -164,7 +160,13 @@ def pipeline_ctx(authenticate: Authenticate, sleep: Sleep, clock: Clock,
         if shared is not None:
             await _share(shared, book, limiter, [default, *(target for _, target in routes)], clock)
         fixtures = Fixtures.for_config(config)
-        if book.rules or any(rule.tpm for rule in limiter.rules):  # prompts get counted
+        if book.rules or any(rule.tpm for rule in limiter.rules):
+            # every prompt gets counted: the encoding of current models before serving, so no estimate
+            # waits for it; the legacy one (gpt-4, gpt-3.5) in the background. Without budgets or TPM
+            # limits a prompt is counted only past a model's context window, and an answer only when it
+            # reports no usage: each encoding loads on that first use, in a thread (an idle gateway keeps
+            # ~45 MB less)
+            await asyncio.to_thread(preload, CURRENT_ENCODINGS)
             preload_in_background(LEGACY_ENCODINGS)
         pool = up.pool_size
         connector = aiohttp.TCPConnector(limit=pool, limit_per_host=pool, keepalive_timeout=60, ttl_dns_cache=300)

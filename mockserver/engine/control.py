@@ -2,7 +2,9 @@
 
 - `GET /_mock/journal`: the last `journal_size` requests received outside `/_mock/`, oldest first:
   method, path, query, headers (credentials removed), the JSON body when the request carried JSON,
-  and the status answered (null while in flight). `DELETE /_mock/journal` empties it.
+  and the status answered. Body and status are recorded as the answer's head is sent: both are null
+  until then (in flight, or held by `x-mock-fault: timeout`), and stay null for a request that got no
+  answer. `DELETE /_mock/journal` empties it.
 - `POST /_mock/reset`: forget all state: the journal, fault counters and whatever modules
   registered with `on_reset` (files, batches...). The virtual clock keeps its time.
 - `GET /_mock/clock`, `POST /_mock/clock/advance {"seconds": N}`: read and move the virtual clock;
@@ -92,16 +94,25 @@ async def _json_body(request: web.Request) -> Any:
         return None
 
 
+_ENTRY = web.RequestKey("journal_entry", dict[str, Any])
+
+
 @web.middleware
 async def journal_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Journal every request outside `/_mock/`; the outermost middleware, so it sees the final status."""
-    if request.path.startswith(PREFIX):
-        return await handler(request)
-    entry = request.app[JOURNAL].open(request, request.app[CLOCK].now())
-    response = await handler(request)
-    entry["status"] = response.status
-    entry["body"] = await _json_body(request)  # read by the handler already: the cached bytes
-    return response
+    """Journal every request outside `/_mock/` as it arrives; `_answered` completes the entry."""
+    if not request.path.startswith(PREFIX):
+        request[_ENTRY] = request.app[JOURNAL].open(request, request.app[CLOCK].now())
+    return await handler(request)
+
+
+async def _answered(request: web.Request, response: web.StreamResponse) -> None:
+    """Record the body and status as the answer's head is sent, before any byte of it can reach the
+    client: not once the handler returns, which a stream does only after its last byte, and never when
+    its client leaves halfway (the write fails). Whoever has seen an answer finds it journalled."""
+    entry = request.get(_ENTRY)
+    if entry is not None and entry["status"] is None:
+        entry["body"] = await _json_body(request)  # mostly read by the handler already: the cached bytes
+        entry["status"] = response.status  # last: a status in the journal means its body is there too
 
 
 def _reply(body: Any) -> web.Response:
@@ -152,6 +163,7 @@ def setup(app: web.Application) -> None:
     """Register the journal and the `/_mock/` routes; resume the clock kept in `state_dir`."""
     settings = app[SETTINGS]
     app[JOURNAL] = Journal(settings.journal_size)
+    app.on_response_prepare.append(_answered)
     if settings.state_dir:
         for _, now in StateDir(settings.state_dir).load("clock", lambda record, _: int(record["now"])):
             app[CLOCK].advance(max(0, now - app[CLOCK].now()))

@@ -104,7 +104,15 @@ def _v5(db: sqlite_utils.Database) -> None:
             table.add_column(name, kind)
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5]
+def _v6(db: sqlite_utils.Database) -> None:
+    """The `object_id` index holds only the rows that created an object: most rows (chat completions
+    not stored, embeddings...) have none, and leaving them out of it spares every ledger commit a page
+    (a one-row commit: ~53 -> ~40 us). Every query on it asks for `object_id IS NOT NULL` or an id."""
+    db.execute("DROP INDEX IF EXISTS idx_requests_object_id")
+    db.execute("CREATE INDEX idx_requests_object_id ON requests (object_id) WHERE object_id IS NOT NULL")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_v1, _v2, _v3, _v4, _v5, _v6]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -1,6 +1,8 @@
 """The one ledger writer: rows queue up from the event loop and a thread commits them in batches.
 
-The request path calls `submit`: an append to a deque that wakes the writer thread if it sleeps. The
+The request path calls `submit`: an append to a deque that wakes the writer thread if it sleeps, once
+the event loop is through with the callbacks at hand (a wake while the loop holds the GIL only got the
+thread switched in to wait for it, then out again: two switches per row at one connection). The
 thread takes everything queued and inserts it in one transaction (group commit): rows submitted while
 it commits batch N go into batch N+1, so the event loop never waits on SQLite and a busy gateway pays
 one commit per batch, not per row. A response that must not go out before its row is durable awaits
@@ -12,6 +14,12 @@ retries with backoff while new rows wait in the bounded queue; rows that do not 
 
 Committed means written to the OS (WAL, `synchronous = NORMAL`): it survives the process being
 killed. `synchronous = "full"` also fsyncs each commit, so it survives power loss.
+
+The WAL is checkpointed into the database by a thread of its own, every `checkpoint_s` while rows
+come in (`PRAGMA wal_checkpoint(PASSIVE)`: commits go on meanwhile), not by the commit that happens to
+fill it: SQLite's automatic checkpoint (and its fsyncs) ran inside a commit every ~1,000 pages, and the
+answers waiting on that commit waited for it too. The automatic one stays as a backstop, at
+`AUTOCHECKPOINT_PAGES`.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import queue
 import sqlite3
@@ -30,11 +39,20 @@ from .schema import COLUMNS, connect
 
 log = logging.getLogger("oaigate.ledger")
 
-_INSERT = "INSERT OR REPLACE INTO requests ({}) VALUES ({})".format(
-    ", ".join(COLUMNS), ", ".join("?" for _ in COLUMNS)
-)
+_INSERT = "INSERT OR REPLACE INTO requests ({}) VALUES ".format(", ".join(COLUMNS))
+_ROW = "({})".format(", ".join("?" for _ in COLUMNS))
+# rows per INSERT statement: SQLite binds at most 32,766 parameters (999 before 3.32)
+ROWS_PER_STATEMENT = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(COLUMNS)
+CHECKPOINT_S = 0.5  # how often the checkpointer looks for new commits to checkpoint
+AUTOCHECKPOINT_PAGES = 10_000  # the backstop: a commit checkpoints once the WAL holds this many pages
 _TIMEOUT_LOG_EVERY_S = 60.0
 _COMPACT_WAITERS = 4096
+
+
+@functools.lru_cache(maxsize=64)
+def _insert(rows: int) -> str:
+    """The INSERT statement for `rows` rows."""
+    return _INSERT + ", ".join([_ROW] * rows)
 
 
 class LedgerWriter:
@@ -42,8 +60,11 @@ class LedgerWriter:
     on the loop; `flush()` waits from a thread; `close()` flushes and stops."""
 
     def __init__(self, path: str, *, max_queue: int = 100_000, interval_s: float = 0.05,
-                 max_retry_delay_s: float = 5.0, synchronous: str = "normal") -> None:
+                 max_retry_delay_s: float = 5.0, synchronous: str = "normal",
+                 checkpoint_s: float = CHECKPOINT_S) -> None:
         self.path = path
+        self.checkpoint_s = checkpoint_s
+        self.checkpoints = 0  # WAL checkpoints the checkpointer ran
         self.synchronous = synchronous
         self.dropped = 0
         self.accepted = 0  # rows queued so far: the ticket of the latest row
@@ -63,10 +84,12 @@ class LedgerWriter:
         self._sleeping = True  # the writer thread is (about to be) blocked on `_wake`
         self._timeout_logged = -_TIMEOUT_LOG_EVERY_S
         self._thread = threading.Thread(target=self._run, name="oaigate-ledger", daemon=True)
+        self._checkpointer = threading.Thread(target=self._checkpoint, name="oaigate-checkpoint", daemon=True)
 
     def start(self) -> None:
         connect(self.path, self.synchronous).close()  # create and migrate now, so a bad path fails at startup
         self._thread.start()
+        self._checkpointer.start()
 
     def submit(self, row: dict[str, Any]) -> int | None:
         """Queue a row; never blocks. Returns its ticket for `wait_written`, or None when the queue is
@@ -79,7 +102,10 @@ class LedgerWriter:
         self.accepted += 1
         if self._sleeping:  # a busy writer takes this row without a wake-up
             self._sleeping = False  # one token per sleep
-            self._wake.put(None)
+            try:
+                asyncio.get_running_loop().call_soon(self._wake.put, None)
+            except RuntimeError:  # not on the loop (a thread): at once
+                self._wake.put(None)
         return self.accepted
 
     async def wait_written(self, ticket: int, timeout: float) -> bool:
@@ -167,6 +193,9 @@ class LedgerWriter:
             self._stop.set()
             self._wake.put(None)
             self._thread.join(timeout)
+        if self._checkpointer.is_alive():
+            self._stop.set()
+            self._checkpointer.join(timeout)
 
     def _take(self) -> list[tuple[Any, ...]]:
         count = len(self._queue)
@@ -186,13 +215,44 @@ class LedgerWriter:
     _errors: tuple[type[Exception], ...] = (sqlite3.Error,)
 
     def _connect(self) -> Any:
-        return connect(self.path, self.synchronous)
+        conn = connect(self.path, self.synchronous)
+        conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")  # the checkpointer's backstop
+        return conn
+
+    def _checkpoint(self) -> None:
+        """The checkpointer thread: every `checkpoint_s`, when rows were committed since its last look,
+        copy the WAL's committed pages into the database without waiting for (or stopping) anyone."""
+        conn: sqlite3.Connection | None = None
+        seen = 0
+        while not self._stop.wait(self.checkpoint_s):
+            if self.written == seen:
+                continue
+            seen = self.written
+            try:
+                conn = conn or sqlite3.connect(self.path, isolation_level=None)
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.checkpoints += 1
+            except sqlite3.Error as exc:  # the writer's commits go on; the backstop still checkpoints
+                log.warning("ledger checkpoint failed (%s)", exc)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+        if conn is not None:
+            conn.close()
 
     def _write(self, conn: Any, batch: list[tuple[Any, ...]]) -> None:
-        """One transaction with every row of `batch`."""
+        """One transaction with every row of `batch`: one multi-row INSERT (a batch of up to
+        `ROWS_PER_STATEMENT` rows commits in a single statement, so this thread gives up and takes back
+        the GIL once, not once per row as `executemany` does; taking it back from a busy event loop is
+        what a ledger row costs the most)."""
+        if len(batch) <= ROWS_PER_STATEMENT:
+            conn.execute(_insert(len(batch)), [value for row in batch for value in row])
+            return
         with conn:
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, batch)
+            for start in range(0, len(batch), ROWS_PER_STATEMENT):
+                part = batch[start:start + ROWS_PER_STATEMENT]
+                conn.execute(_insert(len(part)), [value for row in part for value in row])
 
     def _run(self) -> None:
         conn: Any = None

@@ -28,6 +28,7 @@ from ..exchange import Estimate, Exchange
 from ..wire.jsoncodec import dumps
 from ..wire.pricing import PriceTable
 from ..wire.tokens import PromptTooLong, count_request_prompt
+from ..wire.tokens import ready as tokenizer_ready
 from ..wire.usage import Usage
 from ..wire.vision import unknown_slack
 from . import Stage
@@ -35,7 +36,9 @@ from . import Stage
 if TYPE_CHECKING:
     from .fallback import Fallbacks
 
-OFFLOAD_BYTES = 32 * 1024  # larger bodies are tokenized in a thread, off the event loop
+# larger bodies are tokenized in a thread, off the event loop; so is any body whose encoding is not
+# loaded yet (the gateway loads them at start only when budgets or TPM limits count every prompt)
+OFFLOAD_BYTES = 32 * 1024
 
 # endpoint -> the field that caps completion tokens (None: the endpoint generates no tokens)
 CAP_FIELDS: dict[str, tuple[str, ...] | None] = {
@@ -173,7 +176,7 @@ class Estimator(Stage):
         checked = self.check_window and windowed(ex)
         requested = requested_output(ex.path, ex.json)  # before `_completion` adds the gateway's default cap
         try:
-            if len(ex.body) > OFFLOAD_BYTES:
+            if len(ex.body) > OFFLOAD_BYTES or not tokenizer_ready(ex.model or ""):
                 prompt = await asyncio.to_thread(count_request_prompt, ex.json, ex.model or "", limit)
             else:
                 prompt = count_request_prompt(ex.json, ex.model or "", limit)
@@ -209,7 +212,7 @@ class Estimator(Stage):
         slack = await _slack(ex)
         limit += slack
         try:
-            if len(ex.body) > OFFLOAD_BYTES:
+            if len(ex.body) > OFFLOAD_BYTES or not tokenizer_ready(model):
                 prompt = await asyncio.to_thread(count_request_prompt, body, model, limit)
             else:
                 prompt = count_request_prompt(body, model, limit)

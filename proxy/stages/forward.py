@@ -327,8 +327,11 @@ class Forward:
         if _is_json(content_type) and (length is None or length <= READ_WHOLE_LIMIT):
             started = time.perf_counter()
             try:
-                async with asyncio.timeout(remaining):
-                    body, whole = await _read_up_to(response, READ_WHOLE_LIMIT)
+                if length is not None and response.content.is_eof():  # all of it has arrived: no wait
+                    body, whole = await response.read(), True
+                else:
+                    async with asyncio.timeout(remaining):
+                        body, whole = await _read_up_to(response, READ_WHOLE_LIMIT)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise UpstreamError(f"The upstream broke off its answer ({type(exc).__name__}).") from exc
             finally:

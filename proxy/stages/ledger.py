@@ -49,7 +49,7 @@ class RequestId(Stage):
 
 
 class Ledger(Stage):
-    """Turns a finished exchange into a `requests` row (its ticket: `writer.accepted` right after)."""
+    """Turns a finished exchange into a `requests` row; its ticket goes in `ex.ledger_ticket`."""
 
     def __init__(self, writer: LedgerWriter, log_bodies: bool = False) -> None:
         self.writer, self.log_bodies = writer, log_bodies
@@ -57,7 +57,7 @@ class Ledger(Stage):
     async def finish(self, ex: Exchange) -> None:
         usage = ex.usage
         latency_ms = ex.elapsed_ms()
-        self.writer.submit({
+        ex.ledger_ticket = self.writer.submit({
             "id": ex.id,
             "started_at": _iso(ex.started_wall),
             "finished_at": _iso(ex.started_wall + latency_ms / 1000),

@@ -41,6 +41,16 @@ STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no us
 RUNNING = frozenset({"queued", "in_progress"})  # a background response's status before it ends
 
 
+def _says_nothing(data: bytes) -> bool:
+    """Whole SSE frames that carry nothing the meter reads: no usage, no end (`[DONE]`, a named event,
+    a Responses terminal type), no finish_reason but null ones. Most of a stream's chunks are such
+    deltas; a few byte searches skip parsing them (`test_meter_stream` checks it changes nothing)."""
+    return (data.endswith(b"\n\n") and b'"usage"' not in data and b"[DONE]" not in data
+            and b"event:" not in data and b"\r" not in data
+            and data.count(b'"finish_reason"') == data.count(b'"finish_reason":null')
+            and usage_of.RESPONSE_END.search(data) is None)
+
+
 class _StreamState:
     __slots__ = ("sse", "parser", "usage", "model", "object_id", "raw", "overflow")
 
@@ -77,7 +87,7 @@ class Meter(Stage):
         if state.overflow + len(data) <= STREAM_KEEP_BYTES:
             state.raw.append(data)
         state.overflow += len(data)
-        if not state.sse:
+        if not state.sse or (state.model is not None and _says_nothing(data) and state.parser.idle):
             return
         for event in state.parser.feed(data):
             if event.data == b"[DONE]" or event.event in TERMINAL_EVENTS:

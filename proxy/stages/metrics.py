@@ -3,21 +3,30 @@
 Requests, tokens and cost carry `model` and `key` labels; each label keeps at most `MAX_LABEL_VALUES`
 distinct values (the first seen), later ones count as `other`, so a client sending random model names
 cannot blow up a scraper. Budgets are gauges read when scraped: limit, spent and reserved per scope.
+
+Per request the stage only adds to plain numbers (`Tallies`): it runs on the event loop, so it needs no
+lock, and a histogram bucket is found by bisection. The numbers become Prometheus families when
+scraped, rendering exactly what prometheus_client's own Counter and Histogram would.
 """
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
+from itertools import accumulate
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from ..exchange import Exchange
 from . import Stage
 
-disable_created_metrics()
+disable_created_metrics()  # also for the counters other stages register into the same registry
 
 # Path segments that name an operation, not an object; any other segment past the resource is an id.
 _OPERATIONS = frozenset({"content", "cancel", "input_items", "messages", "results", "events", "checkpoints",
@@ -25,8 +34,10 @@ _OPERATIONS = frozenset({"content", "cancel", "input_items", "messages", "result
                          "transcriptions", "translations", "speech"})
 
 
+@lru_cache(maxsize=1024)
 def route_label(path: str) -> str:
-    """`/v1/files/file-abc/content` -> `/v1/files/{id}/content`: bounded label values."""
+    """`/v1/files/file-abc/content` -> `/v1/files/{id}/content`: bounded label values (the usual few
+    paths stay cached)."""
     parts = path.split("/")
     return "/".join(p if i < 3 or p in _OPERATIONS else "{id}" for i, p in enumerate(parts))
 
@@ -69,6 +80,96 @@ class BudgetGauges(Collector):
         yield from families.values()
 
 
+# Histogram bucket upper bounds, seconds; the last is +Inf.
+LATENCY_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, math.inf)
+OVERHEAD_BOUNDS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, math.inf)
+
+
+class Buckets:
+    """One histogram series: observations per bucket (not cumulated) and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds, self.counts, self.sum = bounds, [0] * len(bounds), 0.0
+
+    def observe(self, value: float) -> None:
+        """Count `value` in the first bucket whose bound is >= it; NaN counts in none but joins the sum."""
+        i = bisect_left(self.bounds, value)
+        if i or value == value:  # bisect puts NaN first
+            self.counts[i] += 1
+        self.sum += value
+
+    def cumulated(self) -> list[tuple[str, float]]:
+        """(`le`, observations <= le) per bound, as a histogram family takes them."""
+        return list(zip(map(floatToGoString, self.bounds), accumulate(self.counts), strict=True))
+
+
+class Series:
+    """Requests of one (endpoint, status, model, key), and the latency histogram of its endpoint."""
+
+    __slots__ = ("requests", "latency")
+
+    def __init__(self, latency: Buckets) -> None:
+        self.requests, self.latency = 0.0, latency
+
+
+class Metered:
+    """Tokens and cost of one (model, key)."""
+
+    __slots__ = ("prompt", "completion", "cost")
+
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.cost = 0.0
+
+
+class Tallies(Collector):
+    """The stage's numbers, in the order their label sets were first seen; families when scraped."""
+
+    def __init__(self) -> None:
+        self.series: dict[tuple[str, str, str, str], Series] = {}
+        self.latency: dict[str, Buckets] = {}
+        self.overhead = Buckets(OVERHEAD_BOUNDS)
+        self.usage: dict[tuple[str, str], Metered] = {}
+        self.retries = 0.0
+        self.upstream_errors: dict[str, float] = {}
+
+    @staticmethod
+    def families() -> tuple[CounterMetricFamily, HistogramMetricFamily, HistogramMetricFamily,
+                            CounterMetricFamily, CounterMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        """requests, latency, overhead, tokens, cost, retries, upstream errors: empty, in /metrics order."""
+        return (CounterMetricFamily("oaigate_requests", "Requests handled.",
+                                    labels=["endpoint", "status", "model", "key"]),
+                HistogramMetricFamily("oaigate_request_latency_seconds", "Latency seen by the client.",
+                                      labels=["endpoint"]),
+                HistogramMetricFamily("oaigate_overhead_seconds", "Time spent in the gateway itself.", labels=[]),
+                CounterMetricFamily("oaigate_tokens", "Tokens metered.", labels=["kind", "model", "key"]),
+                CounterMetricFamily("oaigate_cost_usd", "Cost metered, USD.", labels=["model", "key"]),
+                CounterMetricFamily("oaigate_upstream_retries", "Upstream attempts beyond the first.", labels=[]),
+                CounterMetricFamily("oaigate_upstream_errors", "Upstream failures by status or kind.",
+                                    labels=["status"]))
+
+    def describe(self) -> Iterator[Metric]:
+        """The names, so the registry still refuses another collector using one of them."""
+        return iter(self.families())
+
+    def collect(self) -> Iterator[Metric]:
+        requests, latency, overhead, tokens, cost, retries, upstream_errors = families = self.families()
+        for labels, series in self.series.items():
+            requests.add_metric(labels, series.requests)
+        for route, buckets in self.latency.items():
+            latency.add_metric([route], buckets.cumulated(), buckets.sum)
+        overhead.add_metric([], self.overhead.cumulated(), self.overhead.sum)
+        for (model, key), usage in self.usage.items():
+            tokens.add_metric(["prompt", model, key], usage.prompt)
+            tokens.add_metric(["completion", model, key], usage.completion)
+            cost.add_metric([model, key], usage.cost)
+        retries.add_metric([], self.retries)
+        for status, count in self.upstream_errors.items():
+            upstream_errors.add_metric([status], count)
+        return iter(families)
+
+
 class Metrics(Stage):
     """One registry per app, so several gateways (in tests) never share counters."""
 
@@ -77,51 +178,40 @@ class Metrics(Stage):
         self.models, self.keys = BoundedLabel(), BoundedLabel()
         if budgets is not None:
             self.registry.register(BudgetGauges(budgets))
-        self.requests = Counter("oaigate_requests", "Requests handled.", ["endpoint", "status", "model", "key"],
-                                registry=self.registry)
-        self.latency = Histogram("oaigate_request_latency_seconds", "Latency seen by the client.", ["endpoint"],
-                                 registry=self.registry,
-                                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120))
-        self.overhead = Histogram("oaigate_overhead_seconds", "Time spent in the gateway itself.",
-                                  registry=self.registry,
-                                  buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05))
-        self.tokens = Counter("oaigate_tokens", "Tokens metered.", ["kind", "model", "key"], registry=self.registry)
-        self.cost = Counter("oaigate_cost_usd", "Cost metered, USD.", ["model", "key"], registry=self.registry)
-        self.retries = Counter("oaigate_upstream_retries", "Upstream attempts beyond the first.",
-                               registry=self.registry)
-        self._series: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
-        self._usage: dict[tuple[str, str], tuple[Any, Any, Any]] = {}
-        self.upstream_errors = Counter("oaigate_upstream_errors", "Upstream failures by status or kind.",
-                                       ["status"], registry=self.registry)
+        self.tallies = Tallies()
+        self.registry.register(self.tallies)
 
     async def finish(self, ex: Exchange) -> None:
         status, route = str(ex.status or 0), route_label(ex.path)
         model, key = self.models(ex.model_served or ex.model), self.keys(ex.principal)
-        series = self._series.get((route, status, model, key))
-        if series is None:  # label lookups take a lock each: resolve them once per label set
-            series = self._series[route, status, model, key] = (self.requests.labels(route, status, model, key),
-                                                                 self.latency.labels(route))
-        series[0].inc()
-        series[1].observe(ex.elapsed_ms() / 1000)
-        self.overhead.observe(ex.overhead_s)
+        tallies = self.tallies
+        series = tallies.series.get((route, status, model, key))
+        if series is None:
+            latency = tallies.latency.get(route)
+            if latency is None:
+                latency = tallies.latency[route] = Buckets(LATENCY_BOUNDS)
+            series = tallies.series[route, status, model, key] = Series(latency)
+        series.requests += 1
+        series.latency.observe(ex.elapsed_ms() / 1000)
+        tallies.overhead.observe(ex.overhead_s)
         if ex.attempts > 1:
-            self.retries.inc(ex.attempts - 1)
+            tallies.retries += ex.attempts - 1
         if ex.error_type is not None and ex.error_type.startswith("upstream"):
-            self.upstream_errors.labels(ex.error_type).inc()
+            errors = tallies.upstream_errors
+            errors[ex.error_type] = errors.get(ex.error_type, 0.0) + 1
         elif ex.status is not None and ex.status >= 500:
-            self.upstream_errors.labels(status).inc()
+            errors = tallies.upstream_errors
+            errors[status] = errors.get(status, 0.0) + 1
         if ex.usage is None and not ex.cost_micros:
             return
-        usage = self._usage.get((model, key))
+        usage = tallies.usage.get((model, key))
         if usage is None:
-            usage = self._usage[model, key] = (self.tokens.labels("prompt", model, key),
-                                               self.tokens.labels("completion", model, key),
-                                               self.cost.labels(model, key))
+            usage = tallies.usage[model, key] = Metered()
         if ex.usage is not None:
-            usage[0].inc(ex.usage.prompt)
-            usage[1].inc(ex.usage.completion)
+            usage.prompt += ex.usage.prompt
+            usage.completion += ex.usage.completion
         if ex.cost_micros:
-            usage[2].inc(ex.cost_micros / 1_000_000)
+            usage.cost += ex.cost_micros / 1_000_000
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

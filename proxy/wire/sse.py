@@ -37,9 +37,14 @@ class SSEParser:
         self._data: list[bytes] = []
         self._event: str | None = None
 
+    @property
+    def idle(self) -> bool:
+        """Between events: nothing of a half-received event is held."""
+        return not self._buffer and not self._data and self._event is None
+
     def feed(self, chunk: bytes) -> list[Event]:
         """Consume `chunk`; return the events it completed."""
-        if not self._buffer and not self._data and self._event is None and chunk.endswith(b"\n\n") \
+        if self.idle and chunk.endswith(b"\n\n") \
                 and b"\r" not in chunk:  # the usual case: whole `data: ...` frames, read without a line loop
             frames = chunk[:-2].split(b"\n\n")
             if all(frame.startswith(b"data: ") and b"\n" not in frame for frame in frames):

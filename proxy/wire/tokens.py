@@ -85,6 +85,7 @@ _ENUM_ITEM = 3
 _FUNCTIONS_END = 12
 
 _load_lock = threading.Lock()
+_loaded: set[str] = set()  # names of the encodings built so far
 
 
 def encoding_name_for_model(model: str) -> str:
@@ -128,6 +129,11 @@ def preload_in_background(names: tuple[str, ...]) -> threading.Thread:
     thread = threading.Thread(target=preload, args=(names,), name="oaigate-tokenizer", daemon=True)
     thread.start()
     return thread
+
+
+def ready(model: str) -> bool:
+    """Whether `model`'s encoding is loaded: counting with it now cannot stall for a load (~0.5-1 s)."""
+    return encoding_name_for_model(model) in _loaded
 
 
 def encoding_for_model(model: str) -> tiktoken.Encoding:
@@ -249,6 +255,7 @@ def _build(name: str) -> tiktoken.Encoding:
     # encoding (never done here): dropping it saves ~30 MB for o200k_base
     encoding._mergeable_ranks = {}
     _trim()
+    _loaded.add(name)
     return encoding
 
 

@@ -113,7 +113,7 @@ def finish_reason_of_event(event: Event) -> str | None:
     if b'"finish_reason"' in data:
         if data.count(b'"finish_reason"') == 1 and (b'"finish_reason":null' in data or _NULL_REASON.search(data)):
             return None
-    elif event.event not in _RESPONSE_ENDS and not _RESPONSE_END.search(data):
+    elif event.event not in RESPONSE_ENDS and not RESPONSE_END.search(data):
         return None
     try:
         payload = loads(data)
@@ -122,6 +122,6 @@ def finish_reason_of_event(event: Event) -> str | None:
     return finish_reason(payload)
 
 
-_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
-_RESPONSE_END = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
+RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
+RESPONSE_END = re.compile(rb'"type"\s*:\s*"response\.(?:completed|incomplete|failed)"')
 _NULL_REASON = re.compile(rb'"finish_reason"\s*:\s*null')

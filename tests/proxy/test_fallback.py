@@ -19,7 +19,7 @@ from proxy.wire.usage import Usage
 from tests.servers import ServerThread
 
 from .conftest import CLIENT_KEY, UPSTREAM_KEY_ENV, Gateway, SleepRecorder, fetch
-from .mocks import MockUpstream, add_rule
+from .mocks import Held, MockUpstream, add_rule
 
 MESSAGES: Any = [{"role": "user", "content": "Say hello."}]
 FALLBACKS = [{"model": "gpt-4o", "to": ["gpt-4o-mini"]}]
@@ -85,15 +85,36 @@ def test_a_503_storm_falls_back_to_the_next_model_on_another_upstream(
 def test_the_fault_header_storm_falls_back_too(gateway: Callable[..., Gateway], a: MockUpstream,
                                                stream: bool) -> None:
     """`x-mock-fault: 503;times=2;id=...` reaches every upstream: both routes are the same mock here, so
-    the storm's two failures are the first model's two attempts and the fallback gets the success."""
+    the storm's two failures are the first model's two attempts and the fallback gets the success.
+    The stream is read to its end: the answer is then whole, upstream and in the mock's journal."""
     gw = two(gateway, a.url, a)
     with gw.client() as client:
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o", messages=MESSAGES, stream=stream, extra_headers={"x-mock-fault": "503;times=2;id=s"})
-        served = next(iter(raw.parse())).model if stream else raw.parse().model  # type: ignore[call-overload]
-    assert raw.headers["x-oaigate-fallback"] == "gpt-4o-mini" and served == "gpt-4o-mini"
+        served = {c.model for c in raw.parse()} if stream else {raw.parse().model}  # type: ignore[call-overload]
+    assert raw.headers["x-oaigate-fallback"] == "gpt-4o-mini" and served == {"gpt-4o-mini"}
     assert models(a) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
     assert [e["status"] for e in a.calls("/v1/chat/completions")] == [503, 503, 200]
+
+
+def test_a_client_leaving_a_fallen_back_stream_costs_no_extra_upstream_request(
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> None:
+    """The client reads the fallback's first chunk and leaves while the upstream is still streaming:
+    the gateway drops that upstream request, and re-sends nothing (no attempt billed twice)."""
+    held = Held()
+    a = MockUpstream.start(upstream, sleep=held)
+    gw = two(gateway, a.url, a)
+    with gw.client() as client:
+        stream = client.chat.completions.create(model="gpt-4o", messages=MESSAGES, stream=True, extra_headers={
+            "x-mock-fault": "503;times=2;id=s", "x-mock-latency": "chunk_ms=60000"})
+        assert next(iter(stream)).model == "gpt-4o-mini"  # the mock now holds its next chunk
+        stream.close()
+    held.release(a)  # the next chunk finds the client gone: the gateway ends the exchange
+    [row] = gw.rows(expect=1)
+    assert (row["attempts"], row["models_tried"], row["model_served"]) == (3, 2, "gpt-4o-mini")
+    calls = a.calls("/v1/chat/completions")
+    assert [(e["body"]["model"], e["status"]) for e in calls] == [("gpt-4o", 503), ("gpt-4o", 503),
+                                                                   ("gpt-4o-mini", 200)]
 
 
 def test_no_connection_falls_back(gateway: Callable[..., Gateway], b: MockUpstream) -> None:

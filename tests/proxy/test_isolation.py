@@ -629,3 +629,11 @@ def test_references_in_form_fields_are_checked(objects_gw: Gateway) -> None:
     streamed = fetch("POST", objects_gw.url + "/audio/voices", key=BOB, data=chunked(),
                      headers={"Content-Type": "multipart/form-data; boundary=b0und"})
     assert streamed.status == 400 and consent.encode() not in streamed.body
+
+
+def test_the_paths_answered_without_a_closer_look_pass_the_full_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    import proxy.app
+
+    common = proxy.app._COMMON_PATHS
+    monkeypatch.setattr(proxy.app, "_COMMON_PATHS", frozenset())
+    assert not any(proxy.app.odd_path(path) for path in common)

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import sqlite_utils
 from aiohttp import web
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
@@ -382,6 +383,28 @@ def test_writer_backlog_never_undercounts_rows_being_taken(tmp_path: Path) -> No
     assert len(read_rows(tmp_path / "b.db")) == 5
 
 
+def test_writer_commits_a_batch_larger_than_one_insert_statement_whole(tmp_path: Path) -> None:
+    """A batch is written as multi-row INSERTs of at most `ROWS_PER_STATEMENT` rows: a backlog of more
+    than two statements' worth commits in one batch, every row with every column as submitted."""
+    from proxy.db.writer import ROWS_PER_STATEMENT
+
+    db = tmp_path / "big.db"
+    writer = LedgerWriter(str(db))
+    count = 2 * ROWS_PER_STATEMENT + 7
+    rows = [{**_row(i), "latency_ms": i / 7, "model_served": f"m{i}", "request_body": "é" * (i % 5)}
+            for i in range(count)]
+    for row in rows:
+        writer.submit(row)
+    writer.start()  # all queued before the thread runs: one batch
+    assert writer.flush(10)
+    writer.close()
+    assert (writer.written, writer.batches) == (count, 1)
+    written = {row["id"]: row for row in read_rows(db)}
+    assert len(written) == count
+    for row in rows:
+        assert {k: written[row["id"]][k] for k in row} == row
+
+
 def test_writer_group_commit_rows_queued_during_a_commit_go_in_the_next_batch(tmp_path: Path) -> None:
     """A submit wakes the writer (no tick: `interval_s` is a minute); rows that arrive while it commits
     batch N are committed together as batch N+1; each waiter returns once its row is readable."""
@@ -564,3 +587,54 @@ def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Pat
         lock.close()
     assert writer.durability_timeouts == 40 and writer.written == 40
     writer.close()
+
+
+def test_the_object_id_index_holds_only_rows_that_created_an_object(tmp_path: Path) -> None:
+    """Schema v6: a ledger made by an older oaigate keeps its rows; its object_id index becomes partial
+    and the owner and chain lookups still use it."""
+    from proxy.db.schema import MIGRATIONS
+
+    db = tmp_path / "old.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    for number, step in enumerate(MIGRATIONS[:5], start=1):  # a v5 ledger, as the last release left it
+        step(sqlite_utils.Database(conn))
+        conn.execute(f"PRAGMA user_version = {number}")
+    conn.execute("INSERT INTO requests (id, started_at, endpoint, status, object_id) VALUES "
+                 "('a', '2026-01-01', '/v1/files', 200, 'file-1'), ('b', '2026-01-01', '/v1/embeddings', 200, NULL)")
+    conn.close()
+    migrated = connect(str(db))
+    (sql,) = migrated.execute("SELECT sql FROM sqlite_master WHERE name = 'idx_requests_object_id'").fetchone()
+    assert "WHERE object_id IS NOT NULL" in sql
+    plan = " ".join(str(r) for r in migrated.execute(
+        "EXPLAIN QUERY PLAN SELECT key_name FROM requests WHERE object_id = ?", ("file-1",)))
+    assert "idx_requests_object_id" in plan
+    assert migrated.execute("SELECT id, object_id FROM requests ORDER BY id").fetchall() == [("a", "file-1"),
+                                                                                              ("b", None)]
+    assert migrated.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    migrated.close()
+
+
+def test_the_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: Path) -> None:
+    """Commits never checkpoint (short of the backstop): the checkpointer thread copies the WAL into
+    the database once rows came in, and does nothing while none do."""
+    from proxy.db.writer import AUTOCHECKPOINT_PAGES
+
+    db = tmp_path / "c.db"
+    writer = LedgerWriter(str(db), checkpoint_s=0.02)
+    writer.start()
+    for i in range(300):
+        writer.submit(_row(i))
+    assert writer.flush(10)
+    for _ in range(500):
+        if writer.checkpoints:
+            break
+        threading.Event().wait(0.01)
+    assert writer.checkpoints >= 1
+    idle = writer.checkpoints
+    threading.Event().wait(0.2)  # no new rows: no new checkpoint
+    assert writer.checkpoints == idle
+    writer.close()
+    assert len(read_rows(db)) == 300
+    writer_conn = writer._connect()
+    assert writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == AUTOCHECKPOINT_PAGES
+    writer_conn.close()

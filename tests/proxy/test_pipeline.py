@@ -6,6 +6,8 @@ import asyncio
 import re
 from collections.abc import Callable
 
+import pytest
+
 import proxy.pipeline
 import proxy.stages
 from proxy.app import PIPELINE
@@ -66,3 +68,72 @@ def test_a_failed_replay_costs_nothing_either() -> None:
     ex = _hit(None)
     asyncio.run(Meter(PriceTable()).finish(ex))
     assert ex.cost_micros == 0 and ex.replayed_cost_micros is None
+
+
+def test_run_eagerly_runs_a_coroutine_that_never_waits_on_the_spot() -> None:
+    from proxy.pipeline import run_eagerly
+
+    seen: list[str] = []
+
+    async def hooks() -> None:
+        seen.append("ran")
+
+    async def main() -> None:
+        assert run_eagerly(hooks()) is None
+        assert seen == ["ran"]  # before any loop turn
+
+    asyncio.run(main())
+
+
+def test_run_eagerly_hands_a_waiting_coroutine_to_a_task_that_sees_results_and_errors() -> None:
+    from proxy.pipeline import run_eagerly
+
+    seen: list[object] = []
+
+    async def hooks(first: asyncio.Future[int], second: asyncio.Future[int]) -> None:
+        seen.append("start")
+        seen.append(await first)
+        try:
+            await second
+        except ValueError as exc:
+            seen.append(str(exc))
+        await asyncio.sleep(0)  # a bare yield
+        seen.append("end")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first, second = loop.create_future(), loop.create_future()
+        task = run_eagerly(hooks(first, second))
+        assert task is not None and seen == ["start"]
+        first.set_result(7)
+        await asyncio.sleep(0.01)
+        assert seen == ["start", 7] and not task.done()
+        second.set_exception(ValueError("boom"))
+        await task
+        assert seen == ["start", 7, "boom", "end"]
+
+    asyncio.run(main())
+
+
+def test_cancelling_the_carrying_task_cancels_the_coroutine_where_it_waits() -> None:
+    from proxy.pipeline import run_eagerly
+
+    seen: list[str] = []
+
+    async def hooks(never: asyncio.Future[None]) -> None:
+        try:
+            await never
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+
+    async def main() -> None:
+        task = run_eagerly(hooks(asyncio.get_running_loop().create_future()))
+        assert task is not None
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == ["cancelled"]
+
+    asyncio.run(main())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Iterator
@@ -118,6 +119,47 @@ def test_journal_is_bounded_and_can_be_cleared(server: ServerThread) -> None:
     assert [e["id"] for e in entries] == list(range(entries[0]["id"], entries[0]["id"] + 5))
     assert call("DELETE", server.url + "/_mock/journal").json() == {"object": "list", "data": []}
     assert journal(server) == []
+
+
+class Held:
+    """An injected `sleep` that holds every pause (stream pacing) until `release()`."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+
+    async def __call__(self, seconds: float) -> None:
+        await self.gate.wait()
+
+    def release(self, server: ServerThread) -> None:
+        async def open_gate() -> None:
+            self.gate.set()
+
+        server.run(open_gate())
+
+
+@pytest.fixture
+def held() -> Iterator[tuple[ServerThread, Held]]:
+    sleep = Held()
+    thread = ServerThread(lambda: make_app(MockSettings(), sleep=sleep)).start()
+    yield thread, sleep
+    sleep.release(thread)
+    thread.stop()
+
+
+def test_journal_has_status_and_body_as_soon_as_the_answer_starts(held: tuple[ServerThread, Held]) -> None:
+    """A stream still going (or left by its client halfway) is journalled whole from its first byte on:
+    whoever has seen any of an answer finds its status and body in the journal, not a null entry."""
+    server, sleep = held
+    with openai.OpenAI(base_url=server.url + "/v1", api_key="k", max_retries=0) as client:
+        stream = client.chat.completions.create(**CHAT, stream=True,
+                                                extra_headers={"x-mock-latency": "chunk_ms=60000"})
+        first = next(iter(stream))  # the mock now waits (held) before its second chunk
+        assert first.model == CHAT["model"]
+        (entry,) = journal(server)
+        assert (entry["status"], entry["body"]) == (200, {**CHAT, "stream": True})
+        stream.close()  # the client leaves mid-stream; the mock's next write fails
+    sleep.release(server)
+    assert [(e["status"], e["body"]) for e in journal(server)] == [(200, {**CHAT, "stream": True})]
 
 
 # --- reset -----------------------------------------------------------------------------------------
