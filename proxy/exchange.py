@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import time
@@ -175,6 +176,8 @@ class Exchange:
     error_type: str | None = None
     finished: float | None = None
     ledger_ticket: int | None = None  # the row's place in the writer's queue (`LedgerWriter.wait_written`)
+    # what else a complete answer waits for before its last bytes go out (a shared budget's settle)
+    answer_waits_for: list[asyncio.Future[Any]] = field(default_factory=list)
     overhead_s: float = 0.0
     # each stage's own per-request state (see `Slot`)
     state: StageState = field(default_factory=StageState)

@@ -196,10 +196,11 @@ class Pipeline:
 
     async def complete(self, ex: Exchange) -> None:
         """A response that reached its end normally, before its last bytes go out: run the finish hooks
-        now (once: `schedule_finish` then does nothing), then wait, at most `durable_wait_s`, until its
-        ledger row is committed. The hooks start on the caller's stack (`run_eagerly`); one that has to
-        wait (shared state, a fixture file) goes on in a task of its own, so a client leaving halfway
-        through never leaves them half done."""
+        now (once: `schedule_finish` then does nothing), then wait, at most `durable_wait_s` each, until
+        its ledger row is committed and what else it waits for is done (`ex.answer_waits_for`: a shared
+        budget's settle, so a client that has its answer sees its spend). The hooks start on the
+        caller's stack (`run_eagerly`); one that has to wait (shared state, a fixture file) goes on in a
+        task of its own, so a client leaving halfway through never leaves them half done."""
         if _COMPLETING in ex.state:
             return
         ex.finished = time.perf_counter()
@@ -209,8 +210,12 @@ class Pipeline:
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             await asyncio.shield(task)
-        if ex.ledger_ticket is not None and self.writer is not None and self.durable_wait_s > 0:
+        if self.durable_wait_s <= 0:
+            return
+        if ex.ledger_ticket is not None and self.writer is not None:
             await self.writer.wait_written(ex.ledger_ticket, self.durable_wait_s)
+        if ex.answer_waits_for:  # a shared budget's settle, sent with the hooks: usually done by now
+            await asyncio.wait(ex.answer_waits_for, timeout=self.durable_wait_s)
 
     def schedule_finish(self, ex: Exchange) -> None:
         if _COMPLETING in ex.state:

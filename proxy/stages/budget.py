@@ -15,6 +15,7 @@ stage's reservation is a `Claim` that the rate-limit stage sends with its own ad
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -325,13 +326,13 @@ class BudgetBook:
             account.reserved_tokens += t
         return reservation
 
-    def settle(self, reservation: Reservation, micros: int, tokens: int) -> None:
-        """Replace the held amounts by what the request really cost (in the shared state, in the
-        background)."""
+    def settle(self, reservation: Reservation, micros: int, tokens: int) -> asyncio.Future[Any] | None:
+        """Replace the held amounts by what the request really cost: at once here, or in the shared
+        state in the background (then its task is returned, for an answer that waits for it)."""
         if self.shared is not None and reservation.holds:
-            self.shared.spawn(self.asettle(reservation, micros, tokens))
-            return
+            return self.shared.spawn(self.asettle(reservation, micros, tokens))
         self._settle_local(reservation, micros, tokens)
+        return None
 
     def _settle_local(self, reservation: Reservation, micros: int, tokens: int) -> None:
         for account, m, t in reservation.holds:
@@ -488,5 +489,8 @@ class Budget(Stage):
         if reservation is None:
             return
         tokens = ex.usage.total if ex.usage is not None else 0
-        self.book.settle(reservation, ex.cost_micros or 0, tokens)  # shared: in the background, pipelined
-        # with the other finish hooks' calls (one round trip)
+        # shared: in the background, pipelined with the other finish hooks' calls (one round trip); the
+        # answer waits for it as for its ledger row, so a client that has its answer sees its spend
+        settling = self.book.settle(reservation, ex.cost_micros or 0, tokens)
+        if settling is not None:
+            ex.answer_waits_for.append(settling)

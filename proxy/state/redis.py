@@ -256,11 +256,12 @@ class RedisState:
                 if not future.done():
                     future.set_exception(exc)
 
-    def spawn(self, coro: Awaitable[Any]) -> None:
-        """Run `coro` in the background (a settle from a sync caller), kept until done."""
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Future[Any]:
+        """Run `coro` in the background (a settle from a sync caller), kept until done; returns its task."""
         task = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # --- budgets ---------------------------------------------------------------------------------
 

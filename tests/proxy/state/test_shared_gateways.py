@@ -298,3 +298,69 @@ def test_a_restart_never_double_counts_and_an_empty_redis_is_seeded_from_the_led
     third = gateway(db=db, **sections)
     shown = spent_by_redis(third)
     assert shown == f"{spent(third) / 1e6:.6f}"
+
+
+class SlowLink:
+    """A TCP relay to Redis that holds every command `delay_s` before passing it on (replies go back at
+    once): Redis acts on a settle only that long after the gateway sent it."""
+
+    def __init__(self, port: int, delay_s: float) -> None:
+        self.target, self.delay_s = port, delay_s
+        self.writers: list[asyncio.StreamWriter] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            asyncio.start_server(self._relay, "127.0.0.1", 0), self.loop).result(10)
+        self.url = f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self.writers += [writer, up_writer]
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, delay: float) -> None:
+            while data := await source.read(65536):
+                if delay:
+                    await asyncio.sleep(delay)
+                sink.write(data)
+                await sink.drain()
+            sink.close()
+
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(pipe(reader, up_writer, self.delay_s), pipe(up_reader, writer, 0))
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            for writer in self.writers:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+            await self.server.wait_closed()
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def test_a_client_that_has_its_answer_sees_its_spend_settled(gateway: Callable[..., Gateway],
+                                                             redis_server: RedisServer) -> None:
+    """The shared settle goes with the answer like the ledger row: once the SDK has an answer, nothing
+    of that request is still reserved in Redis, so the next request (on either gateway) is never
+    refused for a reservation that no request holds any more. Commands reach Redis 50 ms late here,
+    and there is no ledger (its commit, which the answer waits for too, could hide a late settle)."""
+    link = SlowLink(redis_server.port, 0.05)
+    try:
+        a, b = pair(gateway, redis_server, limits={"budget_usd": 1.0}, prices=PRICES, ledger={"enabled": False},
+                    state={"url": link.url, "timeout_s": 10})
+        client = redis_server.client()
+        for n in range(6):
+            with (a if n % 2 else b).client() as sdk:
+                sdk.chat.completions.create(**CHAT)
+            keys = [k for k in client.scan_iter("oaigate:budget:*") if k.count(":") == 2]
+            assert keys and int(client.hget(keys[0], "rm") or 0) == 0, f"request {n}: reserved after its answer"
+    finally:
+        link.close()
