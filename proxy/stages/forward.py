@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import functools
 import logging
 import math
 import random
@@ -58,12 +57,24 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> frozenset[str]:
     return frozenset(t.strip().lower() for v in headers.getall("Connection", ()) for t in v.split(",") if t.strip())
 
 
-@functools.lru_cache(maxsize=4096)
 def _forwarded(name: str, extra: tuple[str, ...]) -> bool:
-    """Whether the client header `name` (lower case) goes upstream; cached, so a dict lookup per header."""
+    """Whether the client header `name` (lower case) goes upstream (`extra`: `forward_headers`)."""
     if name in _NEVER or name.startswith("x-oaigate-"):
         return False
     return any(p == name or fnmatch.fnmatchcase(name, p) for p in (*FORWARDED_HEADERS, *extra))
+
+
+_DECIDED_MAX = 4096  # header names remembered per `forward_headers` list (a client may send any names)
+_decided: dict[tuple[str, ...], dict[str, bool]] = {}
+
+
+def _decisions(extra: tuple[str, ...]) -> dict[str, bool]:
+    """`_forwarded`'s answers for one `forward_headers` list, by lower-case name: a dict lookup per
+    header of a request; forgotten and rebuilt past `_DECIDED_MAX` names."""
+    decided = _decided.get(extra)
+    if decided is None or len(decided) > _DECIDED_MAX:
+        decided = _decided[extra] = {}
+    return decided
 
 
 def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CIMultiDict[str]:
@@ -74,8 +85,16 @@ def upstream_headers(ex: Exchange, upstream: Upstream, pass_through: bool) -> CI
     own token pays (the configured ones then apply when the client sends none)."""
     drop = _connection_tokens(ex.headers) if "Connection" in ex.headers else frozenset()
     extra = upstream.forward_headers
-    headers = CIMultiDict((k, v) for k, v in ex.headers.items()
-                          if _forwarded(k.lower(), extra) and k.lower() not in drop)
+    decided = _decisions(extra)
+    kept = []
+    for key, text in ex.headers.items():
+        lowered = key.lower()
+        forwarded = decided.get(lowered)
+        if forwarded is None:
+            forwarded = decided[lowered] = _forwarded(lowered, extra)
+        if forwarded and lowered not in drop:
+            kept.append((key, text))
+    headers = CIMultiDict(kept)
     token = ex.client_token if pass_through else upstream.api_key
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -174,6 +193,8 @@ class Forward:
         # itself never queues): waiting for a connection is queueing, not upstream silence
         self.pool = asyncio.Semaphore(pool_size) if pool_size else None
         self.fallbacks: Fallbacks | None = None  # `fallback.Fallbacks`: the next model after a failure
+        # aiohttp's own timeouts: the connect only (the first byte and the deadline are timed here)
+        self._connect_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect_s)
 
     async def __call__(self, request: web.Request, ex: Exchange, on_chunk: ChunkHook) -> web.StreamResponse:
         if ex.deadline == math.inf:  # an exchange that skipped the deadline stage
@@ -242,7 +263,7 @@ class Forward:
                     response = await self.session.request(
                         ex.method, url, data=body or (ex.body_stream and ex.body_stream.chunks()),
                         headers=headers, allow_redirects=False,
-                        timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.timeouts.connect_s),
+                        timeout=self._connect_timeout,
                     )
             except TimeoutError as exc:
                 failure = UpstreamTimeout(f"The upstream did not answer within the time limit ({ex.upstream}).",

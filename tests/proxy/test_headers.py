@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from proxy.config import Config
@@ -123,3 +125,30 @@ def test_a_route_to_another_host_gets_no_organization(gateway: Callable[..., Gat
     assert to_default["openai-organization"] == "org-operator"
     assert "openai-organization" not in to_other and "openai-project" not in to_other
     assert "authorization" not in to_other  # the upstream key stays on its own host too
+
+
+NAMES = st.sampled_from(["Content-Type", "content-type", "Accept", "X-Stainless-Lang", "x-stainless-os", "Cookie",
+                         "Authorization", "X-Custom-Trace", "x-custom-trace", "X-Oaigate-Cache", "OpenAI-Organization",
+                         "Connection", "Keep-Alive", "X-Mock-Fault", "Idempotency-Key", "X-Other"])
+
+
+@given(st.lists(st.tuples(NAMES, st.sampled_from(["a", "b"])), max_size=12),
+       st.sampled_from([(), ("x-custom-*",), ("x-other",)]))
+def test_upstream_headers_keep_exactly_what_the_rule_forwards(pairs: list[tuple[str, str]],
+                                                              extra: tuple[str, ...]) -> None:
+    """The per-name decisions the gateway remembers give what the rule itself gives, whatever was seen
+    before (the memory is shared by every request), and a flood of new names never grows it unbounded."""
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from proxy.exchange import Exchange
+    from proxy.stages import forward
+    from proxy.upstream import Upstream
+
+    ex = Exchange("POST", "/v1/chat/completions", "", CIMultiDictProxy(CIMultiDict(pairs)), b"")
+    got = forward.upstream_headers(ex, Upstream("u", "http://x/v1", forward_headers=extra), False)
+    expected = [(k, v) for k, v in pairs if forward._forwarded(k.lower(), extra)]
+    own = {"authorization", "accept-encoding"}
+    assert [(k, v) for k, v in got.items() if k.lower() not in own] == expected
+    for i in range(forward._DECIDED_MAX + 10):
+        forward._decisions(extra)[f"x-flood-{i}"] = False
+    assert len(forward._decisions(extra)) <= forward._DECIDED_MAX + 1
