@@ -134,8 +134,9 @@ class LedgerConfig(Section):
         "normal", description='"normal": a committed row survives the process being killed; "full": also '
         "power loss (one fsync per commit).")
     durable_wait_s: float = Field(
-        1.0, ge=0, description="Longest a complete answer waits for its row to be committed before its last "
-        "bytes go out (then it goes on, counted in /healthz); 0: do not wait.")
+        1.0, ge=0, description="Longest a complete answer waits for its row to be committed (and, with [state] "
+        "url, for its budget settle in Redis) before its last bytes go out (then it goes on; a missed commit is "
+        "counted in /healthz); 0: do not wait.")
 
     @field_validator("url")
     @classmethod
