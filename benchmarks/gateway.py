@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -88,8 +89,20 @@ def start_process(args: list[str], pattern: str, cwd: Path | None = None,
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU time of `pid`: the sum over its live threads' `schedstat`, to the nanosecond, where the
+    kernel keeps it (the `/proc/PID/stat` total counts 10 ms clock ticks: too coarse for 250 streams
+    of ~0.6 ms each)."""
+    if not SCHEDSTAT:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # a thread that just ended
+            total += int((task / "schedstat").read_text().split()[0])
+    return total / 1e9
+
+
+SCHEDSTAT = Path("/proc/self/schedstat").exists()
 
 
 def rss_mb(pid: int) -> float:

@@ -41,14 +41,27 @@ STREAM_KEEP_BYTES = 4 * 1024 * 1024  # raw stream kept for estimating when no us
 RUNNING = frozenset({"queued", "in_progress"})  # a background response's status before it ends
 
 
-def _says_nothing(data: bytes) -> bool:
-    """Whole SSE frames that carry nothing the meter reads: no usage, no end (`[DONE]`, a named event,
-    a Responses terminal type), no finish_reason but null ones. Most of a stream's chunks are such
-    deltas; a few byte searches skip parsing them (`test_meter_stream` checks it changes nothing)."""
-    return (data.endswith(b"\n\n") and b'"usage"' not in data and b"[DONE]" not in data
-            and b"event:" not in data and b"\r" not in data
-            and data.count(b'"finish_reason"') == data.count(b'"finish_reason":null')
-            and usage_of.RESPONSE_END.search(data) is None)
+def _quiet_until(data: bytes) -> int:
+    """How much of `data`, read from a frame boundary, is whole frames that say nothing the meter reads:
+    no usage, no end (`[DONE]`, a Responses terminal type), no finish_reason but null ones. Most of a
+    stream is such deltas; a few byte searches skip parsing them (`test_meter_stream` checks that this
+    changes nothing). 0 when it cannot tell (named events: an `error` event ends the stream by its name)."""
+    if data.find(b"event:") != -1:
+        return 0
+    first = len(data)  # where the first thing the meter reads may start
+    for marker in (b'"usage"', b"[DONE]"):
+        at = data.find(marker, 0, first)
+        if at != -1:
+            first = at
+    at = data.find(b'"finish_reason"', 0, first)
+    while at != -1 and data.startswith(b'"finish_reason":null', at):
+        at = data.find(b'"finish_reason"', at + 15, first)
+    if at != -1:
+        first = at
+    if (end := usage_of.RESPONSE_END.search(data, 0, first)) is not None:
+        first = end.start()
+    cut = data.rfind(b"\n\n", 0, first)  # the end of the last frame wholly before it
+    return cut + 2 if cut != -1 else 0
 
 
 class _StreamState:
@@ -87,8 +100,12 @@ class Meter(Stage):
         if state.overflow + len(data) <= STREAM_KEEP_BYTES:
             state.raw.append(data)
         state.overflow += len(data)
-        if not state.sse or (state.model is not None and _says_nothing(data) and state.parser.idle):
+        if not state.sse:
             return
+        if state.model is not None and state.parser.idle and (quiet := _quiet_until(data)):
+            data = data[quiet:]
+            if not data:
+                return
         for event in state.parser.feed(data):
             if event.data == b"[DONE]" or event.event in TERMINAL_EVENTS:
                 ex.stream_ended = True
