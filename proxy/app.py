@@ -28,6 +28,7 @@ from .stages.auth import Authenticate
 from .stages.cache import serve as serve_cached
 from .stages.deadline import Deadline
 from .stages.fixtures import replay
+from .stages.forward import ClientGone
 from .stages.ledger import RequestId
 from .stages.owners import FORM_REFERENCES, OWNERS, Owners, filter_lists
 from .state import StateUnavailable
@@ -98,10 +99,12 @@ async def handle(request: web.Request) -> web.StreamResponse:
         # a body nested deeper than the JSON writer goes, met where the gateway re-serializes it
         return _error(request, ex, exc if isinstance(exc, GatewayError)
                       else InvalidRequest(str(JSONDepthError()), code="invalid_value"))
-    except (asyncio.CancelledError, ConnectionResetError):
+    except (asyncio.CancelledError, ConnectionResetError) as exc:
         if not ex.stream_ended:  # a client that leaves once it has the last event did not abandon anything
             # cut because the server stopped and its grace ran out: not the client's doing
             ex.error_type = "shutdown" if cut_by_shutdown(request) else "client_disconnected"
+        if isinstance(exc, ClientGone):
+            return exc.response  # a client may hang up: no "Error handling request" traceback in the log
         raise
     except Exception:
         if _response_started(request):  # too late for an envelope: the client's response is cut

@@ -178,6 +178,16 @@ def _is_usage_only(frame: bytes) -> bool:
 NO_SDK_RETRY = {"x-should-retry": "false"}  # the gateway has retried already: an SDK must not retry on top
 
 
+class ClientGone(ConnectionResetError):
+    """The client hung up while its answer was being relayed: no error of the gateway's nor of the
+    upstream's. Carries the client's (started) response, for the handler to return: aiohttp then ends
+    it quietly, where a raised exception is logged as an error with its traceback."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("the client went away mid-stream")
+        self.response = response
+
+
 class Forward:
     """Calls the upstream for an exchange (`ex.target`, chosen by `route`, else the default
     `upstream`) and relays the answer to the client."""
@@ -389,7 +399,7 @@ class Forward:
             if request.transport is None or request.transport.is_closing():
                 # a write to the client failed (aiohttp's ClientConnectionResetError is a ClientConnectionError
                 # too): the client left, the upstream did nothing wrong
-                raise ConnectionResetError("the client went away mid-stream") from exc
+                raise ClientGone(client) from exc
             ex.error_type = "upstream_timeout" if isinstance(exc, TimeoutError) else "upstream_disconnected"
             log.warning("upstream stream broke off (%s): cutting the client's stream", type(exc).__name__)
             if request.transport is not None:

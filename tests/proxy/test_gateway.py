@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import re
 import socket
 import threading
@@ -447,7 +448,9 @@ def test_added_usage_is_stripped_from_other_servers_streams(
 
 
 def test_client_leaving_mid_stream_closes_the_upstream_request(
-        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread]) -> None:
+        gateway: Callable[..., Gateway], upstream: Callable[[web.Application], ServerThread],
+        caplog: pytest.LogCaptureFixture) -> None:
+    """...and is no error of the gateway's: a client may hang up whenever it likes (no ERROR, no traceback)."""
     release = asyncio.Event()
     upstream_cut = threading.Event()
 
@@ -486,6 +489,7 @@ def test_client_leaving_mid_stream_closes_the_upstream_request(
         server.call(release.set)
     (row,) = gw.rows(expect=1)
     assert row["error_type"] == "client_disconnected" and row["attempts"] == 1
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
 def test_a_client_that_leaves_after_the_last_event_completed_its_request(
