@@ -53,11 +53,12 @@ def _quiet_until(data: bytes) -> int:
         at = data.find(marker, 0, first)
         if at != -1:
             first = at
-    at = data.find(b'"finish_reason"', 0, first)
-    while at != -1 and data.startswith(b'"finish_reason":null', at):
-        at = data.find(b'"finish_reason"', at + 15, first)
-    if at != -1:
-        first = at
+    if data.count(b'"finish_reason"', 0, first) != data.count(b'"finish_reason":null', 0, first):
+        at = data.find(b'"finish_reason"', 0, first)  # not all null (the usual: all are): the first that is not
+        while at != -1 and data.startswith(b'"finish_reason":null', at):
+            at = data.find(b'"finish_reason"', at + 15, first)
+        if at != -1:
+            first = at
     if (end := usage_of.RESPONSE_END.search(data, 0, first)) is not None:
         first = end.start()
     cut = data.rfind(b"\n\n", 0, first)  # the end of the last frame wholly before it

@@ -15,15 +15,18 @@ SSE = CIMultiDictProxy(CIMultiDict({"Content-Type": "text/event-stream"}))
 
 CHAT = b'{"id":"chatcmpl-1","object":"chat.completion.chunk","model":"gpt-4o-mini","choices":[{"index":0,'
 DELTA = b"data: " + CHAT + b'"delta":{"content":"Hi"},"finish_reason":null}]}\n\n'
+USAGE = (b"data: " + CHAT[:-len(b'"choices":[{"index":0,')] + b'"choices":[],"usage":{"prompt_tokens":3,'
+         b'"completion_tokens":5,"total_tokens":8}}\n\n')
+ERROR = b'event: error\ndata: {"message":"overloaded"}\n\n'  # ends the stream by its name only
+LENGTH = b"data: " + CHAT + b'"delta":{},"finish_reason":"length"}]}\n\n'
 INCOMPLETE = (b'data: {"type":"response.incomplete","response":{"object":"response","status":"incomplete",'
               b'"incomplete_details":{"reason":"max_output_tokens"}}}\n\n')  # says so by its type only
 # pieces of chat and Responses streams, including the ones the meter must see (usage, ends, reasons)
 FRAMES = st.sampled_from([
     DELTA,
     b"data: " + CHAT + b'"delta":{"content":"Hi"},"finish_reason": null}]}\n\n',
-    b"data: " + CHAT + b'"delta":{},"finish_reason":"length"}]}\n\n',
-    b"data: " + CHAT[:-len(b'"choices":[{"index":0,')] + b'"choices":[],"usage":{"prompt_tokens":3,'
-    b'"completion_tokens":5,"total_tokens":8}}\n\n',
+    LENGTH,
+    USAGE,
     b"data: [DONE]\n\n",
     b": keep-alive\n\n",
     b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta","delta":"x"}\n\n',
@@ -33,7 +36,7 @@ FRAMES = st.sampled_from([
     b'"response","status":"completed","model":"gpt-4o","usage":{"input_tokens":4,"output_tokens":6,'
     b'"total_tokens":10}}}\n\n',
     b"data: " + CHAT + b'"delta":{"content":"a\\r\\nb"},"finish_reason":null}]}\r\n\r\n',
-    b'event: error\ndata: {"message":"overloaded"}\n\n',  # ends the stream by its name only
+    ERROR,
 ])
 
 
@@ -50,7 +53,11 @@ def _read(chunks: list[bytes]) -> tuple[object, ...]:
 
 @settings(max_examples=300)
 @given(st.lists(FRAMES, min_size=1, max_size=12), st.lists(st.integers(0, 12), max_size=6))
-@example([DELTA, DELTA, INCOMPLETE], [1])
+@example([DELTA, DELTA, INCOMPLETE], [1])  # after quiet frames in one chunk, each thing the meter reads
+@example([DELTA, DELTA, USAGE], [1])
+@example([DELTA, DELTA, LENGTH], [1])
+@example([DELTA, DELTA, b"data: [DONE]\n\n"], [1])
+@example([DELTA, DELTA, ERROR], [1])
 def test_any_cut_of_a_stream_is_metered_as_it_is_byte_by_byte(frames: list[bytes], cuts: list[int]) -> None:
     stream = b"".join(frames)
     bounds = sorted({0, len(frames), *(c for c in cuts if c <= len(frames))})
