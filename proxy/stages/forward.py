@@ -407,7 +407,10 @@ class Forward:
             return client
         if complete is not None:
             await complete(ex)  # a body that ended without a terminal event: before its last bytes
-        await client.write_eof()
+        try:
+            await client.write_eof()
+        except ConnectionResetError as exc:
+            raise ClientGone(client) from exc
         return client
 
 
@@ -449,18 +452,21 @@ async def relay_stored(request: web.Request, ex: Exchange, status: int, headers:
     complete = request.app.get(COMPLETE)
     response = web.StreamResponse(status=status, headers=headers)
     await response.prepare(request)
-    async for chunk in chunks:
-        on_chunk(ex, chunk)
-        data = stripper.feed(chunk) if stripper is not None else chunk
-        if data:
-            if ex.stream_ended and complete is not None:
-                await complete(ex)
-            await response.write(data)
-    if stripper is not None and (rest := stripper.flush()):
-        await response.write(rest)
-    if complete is not None:
-        await complete(ex)
-    await response.write_eof()
+    try:
+        async for chunk in chunks:
+            on_chunk(ex, chunk)
+            data = stripper.feed(chunk) if stripper is not None else chunk
+            if data:
+                if ex.stream_ended and complete is not None:
+                    await complete(ex)
+                await response.write(data)
+        if stripper is not None and (rest := stripper.flush()):
+            await response.write(rest)
+        if complete is not None:
+            await complete(ex)
+        await response.write_eof()
+    except ConnectionResetError as exc:  # a write to the client failed: it hung up
+        raise ClientGone(response) from exc
     return response
 
 __all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream"]

@@ -12,6 +12,7 @@ import asyncio
 import gzip
 import io
 import json
+import logging
 import os
 import threading
 import time
@@ -314,6 +315,26 @@ def test_replay_pacing(gateway: GatewayFactory, mock: ServerThread, fdir: Path) 
     elapsed, reply = timed_fetch(fast.url + CHAT_URL, STREAM)
     assert reply.body == live.body
     assert elapsed < span * 0.5, (elapsed, span)
+
+
+def test_a_client_leaving_a_paced_replay_is_no_error(gateway: GatewayFactory, mock: ServerThread, fdir: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    gw = recorder(gateway, mock.url + "/v1", fdir)
+    fetch("POST", gw.url + CHAT_URL, json=STREAM, headers={"x-mock-latency": "ttft_ms=0;chunk_ms=100"})
+    paced = replayer(gateway, stop_upstream(gw, mock), fdir, pace=True)
+
+    async def leave_after_first_event() -> bytes:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(paced.url + CHAT_URL, json=STREAM,
+                                          headers={"Authorization": f"Bearer {CLIENT_KEY}"})
+            first = await response.content.readuntil(b"\n\n")
+            response.close()  # the client goes away mid-stream
+            return first
+
+    assert asyncio.run(leave_after_first_event()).startswith(b"data: ")
+    (row,) = paced.rows(expect=1)
+    assert row["fixture"] == "hit" and row["error_type"] == "client_disconnected"
+    assert [(r.name, r.getMessage()) for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
 
 
 # --- 3. misses -------------------------------------------------------------------------------------
