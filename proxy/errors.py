@@ -122,10 +122,10 @@ class UpstreamTimeout(UpstreamError):
     status, code = 504, "upstream_timeout"
 
 
-__all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "GatewayError",
-           "InvalidRequest", "NotFound", "OverrideRefused", "PayloadTooLarge", "RateLimited", "RequestTimeout",
-           "StateUnavailable", "Unestimable", "UnsupportedEncoding", "UpstreamError", "UpstreamTimeout", "Forbidden",
-           "ModelNotFound"]
+__all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "Forbidden",
+           "GatewayError", "InvalidRequest", "ModelNotFound", "NotFound", "OverrideRefused", "PayloadTooLarge",
+           "RateLimited", "RequestTimeout", "StateUnavailable", "Unestimable", "UnsupportedEncoding", "UpstreamError",
+           "UpstreamTimeout"]
 
 
 class Forbidden(GatewayError):

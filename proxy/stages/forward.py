@@ -440,7 +440,6 @@ def _overhead_ms(ex: Exchange) -> str:
     return f"{ex.overhead_s * 1000:.3f}"
 
 
-
 async def relay_stored(request: web.Request, ex: Exchange, status: int, headers: Mapping[str, str],
                        chunks: AsyncIterable[bytes], on_chunk: ChunkHook, *,
                        inject_stream_usage: bool = True) -> web.StreamResponse:
@@ -469,4 +468,5 @@ async def relay_stored(request: web.Request, ex: Exchange, status: int, headers:
         raise ClientGone(response) from exc
     return response
 
-__all__ = ["Forward", "StreamUsageStripper", "Timeouts", "Upstream"]
+
+__all__ = ["ClientGone", "Forward", "StreamUsageStripper", "Timeouts", "Upstream", "relay_stored"]

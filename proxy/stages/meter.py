@@ -23,7 +23,7 @@ from ..wire.sse import SSEParser
 from ..wire.tokens import count_chat_prompt, count_text
 from . import Stage
 
-TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed", "error"})
+TERMINAL_EVENTS = frozenset({*usage_of.RESPONSE_ENDS, "error"})
 # POST paths whose answer is a new object with its own `id` (who owns it; what a chained request builds on)
 CREATING_PATHS = frozenset({
     "/v1/files", "/v1/batches", "/v1/responses", "/v1/chat/completions", "/v1/uploads",

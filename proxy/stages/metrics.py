@@ -197,11 +197,11 @@ class Metrics(Stage):
         if ex.attempts > 1:
             tallies.retries += ex.attempts - 1
         if ex.error_type is not None and ex.error_type.startswith("upstream"):
-            errors = tallies.upstream_errors
-            errors[ex.error_type] = errors.get(ex.error_type, 0.0) + 1
-        elif ex.status is not None and ex.status >= 500:
-            errors = tallies.upstream_errors
-            errors[status] = errors.get(status, 0.0) + 1
+            failure: str | None = ex.error_type
+        else:
+            failure = status if ex.status is not None and ex.status >= 500 else None
+        if failure is not None:
+            tallies.upstream_errors[failure] = tallies.upstream_errors.get(failure, 0.0) + 1
         if ex.usage is None and not ex.cost_micros:
             return
         usage = tallies.usage.get((model, key))

@@ -105,8 +105,7 @@ class GuardedHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         RequestHandler.data_received(self, data)  # (not super(): this runs for every read)
         if self._messages:  # a head is complete (the usual case: one read brings a whole head)
-            if self.header_wait_since is not None:
-                self.header_wait_since = None
+            self.header_wait_since = None
         elif self.header_wait_since is None and (waiter := self._waiter) is not None and not waiter.done() \
                 and not (self._force_close or self._close):
             # the read began a request's head but did not finish it, while waiting for one (not
