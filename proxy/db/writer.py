@@ -20,13 +20,16 @@ come in (`PRAGMA wal_checkpoint(PASSIVE)`: commits go on meanwhile), not by the 
 fill it: SQLite's automatic checkpoint (and its fsyncs) ran inside a commit every ~1,000 pages, and the
 answers waiting on that commit waited for it too. The automatic one stays as a backstop, at
 `AUTOCHECKPOINT_PAGES`.
+
+An idle ledger costs nothing: both threads sleep until there is work (a row, a commit to checkpoint,
+`close`), with no timeout to poll on. A thread woken by a timer cost ~70 us of CPU per wake on the VM
+this was measured on, and the two used to wake 22 times a second between them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import functools
 import logging
 import queue
@@ -57,7 +60,8 @@ def _insert(rows: int) -> str:
 
 class LedgerWriter:
     """Start with `start()`; `submit(row)` from the event loop (or one other thread); `wait_written`
-    on the loop; `flush()` waits from a thread; `close()` flushes and stops."""
+    on the loop; `flush()` waits from a thread (looking every `interval_s`); `close()` flushes and
+    stops."""
 
     def __init__(self, path: str, *, max_queue: int = 100_000, interval_s: float = 0.05,
                  max_retry_delay_s: float = 5.0, synchronous: str = "normal",
@@ -76,6 +80,7 @@ class LedgerWriter:
         self._max_queue, self._interval_s, self._max_retry_delay_s = max_queue, interval_s, max_retry_delay_s
         self._in_flight = 0
         self._stop = threading.Event()
+        self._dirty = threading.Event()  # rows were committed since the last checkpoint began
         # wake-up tokens for the writer thread: a C-level queue costs far less per wake than an Event
         self._wake: queue.SimpleQueue[None] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -195,6 +200,7 @@ class LedgerWriter:
             self._thread.join(timeout)
         if self._checkpointer.is_alive():
             self._stop.set()
+            self._dirty.set()
             self._checkpointer.join(timeout)
 
     def _take(self) -> list[tuple[Any, ...]]:
@@ -203,7 +209,10 @@ class LedgerWriter:
         return [self._queue.popleft() for _ in range(count)]
 
     def _committed(self) -> None:
-        """On the writer thread, once per batch: tell the loop, whose waiters may now go on."""
+        """On the writer thread, once per batch: tell the loop, whose waiters may now go on, and the
+        checkpointer, if it sleeps for want of commits (once per checkpoint, not per batch)."""
+        if not self._dirty.is_set():
+            self._dirty.set()
         loop = self._loop
         if loop is not None and self._waiters:
             try:
@@ -220,14 +229,15 @@ class LedgerWriter:
         return conn
 
     def _checkpoint(self) -> None:
-        """The checkpointer thread: every `checkpoint_s`, when rows were committed since its last look,
-        copy the WAL's committed pages into the database without waiting for (or stopping) anyone."""
+        """The checkpointer thread: once rows were committed, wait `checkpoint_s` (more commits gather),
+        then copy the WAL's committed pages into the database without waiting for (or stopping) anyone.
+        Sleeps until the next commit after that: an idle ledger never wakes it."""
         conn: sqlite3.Connection | None = None
-        seen = 0
-        while not self._stop.wait(self.checkpoint_s):
-            if self.written == seen:
-                continue
-            seen = self.written
+        while True:
+            self._dirty.wait()
+            self._dirty.clear()  # commits from now on call for the next checkpoint
+            if self._stop.wait(self.checkpoint_s):
+                break
             try:
                 conn = conn or sqlite3.connect(self.path, isolation_level=None)
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
@@ -260,8 +270,7 @@ class LedgerWriter:
             if not self._queue:
                 self._sleeping = True  # before checking again: a row queued after that check wakes us
                 if not self._queue:
-                    with contextlib.suppress(queue.Empty):
-                        self._wake.get(timeout=self._interval_s)
+                    self._wake.get()  # a row (`submit`) or `close` wakes us; an idle writer never wakes
                 self._sleeping = False
             batch = self._take()
             delay = 0.05

@@ -638,3 +638,43 @@ def test_the_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: Pat
     writer_conn = writer._connect()
     assert writer_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == AUTOCHECKPOINT_PAGES
     writer_conn.close()
+
+
+def _switches(thread: threading.Thread) -> int:
+    """How many times `thread` gave up its CPU to wait (Linux: /proc)."""
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread switches from /proc")
+def test_an_idle_ledger_never_wakes_its_threads(tmp_path: Path) -> None:
+    """With no rows coming in, the writer and the checkpointer sleep until there is work: no timer wakes
+    them (each wake costs CPU; a gateway idling on a laptop should cost none). Rows still go in at once,
+    and are checkpointed, after any time asleep."""
+    db = tmp_path / "i.db"
+    writer = LedgerWriter(str(db), checkpoint_s=0.01)
+    writer.start()
+    try:
+        writer.submit(_row(0))
+        assert writer.flush(10)
+        for _ in range(500):  # the checkpoint of that commit, then both threads asleep
+            if writer.checkpoints:
+                break
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.05)
+        threads = (writer._thread, writer._checkpointer)
+        before = [_switches(t) for t in threads]
+        threading.Event().wait(0.3)  # 30 checkpoint intervals
+        assert [_switches(t) for t in threads] == before
+        checkpoints = writer.checkpoints
+        writer.submit(_row(1))
+        assert writer.flush(10)
+        for _ in range(500):
+            if writer.checkpoints > checkpoints:
+                break
+            threading.Event().wait(0.01)
+        assert writer.checkpoints == checkpoints + 1
+    finally:
+        writer.close()
+    assert not writer._thread.is_alive() and not writer._checkpointer.is_alive()
+    assert len(read_rows(db)) == 2
