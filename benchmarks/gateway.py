@@ -11,9 +11,10 @@ its own process. Then, round after round, each target in turn (the order rotates
   32 connections: 2N requests: requests/s and CPU ms per request.
 
 Each figure is divided by the floor's of the same round; the table shows medians over rounds.
-Idle RSS is read from /proc once every process has started and settled (before any request), and
-the first request's latency once each gateway is idle, including a gateway with a budget (which
-counts prompt tokens: its tokenizer must be ready in time).
+Idle RSS is read from /proc once every process has started and settled (before any request), then
+the CPU each spends idle over `IDLE_CPU_S` (timers, threads polling for work), and the first request's
+latency once each gateway is idle, including a gateway with a budget (which counts prompt tokens: its
+tokenizer must be ready in time).
 
     python benchmarks/gateway.py [--requests 1000] [--rounds 5] [--asyncio-loop]
 """
@@ -103,6 +104,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 SCHEDSTAT = Path("/proc/self/schedstat").exists()
+IDLE_CPU_S = 5.0  # how long idle CPU is measured, once every process has settled
+
+
+def idle_cpu_ms_per_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU ms per second that each process spends while nothing asks it anything."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    time.sleep(IDLE_CPU_S)
+    return {name: (cpu_seconds(pid) - before[name]) * 1000 / IDLE_CPU_S for name, pid in pids.items()}
 
 
 def rss_mb(pid: int) -> float:
@@ -220,7 +229,7 @@ async def measure(direct: str, targets: dict[str, tuple[str, int]], n: int, roun
         return results
 
 
-def report(results: list[dict], idle: dict[str, float], first: dict[str, float]) -> None:
+def report(results: list[dict], idle: dict[str, float], idle_cpu: dict[str, float], first: dict[str, float]) -> None:
     names = [k for k in results[0] if k not in ("direct", "floor")]
     med = statistics.median
     head = "| figure | floor | " + " | ".join(f"{n} | {n} ÷ floor" for n in names) + " | target |"
@@ -237,10 +246,14 @@ def report(results: list[dict], idle: dict[str, float], first: dict[str, float])
         print(f"| {label} | {floor:,.3f} | " + " | ".join(cells) + f" | {goal} |")
     cells = [f"{idle[n]:.0f} | {idle[n] / idle['floor']:.1f}×" for n in names]
     print(f"| idle RSS MB | {idle['floor']:.0f} | " + " | ".join(cells) + " | < 100 MB |")
+    cells = [f"{idle_cpu[n]:.2f} | {idle_cpu[n] / idle_cpu['floor']:.2f}×" if idle_cpu["floor"] > 0
+             else f"{idle_cpu[n]:.2f} | " for n in names]
+    print(f"| idle CPU ms per second | {idle_cpu['floor']:.2f} | " + " | ".join(cells) + " | |")
     cells = [f"{first[n]:.1f} | {first[n] / first['floor']:.1f}×" for n in names]
     print(f"| first request ms | {first['floor']:.1f} | " + " | ".join(cells) + " | |")
     for name in idle.keys() - {"floor", *names}:
-        print(f"\n{name}: idle RSS {idle[name]:.0f} MB, first request {first[name]:.1f} ms")
+        print(f"\n{name}: idle RSS {idle[name]:.0f} MB, idle CPU {idle_cpu[name]:.2f} ms per second, "
+              f"first request {first[name]:.1f} ms")
     print(f"\n(medians of {len(results)} interleaved rounds; ratios are medians of per-round ratios)")
 
 
@@ -297,6 +310,7 @@ def main() -> None:
             targets[name] = (url, proc.pid)
         time.sleep(5)  # settled: anything loaded in the background at start is loaded
         idle = {name: rss_mb(pid) for name, (_, pid) in targets.items()}
+        idle_cpu = idle_cpu_ms_per_s({name: pid for name, (_, pid) in targets.items()})
         first = {name: asyncio.run(first_request_ms(url)) for name, (url, _) in targets.items()}
         budgeted = targets.pop("oaigate with a budget")
         procs.remove(next(p for p in procs if p.pid == budgeted[1]))
@@ -306,7 +320,7 @@ def main() -> None:
         for proc in procs:
             proc.terminate()
             proc.wait(10)
-    report(results, idle, first)
+    report(results, idle, idle_cpu, first)
 
 
 if __name__ == "__main__":
