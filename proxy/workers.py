@@ -19,8 +19,10 @@ writer per worker (or one PostgreSQL ledger); `/metrics` is the answering worker
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -36,6 +38,7 @@ READY_FD_ENV = "OAIGATE_READY_FD"
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 READY_TIMEOUT_S = 120.0
+POLL_S = 0.1  # how often the supervisor looks where it cannot sleep until news (no pidfd, not the main thread)
 
 
 class WorkersError(Exception):
@@ -150,6 +153,10 @@ class Supervisor:
 
     def run(self) -> int:
         """Supervise until a stop signal (0) or a worker that keeps dying (1); then stop every worker."""
+        with _News() as news:
+            return self._supervise(news)
+
+    def _supervise(self, news: _News) -> int:
         code = 0
         while not self.stopping:
             for index, proc in list(self.workers.items()):
@@ -172,7 +179,8 @@ class Supervisor:
                     self.say(f"warning: {exc}")
                 else:
                     self.say(f"worker {index} restarted (pid {self.workers[index].pid})")
-            time.sleep(0.1)
+            if not self.stopping:
+                news.wait([proc.pid for proc in self.workers.values()])
         self.stop()
         return code
 
@@ -189,3 +197,53 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class _News:
+    """Sleeps until there is something for the supervisor to look at: a worker exited (a pidfd per
+    worker turns readable) or a signal came (Python's signal wakeup fd). An idle supervisor then never
+    wakes (it used to look 10 times a second). Where either is missing (not Linux 5.3+, not the main
+    thread) it looks every `POLL_S` instead."""
+
+    def __init__(self) -> None:
+        self._pidfds: dict[int, int] = {}
+        self._read = self._write = -1
+        self._previous_wakeup: int | None = None
+
+    def __enter__(self) -> _News:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        try:
+            self._previous_wakeup = signal.set_wakeup_fd(self._write)
+        except ValueError:  # not the main thread: signals cannot wake us
+            self._previous_wakeup = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous_wakeup is not None:
+            signal.set_wakeup_fd(self._previous_wakeup)
+        for fd in (*self._pidfds.values(), self._read, self._write):
+            os.close(fd)
+        self._pidfds.clear()
+
+    def wait(self, pids: list[int]) -> None:
+        """Return once one of `pids` may have exited or a signal came (or after `POLL_S` where it cannot
+        tell)."""
+        can_sleep = self._previous_wakeup is not None and self._watch(pids)
+        select.select([self._read, *self._pidfds.values()], [], [], None if can_sleep else POLL_S)
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._read, 512):  # the signal numbers: the handlers already ran
+                pass
+
+    def _watch(self, pids: list[int]) -> bool:
+        """A pidfd for each of `pids` (and none for pids gone from it); False if one cannot be had."""
+        for pid in self._pidfds.keys() - set(pids):
+            os.close(self._pidfds.pop(pid))
+        for pid in pids:
+            if pid not in self._pidfds:
+                try:
+                    self._pidfds[pid] = os.pidfd_open(pid)  # type: ignore[attr-defined,unused-ignore]
+                except (AttributeError, OSError):  # not Linux 5.3+, or the worker is already gone and reaped
+                    return False
+        return True

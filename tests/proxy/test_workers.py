@@ -139,3 +139,43 @@ def test_workers_on_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     finally:
         taken.close()
     assert "cannot listen on 127.0.0.1:" in "".join(serve.stderr)
+
+
+def _wakes(pids: list[int]) -> int:
+    """How many times the threads of `pids` gave up their CPU to wait, in all (Linux: /proc)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            status = (task / "status").read_text()
+            total += int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
+    return total
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread switches from /proc")
+def test_an_idle_gateway_never_wakes(tmp_path: Path) -> None:
+    """Once its clients hung up, no thread of the supervisor or of its workers wakes up (no timer polls
+    for work): a gateway left running on a laptop costs no CPU. It still answers at once after."""
+    config = write_config(tmp_path, MOCK_CONFIG)
+    serve = Serve(["--config", str(config), "--port", "0", "--workers", "2", "--db", str(tmp_path / "l.db")],
+                  tmp_path)
+    try:
+        base = serve.ready_url(timeout=60)
+        with openai.OpenAI(base_url=base, api_key="sk-test", max_retries=0) as client:  # hangs up when done
+            client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
+        pids = [serve.proc.pid, *_worker_pids(_ready_line(serve))]
+        quiet = 0
+        before = _wakes(pids)
+        for _ in range(40):  # start-up work (a tokenizer loading in the background...) ends; then silence
+            time.sleep(0.5)
+            now = _wakes(pids)
+            quiet = quiet + 1 if now == before else 0
+            before = now
+            if quiet == 2:
+                break
+        assert quiet == 2, "the gateway's threads kept waking up while it was idle"
+        with openai.OpenAI(base_url=base, api_key="sk-test", max_retries=0) as client:
+            answer = client.chat.completions.create(model="gpt-4o-mini",
+                                                    messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content
+    finally:
+        serve.stop()
