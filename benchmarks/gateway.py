@@ -14,9 +14,9 @@ Each target in turn (the order rotates) does its whole share; `--slices K` cuts 
 small VM a whole share lands in one of two regimes (CPU per request at 32 connections ~0.30 or
 ~0.45 ms: where the gateway's threads and the client's happen to run, or what the host does then),
 so a median over a few rounds is partly a coin toss per target: two copies of the same gateway
-differ by up to 0.3x. Ten slices average the regimes within each round (copies then within ~0.05x
-on CPU), but each slice starts colder, which costs the bigger program more: the default stays 1,
-the protocol of the goals.
+differ by up to 0.3x. Ten slices average the regimes within each round (copies then within
+0.04-0.07x on CPU), but each slice starts colder, which costs the bigger program more: the default
+stays 1, the protocol of the goals.
 Each figure is divided by the floor's of the same round; the table shows medians over rounds.
 Idle RSS is read from /proc once every process has started and settled (before any request), then
 the CPU each spends idle over `IDLE_CPU_S` (timers, threads polling for work), and the first request's
@@ -169,7 +169,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Cpu:
-    """CPU seconds a process spends inside a `with` block, per unit of work (ms)."""
+    """CPU seconds a process spends inside a `with` block."""
 
     def __init__(self, pid: int | None) -> None:
         self.pid, self.seconds = pid, 0.0
@@ -180,9 +180,6 @@ class Cpu:
 
     def __exit__(self, *exc: object) -> None:
         self.seconds = cpu_seconds(self.pid) - self.start if self.pid else 0.0
-
-    def per(self, n: int) -> float:
-        return self.seconds / n * 1000
 
 
 async def first_request_ms(url: str) -> float:

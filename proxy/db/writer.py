@@ -46,7 +46,7 @@ _INSERT = "INSERT OR REPLACE INTO requests ({}) VALUES ".format(", ".join(COLUMN
 _ROW = "({})".format(", ".join("?" for _ in COLUMNS))
 # rows per INSERT statement: SQLite binds at most 32,766 parameters (999 before 3.32)
 ROWS_PER_STATEMENT = (32766 if sqlite3.sqlite_version_info >= (3, 32) else 999) // len(COLUMNS)
-CHECKPOINT_S = 0.5  # how often the checkpointer looks for new commits to checkpoint
+CHECKPOINT_S = 0.5  # how long after a commit the checkpointer checkpoints (commits meanwhile join it)
 AUTOCHECKPOINT_PAGES = 10_000  # the backstop: a commit checkpoints once the WAL holds this many pages
 _TIMEOUT_LOG_EVERY_S = 60.0
 _COMPACT_WAITERS = 4096

@@ -29,7 +29,7 @@ class MockUpstream:
     @classmethod
     def start(cls, upstream: Callable[[web.Application], ServerThread], *,
               sleep: Callable[[float], Awaitable[object]] = asyncio.sleep, **settings: Any) -> MockUpstream:
-        """`sleep` paces the mock's answers (`x-mock-latency`): `Held` makes a stream wait for the test."""
+        """`sleep` paces the mock's answers (`x-mock-latency`): `servers.Held` makes a stream wait for the test."""
         return cls(upstream(make_mock(MockSettings(**settings), sleep=sleep)))
 
     @property
@@ -42,22 +42,6 @@ class MockUpstream:
     def calls(self, path: str, method: str | None = None) -> list[dict[str, Any]]:
         """The journalled requests to `path` (and `method`), oldest first."""
         return [e for e in self.journal() if e["path"] == path and (method is None or e["method"] == method)]
-
-
-class Held:
-    """A mock's `sleep` that holds every pause (a paced stream between chunks) until `release()`."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    async def __call__(self, seconds: float) -> None:
-        await self.gate.wait()
-
-    def release(self, mock: MockUpstream) -> None:
-        async def open_gate() -> None:
-            self.gate.set()
-
-        mock.server.run(open_gate())
 
 
 def add_rule(mock: MockUpstream, rule: dict[str, Any]) -> None:

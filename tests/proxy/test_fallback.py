@@ -16,10 +16,10 @@ from aiohttp import web
 from proxy.config import Config, ConfigError
 from proxy.wire.pricing import PriceTable
 from proxy.wire.usage import Usage
-from tests.servers import ServerThread
+from tests.servers import Held, ServerThread
 
 from .conftest import CLIENT_KEY, UPSTREAM_KEY_ENV, Gateway, SleepRecorder, fetch
-from .mocks import Held, MockUpstream, add_rule
+from .mocks import MockUpstream, add_rule
 
 MESSAGES: Any = [{"role": "user", "content": "Say hello."}]
 FALLBACKS = [{"model": "gpt-4o", "to": ["gpt-4o-mini"]}]
@@ -109,7 +109,7 @@ def test_a_client_leaving_a_fallen_back_stream_costs_no_extra_upstream_request(
             "x-mock-fault": "503;times=2;id=s", "x-mock-latency": "chunk_ms=60000"})
         assert next(iter(stream)).model == "gpt-4o-mini"  # the mock now holds its next chunk
         stream.close()
-    held.release(a)  # the next chunk finds the client gone: the gateway ends the exchange
+    held.release(a.server)  # the next chunk finds the client gone: the gateway ends the exchange
     [row] = gw.rows(expect=1)
     assert (row["attempts"], row["models_tried"], row["model_served"]) == (3, 2, "gpt-4o-mini")
     calls = a.calls("/v1/chat/completions")

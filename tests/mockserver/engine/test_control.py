@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from mockserver.app import make_app
 from mockserver.engine.control import on_reset
 from mockserver.settings import MockSettings
 from tests.http import AUTH, call, conforms, error_of, post
-from tests.servers import ServerThread
+from tests.servers import Held, ServerThread
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}
 _HOOK_CALLS: list[str] = []
@@ -119,22 +118,6 @@ def test_journal_is_bounded_and_can_be_cleared(server: ServerThread) -> None:
     assert [e["id"] for e in entries] == list(range(entries[0]["id"], entries[0]["id"] + 5))
     assert call("DELETE", server.url + "/_mock/journal").json() == {"object": "list", "data": []}
     assert journal(server) == []
-
-
-class Held:
-    """An injected `sleep` that holds every pause (stream pacing) until `release()`."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-
-    async def __call__(self, seconds: float) -> None:
-        await self.gate.wait()
-
-    def release(self, server: ServerThread) -> None:
-        async def open_gate() -> None:
-            self.gate.set()
-
-        server.run(open_gate())
 
 
 @pytest.fixture
