@@ -130,6 +130,14 @@ class Gateway:
             self.server.stop()
 
 
+def ledger_locker(db: Path | str) -> sqlite3.Connection:
+    """A connection for a test to lock the ledger with (`BEGIN EXCLUSIVE`). Like any SQLite client it
+    waits out the locks the gateway's own connections hold for a moment (a reader opening or closing the
+    WAL, as the dashboard's startup rollup does): with no busy timeout, `BEGIN EXCLUSIVE` then fails now
+    and again with "database is locked"."""
+    return sqlite3.connect(db, isolation_level=None, timeout=10.0)
+
+
 def read_rows(db: Path) -> list[dict[str, Any]]:
     if not db.exists():
         return []

@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from .conftest import CLIENT_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Gateway, Reply, fetch
+from .conftest import CLIENT_KEY, UPSTREAM_KEY, UPSTREAM_KEY_ENV, Gateway, Reply, fetch, ledger_locker
 
 REPO = Path(__file__).resolve().parents[2]
 READY = "oaigate serving on "
@@ -205,7 +205,7 @@ def test_a_locked_ledger_delays_an_answer_by_at_most_durable_wait_s(gateway: Cal
     gw = gateway(ledger={"durable_wait_s": wait_s})
     fetch("GET", gw.url + "/models")
     gw.rows(expect=1)
-    lock = sqlite3.connect(gw.db, isolation_level=None, timeout=0)
+    lock = ledger_locker(gw.db)
     try:
         lock.execute("BEGIN EXCLUSIVE")  # the writer's busy timeout is 5 s: without a bound, answers wait that long
         lock.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('lock', 'x', 'x', 0)")
@@ -280,7 +280,7 @@ def fetch_held_by_locked_ledger(gw: Gateway, body: dict[str, object]) -> Reply:
     """Send `body` while another connection locks the ledger: neither the whole answer nor a stream's
     terminal event (`[DONE]`) may reach the client before the lock ends (its row cannot commit); once
     it has them, its row is there."""
-    lock = sqlite3.connect(gw.db, isolation_level=None, timeout=0)
+    lock = ledger_locker(gw.db)
     replies: list[Reply] = []
     terminal_seen = threading.Event()
 

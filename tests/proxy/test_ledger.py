@@ -27,7 +27,7 @@ from proxy.db.writer import LedgerWriter
 from proxy.wire.tokens import count_chat_prompt, count_text
 from tests.servers import ServerThread
 
-from .conftest import CLIENT_KEY, Gateway, fetch, read_rows
+from .conftest import CLIENT_KEY, Gateway, fetch, ledger_locker, read_rows
 
 MESSAGES = [{"role": "user", "content": "Name two rivers in Europe and one in Africa."}]
 CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
@@ -298,7 +298,7 @@ def test_locked_database_never_blocks_requests(gateway: Callable[..., Gateway]) 
     gw = gateway(ledger={"durable_wait_s": 0.1})  # each answer waits this long for its row, then goes on
     fetch("GET", gw.url + "/models")
     assert len(gw.rows(expect=1)) == 1
-    lock = sqlite3.connect(gw.db, isolation_level=None, timeout=0)
+    lock = ledger_locker(gw.db)
     try:
         lock.execute("BEGIN EXCLUSIVE")
         lock.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('lock', 'x', 'x', 0)")
@@ -330,7 +330,7 @@ def test_writer_survives_a_locked_database_and_counts_drops(tmp_path: Path) -> N
     db = tmp_path / "w.db"
     writer = LedgerWriter(str(db), max_queue=10)
     writer.start()
-    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    lock = ledger_locker(db)
     try:
         lock.execute("BEGIN EXCLUSIVE")
         lock.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('lock', 'x', 'x', 0)")
@@ -411,7 +411,7 @@ def test_writer_group_commit_rows_queued_during_a_commit_go_in_the_next_batch(tm
     db = tmp_path / "g.db"
     writer = LedgerWriter(str(db), interval_s=60.0)
     writer.start()
-    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    lock = ledger_locker(db)
 
     async def run() -> list[bool]:
         lock.execute("BEGIN EXCLUSIVE")  # batch 1 cannot commit until this ends
@@ -441,7 +441,7 @@ def test_writer_wait_is_bounded_and_counted(tmp_path: Path) -> None:
     db = tmp_path / "t.db"
     writer = LedgerWriter(str(db))
     writer.start()
-    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    lock = ledger_locker(db)
 
     async def run() -> tuple[bool, bool]:
         lock.execute("BEGIN EXCLUSIVE")
@@ -567,7 +567,7 @@ def test_writer_waits_that_gave_up_do_not_pile_up_during_an_outage(tmp_path: Pat
     db = tmp_path / "o.db"
     writer = LedgerWriter(str(db))
     writer.start()
-    lock = sqlite3.connect(db, isolation_level=None, timeout=0)
+    lock = ledger_locker(db)
 
     async def run() -> list[bool]:
         lock.execute("BEGIN EXCLUSIVE")
