@@ -96,7 +96,7 @@ def serve(config: Path | None, host: str | None, port: int | None, upstream: str
         run(app, server.host, server.port, ready, handler_cancellation=True, shutdown_grace_s=server.shutdown_grace_s,
             header_timeout_s=server.header_timeout_s, max_connections=server.max_connections,
             reuse_port=worker_index is not None)
-    except LedgerError as exc:  # a PostgreSQL ledger that cannot be reached or migrated at start
+    except LedgerError as exc:  # a ledger that cannot be opened, read, reached or migrated at start
         fail(str(exc))
     except OSError as exc:
         click.echo(f"oaigate: cannot listen on {settings.server.host}:{settings.server.port}: "

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import click
 
-from .reports import LedgerError, LedgerInfo
+from .reports import LedgerError, LedgerInfo, sqlite_ledger_error
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig as _LedgerSettings
@@ -89,19 +89,27 @@ def open_writer(ledger: _LedgerSettings) -> LedgerWriter:
 
 def read_rows(db: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
     """Rows of one read-only query (SQLite's dialect, `?` placeholders) on the ledger, at start, off the
-    event loop; none when there is no ledger yet. An unreachable PostgreSQL raises LedgerError."""
+    event loop; none when there is no ledger yet (no file, no `requests` table). A ledger that is there
+    but cannot be read (locked by another process, not a database, an unreachable PostgreSQL) raises
+    LedgerError: never read as empty, which would start every budget from nothing."""
     if is_url(db):
         from .postgres import read_rows as pg_rows
 
         return pg_rows(str(db), sql, params)
+    if not Path(db).is_file():
+        return []
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
         try:
             return conn.execute(sql, tuple(params)).fetchall()
         finally:
             conn.close()
-    except sqlite3.OperationalError:
-        return []  # no ledger yet
+    except sqlite3.OperationalError as exc:
+        if str(exc).startswith("no such table: requests"):
+            return []  # a database the writer has not migrated yet
+        raise sqlite_ledger_error(db, exc) from None
+    except sqlite3.DatabaseError as exc:
+        raise sqlite_ledger_error(db, exc) from None
 
 
 def connect_readonly(db: str | Path) -> Any:

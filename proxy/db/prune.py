@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .reports import LedgerError, disk_size, ledger_time
+from .reports import LedgerError, disk_size, ledger_time, sqlite_ledger_error
 
 BATCH = 5_000
 
@@ -46,7 +46,7 @@ def prune(path: str | Path, before: datetime, *, vacuum: bool = False, dry_run: 
         try:
             conn.execute("SELECT started_at FROM requests LIMIT 0")
         except sqlite3.DatabaseError as exc:
-            raise LedgerError(f"{file} is not an oaigate ledger ({exc})") from None
+            raise sqlite_ledger_error(file, exc, "prune") from None
         if dry_run:
             deleted = conn.execute("SELECT COUNT(*) FROM requests WHERE started_at < ?", (cutoff,)).fetchone()[0]
         else:

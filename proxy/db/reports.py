@@ -53,6 +53,16 @@ class LedgerError(Exception):
     """The ledger file is missing, unreadable, or not an oaigate ledger."""
 
 
+def sqlite_ledger_error(file: str | Path, exc: sqlite3.Error, doing: str = "read") -> LedgerError:
+    """The LedgerError for `exc`, met on the SQLite ledger `file`: a file that is no database or has no
+    ledger table is "not an oaigate ledger"; one that cannot be opened or read now (locked by another
+    process, an I/O error) says so, with SQLite's reason."""
+    reason = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and not reason.startswith(("no such table", "no such column")):
+        return LedgerError(f"cannot {doing} the ledger {file}: {reason}")
+    return LedgerError(f"{file} is not an oaigate ledger ({reason})")
+
+
 @dataclass(frozen=True, slots=True)
 class SpendRow:
     """One group of a spend report (or the total, with `group` None).
@@ -154,7 +164,7 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
         conn.execute("SELECT started_at, cost_microusd FROM requests LIMIT 0")
     except sqlite3.DatabaseError as exc:
         conn.close()
-        raise LedgerError(f"{file} is not an oaigate ledger ({exc})") from None
+        raise sqlite_ledger_error(file, exc) from None
     return conn
 
 

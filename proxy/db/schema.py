@@ -11,6 +11,8 @@ from collections.abc import Callable
 
 import sqlite_utils
 
+from .reports import LedgerError
+
 _V1_COLUMNS: dict[str, type] = {
     "id": str,
     "started_at": str,
@@ -137,7 +139,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     db = sqlite_utils.Database(conn)
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     if version > SCHEMA_VERSION:
-        raise RuntimeError(f"ledger schema version {version} is newer than this oaigate ({SCHEMA_VERSION})")
+        raise LedgerError(f"ledger schema version {version} is newer than this oaigate ({SCHEMA_VERSION})")
     for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
         with db.conn:
             conn.execute("BEGIN")

@@ -1,4 +1,5 @@
 import json
+import sqlite3
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -48,3 +49,28 @@ def test_budgets_table_and_no_budgets(tmp_path: Path) -> None:
     empty.write_text("")
     result = CliRunner().invoke(cli, ["budgets", "--config", str(empty), "--db", str(tmp_path / "none.db")])
     assert result.exit_code == 0 and "No budgets configured" in result.output
+
+
+def test_a_ledger_that_cannot_be_read_is_an_error_not_zero_spend(tmp_path: Path) -> None:
+    """Held by another process, the ledger's spend is unknown: saying $0 spent would be a lie."""
+    db, config = make(tmp_path)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")  # every other connection is kept out, readers too
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('held', 'x', 'x', 0)")
+    try:
+        result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--format", "json", "--now", NOW])
+    finally:
+        holder.close()
+    assert result.exit_code == 1, result.output
+    assert f"oaigate: cannot read the ledger {db}: database is locked" in result.output
+    assert "budgets" not in result.output
+
+
+def test_a_file_that_is_not_a_ledger_is_refused(tmp_path: Path) -> None:
+    _, config = make(tmp_path)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not a database, whatever its name says " * 40)
+    result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--db", str(junk)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
+    assert f"oaigate: {junk} is not an oaigate ledger (file is not a database)" in result.output, result.output

@@ -22,6 +22,7 @@ from aiohttp import web
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
+from proxy.db.reports import LedgerError
 from proxy.db.schema import COLUMNS, SCHEMA_VERSION, connect
 from proxy.db.writer import LedgerWriter
 from proxy.wire.tokens import count_chat_prompt, count_text
@@ -270,7 +271,7 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     conn = sqlite3.connect(db)
     conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     conn.close()
-    with pytest.raises(RuntimeError, match="newer"):
+    with pytest.raises(LedgerError, match="newer than this oaigate"):
         connect(str(db))
 
 

@@ -4,14 +4,16 @@ folder."""
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from proxy.config import ConfigError, load_config
+from proxy.db.schema import SCHEMA_VERSION, connect
 
-from .processes import READY, Serve, write_config
+from .processes import MOCK_CONFIG, READY, Serve, write_config
 
 KEY_ENV = "OAIGATE_TEST_SURELY_UNSET_KEY"
 
@@ -160,3 +162,46 @@ def test_the_mocks_paths_in_a_config_file_resolve_against_its_folder(tmp_path: P
     mock = load_config(path).mock  # the files exist only beside the config, not in the current folder
     assert (Path(mock.fixtures or ""), Path(mock.rules_file or ""), Path(mock.state_dir or "")) == \
         (folder / "mockfx", folder / "rules.toml", folder / "state")
+
+
+def _hold_ledger(db: Path) -> sqlite3.Connection:
+    """Another process's hold on the ledger that keeps every other connection out, readers too (SQLite's
+    exclusive locking mode with a write in progress)."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('held', 'x', 'x', 0)")
+    return holder
+
+
+@pytest.mark.parametrize(("ledger", "says"), [
+    ("junk", "is not an oaigate ledger (file is not a database)"),
+    ("newer", "is newer than this oaigate"),
+    ("held", "cannot open the ledger"),
+])
+def test_a_ledger_that_cannot_be_opened_stops_the_start_with_its_reason(serve: Callable[..., Serve],
+                                                                         tmp_path: Path, ledger: str,
+                                                                         says: str) -> None:
+    db = tmp_path / "spend.db"
+    holder = None
+    if ledger == "junk":
+        db.write_bytes(b"not a database, whatever its name says " * 40)
+    else:
+        connect(str(db)).close()
+    if ledger == "newer":
+        newer = sqlite3.connect(db)
+        newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        newer.close()
+    if ledger == "held":
+        holder = _hold_ledger(db)
+    try:
+        process = serve("--port", "0", "--config", str(write_config(tmp_path, MOCK_CONFIG)), "--db", str(db))
+        assert process.proc.wait(60) == 1
+    finally:
+        if holder is not None:
+            holder.close()
+    process.stop()
+    err = "".join(process.stderr)
+    assert "Traceback" not in err and READY not in err, err
+    assert f"oaigate: {db}" in err or f"oaigate: cannot open the ledger {db}" in err, err
+    assert says in err, err
