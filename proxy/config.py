@@ -138,6 +138,13 @@ class LedgerConfig(Section):
         "url, for its budget settle in Redis) before its last bytes go out (then it goes on; a missed commit is "
         "counted in /healthz); 0: do not wait.")
 
+    @field_validator("path")
+    @classmethod
+    def _file(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):  # never taken for a file
+            raise ValueError("must be a file, or a PostgreSQL URL: postgresql://USER@HOST:PORT/DB")
+        return value
+
     @field_validator("url")
     @classmethod
     def _postgres(cls, value: str | None) -> str | None:

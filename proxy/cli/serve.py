@@ -133,9 +133,12 @@ def _supervise(settings: Config, config: Path | None, upstream: str | None, mode
              f"url: each worker would enforce its own copy, so together they could spend {count}x a budget. Set "
              f'[state] url = "redis://127.0.0.1:6379/0" (shared by all workers), or run one worker.', EXIT_CONFIG)
     if settings.ledger.enabled and not settings.ledger.url and not is_url(settings.ledger.path):
-        from ..db.schema import connect
+        from ..db.schema import prepare
 
-        connect(settings.ledger.path, settings.ledger.synchronous).close()  # migrate once, before the workers
+        try:
+            prepare(settings.ledger.path, settings.ledger.synchronous)  # migrate once, before the workers
+        except LedgerError as exc:
+            fail(str(exc))
     host = settings.server.host
     try:
         held = reserve_port(host, settings.server.port)

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import click
 
-from .reports import LedgerError, LedgerInfo, sqlite_ledger_error
+from .reports import LedgerError, LedgerInfo, open_sqlite, sqlite_ledger_error
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig as _LedgerSettings
@@ -96,10 +96,13 @@ def read_rows(db: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tupl
         from .postgres import read_rows as pg_rows
 
         return pg_rows(str(db), sql, params)
-    if not Path(db).is_file():
-        return []
     try:
-        conn = sqlite3.connect(f"{Path(db).resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+        if not Path(db).is_file():
+            return []
+    except OSError as exc:  # its folder cannot be searched
+        raise LedgerError(f"cannot read the ledger {db}: {exc.strerror or exc}") from None
+    try:
+        conn = open_sqlite(db)
         try:
             return conn.execute(sql, tuple(params)).fetchall()
         finally:
@@ -167,6 +170,8 @@ class _LedgerParam(click.ParamType):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Path | str:
         if isinstance(value, Path) or is_url(value):
             return value
+        if "://" in value:  # not shown: it may hold a password
+            self.fail("a URL must be postgresql://USER@HOST:PORT/DB (or postgres://, in lower case)", param, ctx)
         if Path(value).is_dir():
             self.fail(f"{value!r} is a directory", param, ctx)
         return Path(value)

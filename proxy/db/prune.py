@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .reports import LedgerError, disk_size, ledger_time, sqlite_ledger_error
+from .reports import LedgerError, disk_size, ledger_time, open_sqlite, sqlite_ledger_error
 
 BATCH = 5_000
 
@@ -41,7 +41,7 @@ def prune(path: str | Path, before: datetime, *, vacuum: bool = False, dry_run: 
     cutoff = ledger_time(before)
     size_before = disk_size(file)
     mode = "ro" if dry_run else "rw"
-    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode={mode}", uri=True, timeout=5.0, isolation_level=None)
+    conn = open_sqlite(file, mode, isolation_level=None)
     try:
         try:
             conn.execute("SELECT started_at FROM requests LIMIT 0")
@@ -56,7 +56,7 @@ def prune(path: str | Path, before: datetime, *, vacuum: bool = False, dry_run: 
                 conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         remaining = conn.execute("SELECT COUNT(*) FROM requests").fetchone()[0] - (deleted if dry_run else 0)
     except sqlite3.OperationalError as exc:
-        raise LedgerError(f"cannot prune {file}: {exc}") from None
+        raise sqlite_ledger_error(file, exc, "prune") from None
     finally:
         conn.close()
     return PruneResult(cutoff, deleted, remaining, size_before, disk_size(file), vacuum and not dry_run, dry_run)

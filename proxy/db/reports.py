@@ -53,14 +53,23 @@ class LedgerError(Exception):
     """The ledger file is missing, unreadable, or not an oaigate ledger."""
 
 
+_NOT_A_LEDGER = ("file is not a database", "no such table", "no such column")
+
+
 def sqlite_ledger_error(file: str | Path, exc: sqlite3.Error, doing: str = "read") -> LedgerError:
-    """The LedgerError for `exc`, met on the SQLite ledger `file`: a file that is no database or has no
-    ledger table is "not an oaigate ledger"; one that cannot be opened or read now (locked by another
-    process, an I/O error) says so, with SQLite's reason."""
+    """The LedgerError for `exc`, met on the SQLite ledger `file`: a file that is no database, or has no
+    ledger table, is "not an oaigate ledger"; any other error (locked by another process, an I/O error,
+    a damaged file) says the ledger cannot be opened or read, with SQLite's reason."""
     reason = str(exc)
-    if isinstance(exc, sqlite3.OperationalError) and not reason.startswith(("no such table", "no such column")):
-        return LedgerError(f"cannot {doing} the ledger {file}: {reason}")
-    return LedgerError(f"{file} is not an oaigate ledger ({reason})")
+    if reason.startswith(_NOT_A_LEDGER):
+        return LedgerError(f"{file} is not an oaigate ledger ({reason})")
+    return LedgerError(f"cannot {doing} the ledger {file}: {reason}")
+
+
+def open_sqlite(file: str | Path, mode: str = "ro", **options: Any) -> sqlite3.Connection:
+    """A connection to the SQLite file (`mode` "ro" or "rw": never created here), waiting up to 5 s for
+    the locks other connections hold a moment; `options` go to `sqlite3.connect`."""
+    return sqlite3.connect(f"{Path(file).resolve().as_uri()}?mode={mode}", uri=True, timeout=5.0, **options)
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +168,7 @@ def open_readonly(path: str | Path) -> sqlite3.Connection:
     file = Path(path)
     if not file.is_file():
         raise LedgerError(f"no ledger at {file}" + (" (it is a directory)" if file.is_dir() else ""))
-    conn = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    conn = open_sqlite(file)
     try:
         conn.execute("SELECT started_at, cost_microusd FROM requests LIMIT 0")
     except sqlite3.DatabaseError as exc:

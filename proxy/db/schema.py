@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import sqlite_utils
 
-from .reports import LedgerError
+from .reports import LedgerError, sqlite_ledger_error
 
 _V1_COLUMNS: dict[str, type] = {
     "id": str,
@@ -132,6 +132,17 @@ def connect(path: str, synchronous: str = "normal") -> sqlite3.Connection:
     conn.execute(f"PRAGMA synchronous={SYNCHRONOUS[synchronous]}")
     migrate(conn)
     return conn
+
+
+def prepare(path: str, synchronous: str = "normal") -> None:
+    """Create the ledger file if need be and migrate it, now (at start, so a bad ledger stops the start):
+    one that cannot be opened, is no ledger, or is newer than this oaigate raises LedgerError."""
+    try:
+        connect(path, synchronous).close()
+    except sqlite3.DatabaseError as exc:
+        raise sqlite_ledger_error(path, exc, "open") from None
+    except LedgerError as exc:  # its schema is newer than this oaigate's
+        raise LedgerError(f"{path}: {exc}") from None
 
 
 def migrate(conn: sqlite3.Connection) -> None:

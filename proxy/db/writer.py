@@ -38,8 +38,7 @@ import threading
 import time
 from typing import Any
 
-from .reports import LedgerError, sqlite_ledger_error
-from .schema import COLUMNS, connect
+from .schema import COLUMNS, connect, prepare
 
 log = logging.getLogger("oaigate.ledger")
 
@@ -93,12 +92,7 @@ class LedgerWriter:
         self._checkpointer = threading.Thread(target=self._checkpoint, name="oaigate-checkpoint", daemon=True)
 
     def start(self) -> None:
-        try:  # create and migrate now, so a bad path fails at startup, with its reason
-            connect(self.path, self.synchronous).close()
-        except sqlite3.DatabaseError as exc:
-            raise sqlite_ledger_error(self.path, exc, "open") from None
-        except LedgerError as exc:  # its schema is newer than this oaigate's
-            raise LedgerError(f"{self.path}: {exc}") from None
+        prepare(self.path, self.synchronous)  # a bad ledger stops the start, with its reason
         self._thread.start()
         self._checkpointer.start()
 

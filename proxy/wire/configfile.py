@@ -70,7 +70,7 @@ def resolve_paths(data: Any, base: Path, keys: tuple[tuple[str, str], ...]) -> A
         return data
     for section, key in keys:
         table = data.get(section)
-        if isinstance(table, dict) and isinstance(table.get(key), str):
+        if isinstance(table, dict) and isinstance(table.get(key), str) and "://" not in table[key]:  # not URLs
             value = Path(table[key]).expanduser()
             if not value.is_absolute():
                 table[key] = str(base / value)

@@ -138,6 +138,16 @@ def ledger_locker(db: Path | str) -> sqlite3.Connection:
     return sqlite3.connect(db, isolation_level=None, timeout=10.0)
 
 
+def hold_ledger(db: Path) -> sqlite3.Connection:
+    """Another process's hold on the ledger that keeps every other connection out, readers too (SQLite's
+    exclusive locking mode with a write in progress); it ends when the connection is closed."""
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    holder.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('held', 'x', 'x', 0)")
+    return holder
+
+
 def read_rows(db: Path) -> list[dict[str, Any]]:
     if not db.exists():
         return []

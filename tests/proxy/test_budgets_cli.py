@@ -1,11 +1,12 @@
 import json
-import sqlite3
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from proxy.cli import cli
 from proxy.db.schema import connect
+
+from .conftest import hold_ledger
 
 NOW = "2026-01-05T12:00:00+00:00"
 
@@ -54,10 +55,7 @@ def test_budgets_table_and_no_budgets(tmp_path: Path) -> None:
 def test_a_ledger_that_cannot_be_read_is_an_error_not_zero_spend(tmp_path: Path) -> None:
     """Held by another process, the ledger's spend is unknown: saying $0 spent would be a lie."""
     db, config = make(tmp_path)
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("PRAGMA locking_mode = EXCLUSIVE")  # every other connection is kept out, readers too
-    holder.execute("BEGIN EXCLUSIVE")
-    holder.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('held', 'x', 'x', 0)")
+    holder = hold_ledger(db)
     try:
         result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--format", "json", "--now", NOW])
     finally:

@@ -13,6 +13,7 @@ import pytest
 from proxy.config import ConfigError, load_config
 from proxy.db.schema import SCHEMA_VERSION, connect
 
+from .conftest import hold_ledger
 from .processes import MOCK_CONFIG, READY, Serve, write_config
 
 KEY_ENV = "OAIGATE_TEST_SURELY_UNSET_KEY"
@@ -164,16 +165,6 @@ def test_the_mocks_paths_in_a_config_file_resolve_against_its_folder(tmp_path: P
         (folder / "mockfx", folder / "rules.toml", folder / "state")
 
 
-def _hold_ledger(db: Path) -> sqlite3.Connection:
-    """Another process's hold on the ledger that keeps every other connection out, readers too (SQLite's
-    exclusive locking mode with a write in progress)."""
-    holder = sqlite3.connect(db, isolation_level=None)
-    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
-    holder.execute("BEGIN EXCLUSIVE")
-    holder.execute("INSERT INTO requests (id, started_at, endpoint, status) VALUES ('held', 'x', 'x', 0)")
-    return holder
-
-
 @pytest.mark.parametrize(("ledger", "says"), [
     ("junk", "is not an oaigate ledger (file is not a database)"),
     ("newer", "is newer than this oaigate"),
@@ -193,7 +184,7 @@ def test_a_ledger_that_cannot_be_opened_stops_the_start_with_its_reason(serve: C
         newer.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
         newer.close()
     if ledger == "held":
-        holder = _hold_ledger(db)
+        holder = hold_ledger(db)
     try:
         process = serve("--port", "0", "--config", str(write_config(tmp_path, MOCK_CONFIG)), "--db", str(db))
         assert process.proc.wait(60) == 1
@@ -205,3 +196,30 @@ def test_a_ledger_that_cannot_be_opened_stops_the_start_with_its_reason(serve: C
     assert "Traceback" not in err and READY not in err, err
     assert f"oaigate: {db}" in err or f"oaigate: cannot open the ledger {db}" in err, err
     assert says in err, err
+
+
+def test_workers_refuse_a_ledger_that_cannot_be_opened_in_one_line(serve: Callable[..., Serve],
+                                                                   tmp_path: Path) -> None:
+    """`--workers` migrates the ledger once, before any worker starts: the same one-line refusal."""
+    db = tmp_path / "spend.db"
+    db.write_bytes(b"not a database, whatever its name says " * 40)
+    process = serve("--port", "0", "--config", str(write_config(tmp_path, MOCK_CONFIG)), "--db", str(db),
+                    "--workers", "2")
+    assert process.proc.wait(60) == 1
+    process.stop()
+    err = "".join(process.stderr)
+    assert "Traceback" not in err and READY not in err, err
+    assert f"oaigate: {db} is not an oaigate ledger (file is not a database)" in err, err
+
+
+@pytest.mark.parametrize("url", ["POSTGRESQL://alice:s3cret-pw@db.example/ledger", "mysql://alice:s3cret-pw@db/x"])
+def test_a_url_that_is_not_postgresql_is_refused_and_never_shown(serve: Callable[..., Serve], tmp_path: Path,
+                                                                 url: str) -> None:
+    """Not a PostgreSQL URL (libpq knows only the lower-case schemes), and not a file name either: taken
+    for one, it was printed back with its password in "no ledger at ..." or "cannot open ..."."""
+    err = _refused(serve("--port", "0", "--config", str(write_config(tmp_path, MOCK_CONFIG)), "--db", url))
+    assert "postgresql://USER@HOST:PORT/DB" in err and "s3cret-pw" not in err, err
+    config = write_config(tmp_path, MOCK_CONFIG + f'[ledger]\npath = "{url}"\n')
+    err = _refused(serve("--port", "0", "--config", str(config)))
+    assert "ledger.path" in err and "s3cret-pw" not in err, err
+    assert not list(tmp_path.glob("*alice*")) and not (tmp_path / "POSTGRESQL:").exists()
