@@ -17,6 +17,7 @@
         ├── RateLimited             429 over a rate limit, with `retry-after`               ratelimit
         ├── FixtureMiss             `[fixtures] miss_status` (404): no recording, replay mode  fixtures
         ├── StateUnavailable        503 the shared state (Redis) is unreachable: fail closed  budget, ratelimit
+        ├── LedgerUnavailable       503 the ledger cannot be read: no report rather than $0   dashboard
         └── UpstreamError           502 the upstream could not be reached or broke the connection
             └── UpstreamTimeout     504 the upstream did not answer in time
 
@@ -114,6 +115,17 @@ class StateUnavailable(GatewayError):
         super().__init__(message, headers={"x-should-retry": "true", "retry-after": "1"})
 
 
+class LedgerUnavailable(GatewayError):
+    """503: a report (the dashboard, OpenAI's usage and costs API) cannot read the ledger now; an empty
+    one would say nothing was spent. The reason goes to the gateway's log."""
+
+    status, code = 503, "ledger_unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The gateway cannot read its ledger right now, so it cannot report spend (its log says "
+                         "why). Please try again shortly.", headers={"retry-after": "5"})
+
+
 class UpstreamError(GatewayError):
     status, type, code = 502, SERVER_ERROR, "upstream_error"
 
@@ -123,9 +135,9 @@ class UpstreamTimeout(UpstreamError):
 
 
 __all__ = ["AuthenticationError", "BudgetExceeded", "ConfigError", "ContextTooLong", "FixtureMiss", "Forbidden",
-           "GatewayError", "InvalidRequest", "ModelNotFound", "NotFound", "OverrideRefused", "PayloadTooLarge",
-           "RateLimited", "RequestTimeout", "StateUnavailable", "Unestimable", "UnsupportedEncoding", "UpstreamError",
-           "UpstreamTimeout"]
+           "GatewayError", "InvalidRequest", "LedgerUnavailable", "ModelNotFound", "NotFound", "OverrideRefused",
+           "PayloadTooLarge", "RateLimited", "RequestTimeout", "StateUnavailable", "Unestimable", "UnsupportedEncoding",
+           "UpstreamError", "UpstreamTimeout"]
 
 
 class Forbidden(GatewayError):

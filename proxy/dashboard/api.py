@@ -20,8 +20,8 @@ from aiohttp import web
 from ..db import queries
 from ..db.ledger import connect_readonly, is_url, target
 from ..db.queries import Filter, Rollup
-from ..db.reports import LedgerError, SpendRow, ledger_time, parse_time
-from ..errors import GatewayError, InvalidRequest
+from ..db.reports import LedgerError, NoLedger, SpendRow, ledger_time, parse_time
+from ..errors import GatewayError, InvalidRequest, LedgerUnavailable
 from ..wire.jsoncodec import dumps
 from .access import Viewer, integer, one, viewer
 
@@ -122,8 +122,9 @@ async def _cleanup(app: web.Application) -> None:
 
 async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T:
     """`query(conn)` in a worker thread on a read-only connection to the SQLite file or the PostgreSQL
-    database (at most `THREADS` at once); `empty` when there is no ledger yet (or it cannot be reached:
-    logged, without the password)."""
+    database (at most `THREADS` at once); `empty` when there is no ledger file yet. A ledger that cannot
+    be read (held by another process, not a ledger, PostgreSQL unreachable) is logged (without the
+    password) and raises LedgerUnavailable: an empty report would say nothing was spent."""
     from ..app import CONFIG
 
     config = app[CONFIG]
@@ -135,10 +136,11 @@ async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T
         try:
             db = target(config.ledger)
             conn = running.take(db)
-        except LedgerError as exc:
-            if is_url(config.ledger.url or config.ledger.path):
-                log.warning("dashboard: the ledger cannot be read: %s", exc)
+        except NoLedger:
             return empty
+        except LedgerError as exc:
+            log.warning("dashboard: the ledger cannot be read: %s", exc)
+            raise LedgerUnavailable() from None
         keep = False
         try:
             found = query(conn)
@@ -238,8 +240,11 @@ async def spend(request: web.Request) -> web.Response:
                 "total": record(total), "previous": previous and record(previous)}
 
     empty_total = record(queries.total_of({}))
-    found: dict[str, Any] = await ledger(request.app, query, {"rows": [], "total": empty_total,
-                                                              "previous": empty_total if where.since else None})
+    try:
+        found: dict[str, Any] = await ledger(request.app, query, {"rows": [], "total": empty_total,
+                                                                  "previous": empty_total if where.since else None})
+    except GatewayError as exc:
+        return exc.response()
     return _json({"object": "oaigate.spend", "since": where.since and ledger_time(where.since),
                   "until": ledger_time(where.until or now), "by": by, "split": split,
                   "key": where.key, "model": where.model, "endpoint": where.endpoint, **found})
@@ -261,7 +266,10 @@ async def requests(request: web.Request) -> web.Response:
     except GatewayError as exc:
         return exc.response()
     nothing: tuple[list[dict[str, Any]], str | None] = ([], None)
-    rows, cursor = await ledger(request.app, lambda conn: queries.page(conn, where, limit, before), nothing)
+    try:
+        rows, cursor = await ledger(request.app, lambda conn: queries.page(conn, where, limit, before), nothing)
+    except GatewayError as exc:
+        return exc.response()
     return _json({"object": "list", "data": rows, "has_more": cursor is not None, "next_before": cursor})
 
 

@@ -53,6 +53,10 @@ class LedgerError(Exception):
     """The ledger file is missing, unreadable, or not an oaigate ledger."""
 
 
+class NoLedger(LedgerError):
+    """There is no ledger file (yet): nothing was written to it."""
+
+
 _NOT_A_LEDGER = ("file is not a database", "no such table", "no such column")
 
 
@@ -166,8 +170,10 @@ def ledger_time(moment: datetime) -> str:
 def open_readonly(path: str | Path) -> sqlite3.Connection:
     """Open an existing ledger read-only; a missing file or a non-ledger file raises LedgerError."""
     file = Path(path)
+    if file.is_dir():
+        raise LedgerError(f"no ledger at {file} (it is a directory)")
     if not file.is_file():
-        raise LedgerError(f"no ledger at {file}" + (" (it is a directory)" if file.is_dir() else ""))
+        raise NoLedger(f"no ledger at {file}")
     conn = open_sqlite(file)
     try:
         conn.execute("SELECT started_at, cost_microusd FROM requests LIMIT 0")

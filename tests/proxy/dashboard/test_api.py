@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from proxy.cli import cli
 
-from ..conftest import fetch
+from ..conftest import fetch, hold_ledger
 from .conftest import ADMIN, ALICE, CI, Seeded
 
 PATHS = ["/oaigate/spend", "/oaigate/requests", "/oaigate/limits", "/oaigate/status",
@@ -204,3 +204,28 @@ def test_a_limit_per_key_shows_each_callers_use(seeded: Callable[..., Seeded]) -
     assert [(r["scope"], r["requests_used"]) for r in per_key] == [("key:alice", 1)]
     _, ci = get(gw.root + "/oaigate/limits", CI)
     assert [(r["scope"], r["requests_used"]) for r in ci["data"]] == [("key:ci", 0)]
+
+
+def test_a_ledger_that_cannot_be_read_is_a_503_not_zero_spend(seeded: Callable[..., Seeded]) -> None:
+    """The dashboard and OpenAI's costs API read the ledger file: when it cannot be read (held by another
+    process, or replaced by something that is no ledger), an auditor gets OpenAI's 503 envelope, never an
+    empty report that reads as "nothing was spent"."""
+    gw = seeded(rows=20)
+    db = gw.gateway.db
+    gw.gateway.settle()
+    holder = hold_ledger(db)
+    try:
+        status, body = get(gw.root + "/oaigate/spend?since=30d")
+    finally:
+        holder.close()
+    assert status == 503, body
+    assert body["error"]["code"] == "ledger_unavailable" and body["error"]["type"] == "server_error"
+    assert str(db) not in body["error"]["message"]  # where the file lives is for the log, not for every key
+    status, body = get(gw.root + "/oaigate/spend?since=30d")
+    assert status == 200 and body["total"]["requests"] == 20  # readable again: the report is back
+    junk = db.with_name("junk.db")
+    junk.write_bytes(b"not a database, whatever its name says " * 40)
+    junk.replace(db)  # the gateway's writer keeps its own handle on the old file
+    for path in ("/oaigate/spend", "/oaigate/requests", "/oaigate/v1/organization/costs?start_time=0"):
+        status, body = get(gw.root + path)
+        assert status == 503 and body["error"]["code"] == "ledger_unavailable", (path, body)
