@@ -316,7 +316,8 @@ def open_readonly(url: str) -> ReadConnection:
 
 
 def read_rows(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-    """Rows of one query (SQLite text) on the ledger; none when it has no `requests` table yet."""
+    """Rows of one query (SQLite text) on the ledger; none when it has no `requests` table yet. Any other
+    failure (unreachable, not allowed to read) raises LedgerError: never read as empty."""
     psycopg = _psycopg()
 
     reader = ReadConnection(url)
@@ -324,6 +325,8 @@ def read_rows(url: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any,
         return reader.execute(sql, params).fetchall()
     except psycopg.errors.UndefinedTable:
         return []
+    except psycopg.Error as exc:
+        raise LedgerError(f"cannot read the ledger at {redact(url)}: {_scrub(str(exc).strip(), url)}") from None
     finally:
         reader.close()
 

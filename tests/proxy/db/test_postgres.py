@@ -6,6 +6,7 @@ import asyncio
 import logging
 import random
 import threading
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -174,3 +175,29 @@ def test_no_password_survives_redact(password: str, user: str) -> None:
     assert urlsplit(url).password is not None and unquote(urlsplit(url).password or "") == password
     shown = redact(url)
     assert shown == f"postgresql://{user}:***@db.internal:5432/ledger"
+
+
+def test_a_ledger_the_role_may_not_read_is_an_error_not_zero_spend(pg_url: str, tmp_path: Path) -> None:
+    """`oaigate budgets` as a role without SELECT on the table: one `oaigate:` line naming the redacted
+    URL and the reason (exit 1), not a traceback and not $0 spent."""
+    from click.testing import CliRunner
+
+    from proxy.cli import cli
+
+    with connect(pg_url) as conn:
+        migrate(conn)
+        conn.execute("DROP ROLE IF EXISTS no_reader")
+        conn.execute("CREATE ROLE no_reader LOGIN PASSWORD 'no-reader-pw'")
+    parts = urlsplit(pg_url)
+    url = f"postgresql://no_reader:no-reader-pw@{parts.hostname}:{parts.port}{parts.path}"
+    config = tmp_path / "config.toml"
+    config.write_text("[limits]\nbudget_usd = 10\n")
+    try:
+        result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--db", url, "--format", "json"])
+    finally:
+        with connect(pg_url) as conn:
+            conn.execute("DROP OWNED BY no_reader")
+            conn.execute("DROP ROLE no_reader")
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception
+    assert "oaigate: cannot read the ledger at postgresql://no_reader:***@" in result.output, result.output
+    assert "permission denied" in result.output and "no-reader-pw" not in result.output, result.output
