@@ -29,6 +29,8 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
     settings = load(config)
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
+    if book.rules and isinstance(db, Path) and not db.exists():  # a mistyped --db proves nothing was spent
+        fail(f"no ledger at {db}")
     try:
         book.load_ledger(str(db or ledger_db(settings.ledger)), settings.resolved_aliases())
     except LedgerError as exc:

@@ -72,3 +72,16 @@ def test_a_file_that_is_not_a_ledger_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--db", str(junk)])
     assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.exception  # no traceback
     assert f"oaigate: {junk} is not an oaigate ledger (file is not a database)" in result.output, result.output
+
+
+def test_a_ledger_named_with_db_that_does_not_exist_is_an_error(tmp_path: Path) -> None:
+    """A mistyped --db is no proof that nothing was spent: like `oaigate spend`, it says there is no ledger
+    there. (With no --db, a gateway that has not written its ledger yet has spent nothing: $0 is true.)"""
+    _, config = make(tmp_path)
+    missing = tmp_path / "typo.db"
+    result = CliRunner().invoke(cli, ["budgets", "--config", str(config), "--db", str(missing)])
+    assert result.exit_code == 1 and f"oaigate: no ledger at {missing}" in result.output, result.output
+    fresh = tmp_path / "fresh.toml"
+    fresh.write_text(f'[ledger]\npath = "{tmp_path / "not-yet.db"}"\n[limits]\nbudget_usd = 10\n')
+    result = CliRunner().invoke(cli, ["budgets", "--config", str(fresh), "--format", "json"])
+    assert result.exit_code == 0 and json.loads(result.output)["budgets"][0]["spent_usd"] == "0.000000"
