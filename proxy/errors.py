@@ -123,7 +123,7 @@ class LedgerUnavailable(GatewayError):
 
     def __init__(self) -> None:
         super().__init__("The gateway cannot read its ledger right now, so it cannot report spend (its log says "
-                         "why). Please try again shortly.", headers={"retry-after": "5"})
+                         "why). Please try again shortly.", headers={"x-should-retry": "true", "retry-after": "5"})
 
 
 class UpstreamError(GatewayError):

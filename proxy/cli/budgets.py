@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..clock import Clock, ManualClock
-from ..db.ledger import LedgerError, ledger_db
+from ..db.ledger import LedgerError, connect_readonly, ledger_db
 from ..stages.budget import BudgetBook, rules_from_config
 from .common import config_option, db_option, fail, load, now_option, print_table
 
@@ -29,9 +29,9 @@ def budgets(config: Path | None, db: Path | None, fmt: str, now: str | None) -> 
     settings = load(config)
     clock = ManualClock(datetime.fromisoformat(now).timestamp()) if now else Clock()
     book = BudgetBook(rules_from_config(settings), clock, settings.limits.timezone)
-    if book.rules and isinstance(db, Path) and not db.exists():  # a mistyped --db proves nothing was spent
-        fail(f"no ledger at {db}")
     try:
+        if book.rules and isinstance(db, Path):  # a mistyped --db proves nothing was spent: "no ledger at ..."
+            connect_readonly(db).close()
         book.load_ledger(str(db or ledger_db(settings.ledger)), settings.resolved_aliases())
     except LedgerError as exc:
         fail(str(exc))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -146,11 +147,23 @@ async def ledger(app: web.Application, query: Callable[[Any], T], empty: T) -> T
             found = query(conn)
             keep = is_url(db)
             return found
+        except read_errors(db) as exc:  # opened, then it could not be read (locked, damaged, connection lost)
+            log.warning("dashboard: the ledger cannot be read: %s", exc)
+            raise LedgerUnavailable() from None
         finally:
             running.give_back(conn, keep)
 
     async with app[SLOTS]:
         return await asyncio.to_thread(run)
+
+
+def read_errors(db: str) -> tuple[type[Exception], ...]:
+    """What a query on the ledger `db` raises when the ledger cannot be read (not when a query is wrong)."""
+    if is_url(db):
+        import psycopg
+
+        return (psycopg.OperationalError,)
+    return (sqlite3.OperationalError, sqlite3.DatabaseError)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import click
 
-from .reports import LedgerError, LedgerInfo, open_sqlite, sqlite_ledger_error
+from .reports import LedgerError, LedgerInfo, ledger_file_exists, open_sqlite, sqlite_ledger_error
 
 if TYPE_CHECKING:
     from ..config import LedgerConfig as _LedgerSettings
@@ -96,11 +96,8 @@ def read_rows(db: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tupl
         from .postgres import read_rows as pg_rows
 
         return pg_rows(str(db), sql, params)
-    try:
-        if not Path(db).is_file():
-            return []
-    except OSError as exc:  # its folder cannot be searched
-        raise LedgerError(f"cannot read the ledger {db}: {exc.strerror or exc}") from None
+    if not ledger_file_exists(db):
+        return []
     try:
         conn = open_sqlite(db)
         try:

@@ -167,12 +167,22 @@ def ledger_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def ledger_file_exists(file: str | Path) -> bool:
+    """Whether the SQLite ledger `file` is there; a directory in its place, or a folder that cannot be
+    searched, raises LedgerError (neither means "no ledger yet")."""
+    try:
+        if Path(file).is_dir():
+            raise LedgerError(f"no ledger at {file} (it is a directory)")
+        return Path(file).is_file()
+    except OSError as exc:
+        raise LedgerError(f"cannot read the ledger {file}: {exc.strerror or exc}") from None
+
+
 def open_readonly(path: str | Path) -> sqlite3.Connection:
-    """Open an existing ledger read-only; a missing file or a non-ledger file raises LedgerError."""
+    """Open an existing ledger read-only; no file raises NoLedger, a file that cannot be read or is no
+    ledger LedgerError."""
     file = Path(path)
-    if file.is_dir():
-        raise LedgerError(f"no ledger at {file} (it is a directory)")
-    if not file.is_file():
+    if not ledger_file_exists(file):
         raise NoLedger(f"no ledger at {file}")
     conn = open_sqlite(file)
     try:

@@ -229,3 +229,9 @@ def test_a_ledger_that_cannot_be_read_is_a_503_not_zero_spend(seeded: Callable[.
     for path in ("/oaigate/spend", "/oaigate/requests", "/oaigate/v1/organization/costs?start_time=0"):
         status, body = get(gw.root + path)
         assert status == 503 and body["error"]["code"] == "ledger_unavailable", (path, body)
+    partial = sqlite3.connect(junk)  # opens as a ledger, then fails in the query (no `id`): still a 503, not a 500
+    partial.execute("CREATE TABLE requests (started_at TEXT, cost_microusd INTEGER)")
+    partial.close()
+    junk.replace(db)
+    status, body = get(gw.root + "/oaigate/requests")
+    assert status == 503 and body["error"]["code"] == "ledger_unavailable", body
