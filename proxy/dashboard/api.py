@@ -163,7 +163,7 @@ def read_errors(db: str) -> tuple[type[Exception], ...]:
         import psycopg
 
         return (psycopg.OperationalError,)
-    return (sqlite3.OperationalError, sqlite3.DatabaseError)
+    return (sqlite3.DatabaseError,)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

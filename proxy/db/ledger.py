@@ -104,11 +104,9 @@ def read_rows(db: str | Path, sql: str, params: Sequence[Any] = ()) -> list[tupl
             return conn.execute(sql, tuple(params)).fetchall()
         finally:
             conn.close()
-    except sqlite3.OperationalError as exc:
+    except sqlite3.DatabaseError as exc:
         if str(exc).startswith("no such table: requests"):
             return []  # a database the writer has not migrated yet
-        raise sqlite_ledger_error(db, exc) from None
-    except sqlite3.DatabaseError as exc:
         raise sqlite_ledger_error(db, exc) from None
 
 

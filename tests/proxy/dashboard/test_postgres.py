@@ -226,3 +226,23 @@ def test_the_summary_is_right_with_writers_at_once(pg_url: str) -> None:  # noqa
     summary, table = _table_cells(pg_url)
     assert summary == table and sum(v[0] for v in table.values()) == 1200
     assert len(failures) < 5, failures
+
+
+def test_a_postgresql_ledger_gone_is_a_503_not_an_empty_report(gateway: Callable[..., Gateway],
+                                                               pg_url: str) -> None:  # noqa: F811
+    """The database is dropped under a running gateway (its kept connection is cut, a new one fails): the
+    spend report and the costs API answer 503 `ledger_unavailable`, without the password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    load_postgres(pg_url, make_rows(20, 2, datetime.now(UTC)))
+    gw = gateway(keys=KEYS, ledger={"url": pg_url}, budgets=BUDGETS)
+    status = fetch("GET", gw.root + "/oaigate/spend?since=30d", key=ADMIN).status
+    assert status == 200  # and its connection is kept for the next query
+    parts = urlsplit(pg_url)
+    with connect(urlunsplit(parts._replace(path="/postgres"))) as admin:
+        admin.execute(f'DROP DATABASE "{parts.path.lstrip("/")}" WITH (FORCE)')
+    for path in ("/oaigate/spend?since=30d", "/oaigate/spend?since=30d", "/oaigate/v1/organization/costs?start_time=0"):
+        reply = fetch("GET", gw.root + path, key=ADMIN)
+        body = json.loads(reply.body)
+        assert reply.status == 503 and body["error"]["code"] == "ledger_unavailable", (path, reply.body)
+        assert (parts.password or "") not in reply.body.decode()
