@@ -57,6 +57,12 @@ class Serve:
         return code
 
 
+def voluntary_switches(task: Path) -> int:
+    """How many times the thread `/proc/PID/task/TID` gave up its CPU to wait (Linux)."""
+    status = (task / "status").read_text()
+    return int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
+
+
 def write_config(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "oaigate.toml"
     path.write_text(text)

@@ -29,6 +29,7 @@ from proxy.wire.tokens import count_chat_prompt, count_text
 from tests.servers import ServerThread
 
 from .conftest import CLIENT_KEY, Gateway, fetch, ledger_locker, read_rows
+from .processes import voluntary_switches
 
 MESSAGES = [{"role": "user", "content": "Name two rivers in Europe and one in Africa."}]
 CHAT = {"model": "gpt-4o-mini", "messages": MESSAGES, "max_tokens": 30}
@@ -641,12 +642,6 @@ def test_the_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(tmp_path: Pat
     writer_conn.close()
 
 
-def _switches(thread: threading.Thread) -> int:
-    """How many times `thread` gave up its CPU to wait (Linux: /proc)."""
-    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
-    return int(next(line for line in status.splitlines() if line.startswith("voluntary_ctxt_switches")).split()[1])
-
-
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread switches from /proc")
 def test_an_idle_ledger_never_wakes_its_threads(tmp_path: Path) -> None:
     """With no rows coming in, the writer and the checkpointer sleep until there is work: no timer wakes
@@ -664,9 +659,10 @@ def test_an_idle_ledger_never_wakes_its_threads(tmp_path: Path) -> None:
             threading.Event().wait(0.01)
         threading.Event().wait(0.05)
         threads = (writer._thread, writer._checkpointer)
-        before = [_switches(t) for t in threads]
+        tasks = [Path(f"/proc/self/task/{thread.native_id}") for thread in threads]
+        before = [voluntary_switches(task) for task in tasks]
         threading.Event().wait(0.3)  # 30 checkpoint intervals
-        assert [_switches(t) for t in threads] == before
+        assert [voluntary_switches(task) for task in tasks] == before
         checkpoints = writer.checkpoints
         writer.submit(_row(1))
         assert writer.flush(10)

@@ -15,7 +15,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from .processes import MOCK_CONFIG, Serve, write_config
+from .processes import MOCK_CONFIG, Serve, voluntary_switches, write_config
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "SO_REUSEPORT"), reason="SO_REUSEPORT: Linux/BSD only")
 
@@ -143,12 +143,7 @@ def test_workers_on_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 def _wakes(pids: list[int]) -> int:
     """How many times the threads of `pids` gave up their CPU to wait, in all (Linux: /proc)."""
-    total = 0
-    for pid in pids:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            status = (task / "status").read_text()
-            total += int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
-    return total
+    return sum(voluntary_switches(task) for pid in pids for task in Path(f"/proc/{pid}/task").iterdir())
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread switches from /proc")
